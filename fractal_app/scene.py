@@ -1,0 +1,300 @@
+"""The task parameters: one typed, validated model per fractal kind.
+
+This is the app's public API (the JSON in CreateTask's ``task_params_json``). Every field is
+checked here, at the edge, so that nothing below (bands, kernels, verification) has to doubt a
+value. A bad value becomes a :class:`SceneError` whose message names the field and what is
+allowed; the gRPC adapter turns that into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fractal_app.errors import InvalidArgument
+
+MAX_SIDE = 65_536
+MAX_PIXELS = 2**30
+MAX_ITER = 10_000_000
+MAX_PARAMS_BYTES = 64 * 1024
+
+# Palette names the colouring code implements (kernels/color.py must define each of these).
+# viridis and twilight are perceptually uniform (twilight is also cyclic); classic is the
+# familiar cyclic blue-white-gold gradient.
+PALETTE_NAMES = ("classic", "viridis", "twilight", "fire", "ocean", "grayscale", "electric")
+
+
+class SceneError(InvalidArgument):
+    """Task parameters that cannot be rendered; the message names the field and the fix."""
+
+
+def _finite_float(value: Any) -> float:
+    """A JSON number or a decimal string, as a finite float64. Booleans are not numbers."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number or a decimal string, not a boolean")
+    if isinstance(value, str):
+        if len(value) > 200:
+            raise ValueError("decimal string is longer than 200 characters")
+        try:
+            value = float(Decimal(value.strip()))
+        except (InvalidOperation, ValueError, OverflowError):
+            raise ValueError(f"{value!r} is not a decimal number") from None
+    elif isinstance(value, int):
+        value = float(value) if abs(value) < 2**1000 else math.inf
+    elif not isinstance(value, float):
+        raise ValueError(f"must be a number or a decimal string, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError("must be finite (NaN and infinities are not allowed)")
+    return value
+
+
+def _strict_int(value: Any) -> Any:
+    """Reject 3.0, "3" and true where an integer is asked: JSON authors should write 3."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, got {type(value).__name__} {value!r}")
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_finite_float)]
+Vec2 = tuple[Real, Real]
+Vec3 = tuple[Real, Real, Real]
+Int = Annotated[int, BeforeValidator(_strict_int)]
+Colour = tuple[
+    Annotated[Int, Field(ge=0, le=255)],
+    Annotated[Int, Field(ge=0, le=255)],
+    Annotated[Int, Field(ge=0, le=255)],
+]
+
+
+class _SceneBase(BaseModel):
+    """Fields every fractal shares: the picture's size, colouring and output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    resolution: tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]
+    supersample: Annotated[Int, Field(ge=1, le=8)] = 1
+    palette: str = "classic"
+    palette_cycles: Annotated[Real, Field(gt=0, le=10_000)] = 1.0
+    palette_offset: Annotated[Real, Field(ge=0, le=1)] = 0.0
+    interior_color: Colour = (0, 0, 0)
+    bit_depth: Literal[8, 16] = 8
+    precision: Literal["float64", "float32"] = "float64"
+    env: Literal["docker_cpu", "docker_gpu"] = "docker_cpu"
+    output: Literal["image", "counts"] = "image"
+
+    @field_validator("resolution")
+    @classmethod
+    def _pixel_budget(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] * value[1] > MAX_PIXELS:
+            raise ValueError(
+                f"{value[0]}x{value[1]} is {value[0] * value[1]:,} pixels; at most "
+                f"{MAX_PIXELS:,} (2^30) are allowed"
+            )
+        return value
+
+    @field_validator("palette")
+    @classmethod
+    def _known_palette(cls, value: str) -> str:
+        if value not in PALETTE_NAMES:
+            raise ValueError(f"unknown palette {value[:40]!r}; choose one of {', '.join(PALETTE_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _counts_need_plain_pixels(self):
+        if self.output == "counts" and self.supersample != 1:
+            raise ValueError("output 'counts' stores one escape count per pixel: set supersample to 1")
+        return self
+
+    @property
+    def width_px(self) -> int:
+        return self.resolution[0]
+
+    @property
+    def height_px(self) -> int:
+        return self.resolution[1]
+
+    @property
+    def is_3d(self) -> bool:
+        return False
+
+    def to_json(self) -> str:
+        """Canonical JSON of the validated scene (defaults filled in)."""
+        return self.model_dump_json()
+
+
+class _EscapeTimeScene(_SceneBase):
+    """2D escape-time fractals: a view of the complex plane."""
+
+    center: Vec2 = (-0.5, 0.0)
+    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.5
+    max_iter: Annotated[Int, Field(ge=1, le=MAX_ITER)] = 1000
+    # Smooth (continuous) colouring from the final |z|; false gives flat bands per count.
+    smooth: bool = True
+
+    @property
+    def pixel_size(self) -> float:
+        """Pixels are square: width / W in the complex plane."""
+        return self.width / self.resolution[0]
+
+
+class MandelbrotScene(_EscapeTimeScene):
+    fractal: Literal["mandelbrot"]
+
+
+class JuliaScene(_EscapeTimeScene):
+    fractal: Literal["julia"]
+    c: Vec2 = (-0.8, 0.156)
+    center: Vec2 = (0.0, 0.0)
+    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.2
+
+
+class BurningShipScene(_EscapeTimeScene):
+    fractal: Literal["burning_ship"]
+    center: Vec2 = (-0.4, -0.6)
+    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.4
+
+
+class MultibrotScene(_EscapeTimeScene):
+    fractal: Literal["multibrot"]
+    power: Annotated[Int, Field(ge=2, le=16)] = 3
+    center: Vec2 = (0.0, 0.0)
+    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.0
+
+
+class Camera(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    position: Vec3 = (0.0, 0.0, -3.0)
+    look_at: Vec3 = (0.0, 0.0, 0.0)
+    up: Vec3 = (0.0, 1.0, 0.0)
+    fov: Annotated[Real, Field(gt=0, lt=180)] = 45.0
+
+    @model_validator(mode="after")
+    def _well_posed(self):
+        forward = [b - a for a, b in zip(self.position, self.look_at, strict=True)]
+        if math.fsum(f * f for f in forward) == 0.0:
+            raise ValueError("camera.position and camera.look_at must differ")
+        up = self.up
+        cross = (
+            forward[1] * up[2] - forward[2] * up[1],
+            forward[2] * up[0] - forward[0] * up[2],
+            forward[0] * up[1] - forward[1] * up[0],
+        )
+        if math.fsum(x * x for x in cross) == 0.0:
+            raise ValueError("camera.up must not be parallel to the viewing direction")
+        return self
+
+
+class _RaymarchScene(_SceneBase):
+    """3D distance-estimated fractals, ray-marched from a pinhole camera."""
+
+    camera: Camera = Camera()
+    max_steps: Annotated[Int, Field(ge=1, le=10_000)] = 256
+    # Surface distance at one unit from the camera; scaled with the distance along the ray.
+    epsilon: Annotated[Real, Field(gt=0, le=1)] = 1e-3
+    iterations: Annotated[Int, Field(ge=1, le=1000)] = 12
+    light_direction: Vec3 = (-0.6, 0.8, -0.5)
+    background: Colour = (12, 14, 22)
+    fog: Annotated[Real, Field(ge=0, le=10)] = 0.05
+    max_distance: Annotated[Real, Field(gt=0, le=1e4)] = 20.0
+
+    @property
+    def is_3d(self) -> bool:
+        return True
+
+    @model_validator(mode="after")
+    def _no_counts_for_3d(self):
+        if self.output == "counts":
+            raise ValueError("output 'counts' is for 2D escape-time fractals; use output 'image'")
+        if math.fsum(x * x for x in self.light_direction) == 0.0:
+            raise ValueError("light_direction must not be the zero vector")
+        return self
+
+
+class MandelbulbScene(_RaymarchScene):
+    fractal: Literal["mandelbulb"]
+    power: Annotated[Real, Field(ge=2, le=32)] = 8.0
+    camera: Camera = Camera(position=(0.0, 0.4, -2.6), look_at=(0.0, 0.0, 0.0))
+
+
+class MandelboxScene(_RaymarchScene):
+    fractal: Literal["mandelbox"]
+    scale: Annotated[Real, Field(ge=-4, le=4)] = 2.0
+    camera: Camera = Camera(position=(0.0, 3.0, -9.0), look_at=(0.0, 0.0, 0.0))
+    max_distance: Annotated[Real, Field(gt=0, le=1e4)] = 40.0
+
+    @field_validator("scale")
+    @classmethod
+    def _not_degenerate(cls, value: float) -> float:
+        if abs(value) < 1.0:
+            raise ValueError("scale must be <= -1 or >= 1 (|scale| < 1 collapses to a point)")
+        return value
+
+
+Scene = Annotated[
+    MandelbrotScene | JuliaScene | BurningShipScene | MultibrotScene | MandelbulbScene | MandelboxScene,
+    Field(discriminator="fractal"),
+]
+FRACTALS = ("mandelbrot", "julia", "burning_ship", "multibrot", "mandelbulb", "mandelbox")
+_SCENE = TypeAdapter(Scene)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line per pydantic error: the field path, what is wrong, what is allowed."""
+    # Drop the union tag pydantic puts in the location ("mandelbrot" in ("mandelbrot", "max_iter")).
+    loc = [str(p) for p in error["loc"] if p not in FRACTALS]
+    field = ".".join(loc) or "task parameters"
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "extra_forbidden":
+        return f"field {field!r} is not a known parameter: remove it (see README 'Task parameters')"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return f"field 'fractal' must be one of {', '.join(FRACTALS)}"
+    if kind == "missing":
+        return f"field {field!r} is required"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        bounds = {
+            "greater_than_equal": f">= {ctx.get('ge')}",
+            "less_than_equal": f"<= {ctx.get('le')}",
+            "greater_than": f"> {ctx.get('gt')}",
+            "less_than": f"< {ctx.get('lt')}",
+        }[kind]
+        return f"field {field!r} must be {bounds} (got {error.get('input')!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"field {field!r}: {message}" if loc else message
+
+
+def parse_scene(params: str | bytes | dict) -> Scene:
+    """Validate task parameters (JSON text or a decoded object) into a typed scene.
+
+    Raises SceneError with a message that names every bad field and what it allows.
+    """
+    if isinstance(params, str | bytes):
+        if len(params) > MAX_PARAMS_BYTES:
+            raise SceneError(f"task parameters are {len(params)} bytes; at most {MAX_PARAMS_BYTES} are allowed")
+        try:
+            params = json.loads(params)
+        except (ValueError, RecursionError) as exc:
+            raise SceneError(f"task parameters are not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise SceneError("task parameters must be a JSON object, e.g. {\"fractal\": \"mandelbrot\", ...}")
+    try:
+        return _SCENE.validate_python(params)
+    except ValidationError as exc:
+        lines = sorted({_describe(e) for e in exc.errors(include_url=False)})
+        raise SceneError("; ".join(lines[:8])) from None
+    except RecursionError:
+        raise SceneError("task parameters are nested too deeply") from None
