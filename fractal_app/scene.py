@@ -84,7 +84,9 @@ class _SceneBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
-    resolution: tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]
+    resolution: tuple[
+        Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]
+    ]
     supersample: Annotated[Int, Field(ge=1, le=8)] = 1
     palette: str = "classic"
     palette_cycles: Annotated[Real, Field(gt=0, le=10_000)] = 1.0
@@ -109,13 +111,17 @@ class _SceneBase(BaseModel):
     @classmethod
     def _known_palette(cls, value: str) -> str:
         if value not in PALETTE_NAMES:
-            raise ValueError(f"unknown palette {value[:40]!r}; choose one of {', '.join(PALETTE_NAMES)}")
+            raise ValueError(
+                f"unknown palette {value[:40]!r}; choose one of {', '.join(PALETTE_NAMES)}"
+            )
         return value
 
     @model_validator(mode="after")
     def _counts_need_plain_pixels(self):
         if self.output == "counts" and self.supersample != 1:
-            raise ValueError("output 'counts' stores one escape count per pixel: set supersample to 1")
+            raise ValueError(
+                "output 'counts' stores one escape count per pixel: set supersample to 1"
+            )
         return self
 
     @property
@@ -245,7 +251,12 @@ class MandelboxScene(_RaymarchScene):
 
 
 Scene = Annotated[
-    MandelbrotScene | JuliaScene | BurningShipScene | MultibrotScene | MandelbulbScene | MandelboxScene,
+    MandelbrotScene
+    | JuliaScene
+    | BurningShipScene
+    | MultibrotScene
+    | MandelbulbScene
+    | MandelboxScene,
     Field(discriminator="fractal"),
 ]
 FRACTALS = ("mandelbrot", "julia", "burning_ship", "multibrot", "mandelbulb", "mandelbox")
@@ -284,13 +295,17 @@ def parse_scene(params: str | bytes | dict) -> Scene:
     """
     if isinstance(params, str | bytes):
         if len(params) > MAX_PARAMS_BYTES:
-            raise SceneError(f"task parameters are {len(params)} bytes; at most {MAX_PARAMS_BYTES} are allowed")
+            raise SceneError(
+                f"task parameters are {len(params)} bytes; at most {MAX_PARAMS_BYTES} are allowed"
+            )
         try:
             params = json.loads(params)
         except (ValueError, RecursionError) as exc:
             raise SceneError(f"task parameters are not valid JSON: {exc}") from None
     if not isinstance(params, dict):
-        raise SceneError("task parameters must be a JSON object, e.g. {\"fractal\": \"mandelbrot\", ...}")
+        raise SceneError(
+            'task parameters must be a JSON object, e.g. {"fractal": "mandelbrot", ...}'
+        )
     try:
         return _SCENE.validate_python(params)
     except ValidationError as exc:

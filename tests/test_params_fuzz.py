@@ -1,0 +1,135 @@
+"""Fuzz the task-parameter validation: every input is either a scene or a SceneError.
+
+Never another exception, never a hang: these are the bytes a stranger sends to CreateTask.
+"""
+
+import json
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fractal_app.scene import FRACTALS, PALETTE_NAMES, SceneError, parse_scene
+
+FIELDS = [
+    "fractal",
+    "center",
+    "width",
+    "max_iter",
+    "resolution",
+    "supersample",
+    "palette",
+    "palette_cycles",
+    "palette_offset",
+    "interior_color",
+    "bit_depth",
+    "precision",
+    "env",
+    "output",
+    "smooth",
+    "c",
+    "power",
+    "camera",
+    "max_steps",
+    "epsilon",
+    "iterations",
+    "light_direction",
+    "background",
+    "fog",
+    "max_distance",
+    "scale",
+]
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=300)
+    | st.sampled_from(
+        ["1e400", "-0", "NaN", "inf", "0x10", "1_000", " 3 ", *FRACTALS, *PALETTE_NAMES]
+    )
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=30,
+)
+
+
+def _check(params) -> None:
+    try:
+        scene = parse_scene(params)
+    except SceneError as exc:
+        message = str(exc)
+        assert message, "a rejection must say why"
+        assert len(message) < 4000, "a rejection message must stay readable"
+        return
+    # Anything accepted must be a scene whose numbers are all finite and in range.
+    assert 1 <= scene.width_px * scene.height_px <= 2**30
+    assert json.loads(scene.to_json())["fractal"] in FRACTALS
+    for value in json.loads(scene.to_json()).values():
+        if isinstance(value, float):
+            assert math.isfinite(value)
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fractal=st.sampled_from(FRACTALS),
+    overrides=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),
+)
+def test_mutated_scenes_are_accepted_or_rejected_cleanly(fractal, overrides):
+    params = {"fractal": fractal, "resolution": [16, 8], **overrides}
+    _check(params)
+    _check(json.dumps(params, allow_nan=True))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(json_values, st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+def test_arbitrary_documents_are_accepted_or_rejected_cleanly(document):
+    if isinstance(document, str):
+        _check(document)
+    else:
+        _check(json.dumps(document, allow_nan=True))
+
+
+def test_deep_nesting_is_rejected_not_crashing():
+    deep = "[" * 100_000 + "]" * 100_000
+    try:
+        parse_scene(deep)
+    except SceneError:
+        pass
+    nested = {"fractal": "mandelbrot", "resolution": [4, 4], "center": [[[[[[1]]]]], 0]}
+    try:
+        parse_scene(nested)
+    except SceneError as exc:
+        assert "center" in str(exc)
+    else:
+        raise AssertionError("a nested list is not a coordinate")
+
+
+def test_huge_numbers_and_long_strings_are_rejected_with_the_field_named():
+    cases = {
+        "max_iter": 10**400,
+        "width": "9" * 190,
+        "palette": "x" * 10_000,
+        "resolution": [2**63, 2**63],
+    }
+    for field, value in cases.items():
+        try:
+            parse_scene({"fractal": "mandelbrot", "resolution": [4, 4], field: value})
+        except SceneError as exc:
+            assert field in str(exc), (field, str(exc))
+        else:
+            raise AssertionError(f"{field}={value!r:.40} was accepted")
+
+
+def test_oversized_document_is_rejected_before_parsing():
+    blob = json.dumps({"fractal": "mandelbrot", "resolution": [4, 4], "pad": "x" * 100_000})
+    try:
+        parse_scene(blob)
+    except SceneError as exc:
+        assert "bytes" in str(exc)
+    else:
+        raise AssertionError("a 100 kB document was accepted")
