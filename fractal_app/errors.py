@@ -14,7 +14,7 @@ class NotFound(AppError):
 
 
 class FailedPrecondition(AppError):
-    """The request is well formed but not valid in the current state. Maps to FAILED_PRECONDITION."""
+    """Well formed, but not valid in the current state. Maps to FAILED_PRECONDITION."""
 
 
 class Aborted(AppError):
