@@ -1,0 +1,68 @@
+"""How an image is cut into row bands, and what one band costs a provider.
+
+A band plan is a plain list of ``(row_start, row_stop)`` pairs covering rows ``0 .. H`` in
+order, with no gaps and no empty band. The requestor stores the plan in its task database when
+the task is created and never recomputes it, so a later, smarter planner (bands sized by their
+expected cost) cannot change the bands of a task that already exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Band = tuple[int, int]
+
+# Memory a provider process needs before it holds any pixels: the interpreter, NumPy, Numba and
+# LLVM with the compiled kernels loaded.
+PROVIDER_BASE_MEMORY_MIB = 384.0
+
+
+def plan_bands(height: int, max_bands: int) -> list[Band]:
+    """Cut ``height`` rows into as many bands as ``max_bands`` allows, never an empty one.
+
+    Bands differ in height by at most one row; the taller ones come first.
+    """
+    if height < 1:
+        raise ValueError(f"an image needs at least one row, got {height}")
+    if max_bands < 1:
+        raise ValueError(f"at least one band is needed, got max_bands={max_bands}")
+    count = min(height, max_bands)
+    base, extra = divmod(height, count)
+    bands: list[Band] = []
+    start = 0
+    for index in range(count):
+        stop = start + base + (1 if index < extra else 0)
+        bands.append((start, stop))
+        start = stop
+    return bands
+
+
+def check_plan(bands: Sequence[Band], height: int) -> None:
+    """Raise ValueError unless ``bands`` covers rows 0..height in order with no empty band."""
+    expected_start = 0
+    for row_start, row_stop in bands:
+        if row_start != expected_start or row_stop <= row_start:
+            raise ValueError(
+                f"band ({row_start}, {row_stop}) breaks the plan at row {expected_start}"
+            )
+        expected_start = row_stop
+    if expected_start != height:
+        raise ValueError(f"the bands cover {expected_start} rows, the image has {height}")
+
+
+def bytes_per_pixel(output: str, bit_depth: int) -> int:
+    """Bytes of one final pixel value: RGB at 1 or 2 bytes a channel, or one uint32 count."""
+    if output == "counts":
+        return 4
+    return 3 * (bit_depth // 8)
+
+
+def band_memory_mib(rows: int, width: int, output: str, bit_depth: int, supersample: int) -> float:
+    """A provider's peak memory for one band, in MiB, with headroom.
+
+    The band's values exist about three times at once (the kernel's output, the colour
+    conversion, and the PNG encoder's buffer); supersampling adds per-sample work arrays.
+    """
+    values = rows * width * bytes_per_pixel(output, bit_depth)
+    samples = rows * width * supersample * supersample * 8 if supersample > 1 else 0
+    return PROVIDER_BASE_MEMORY_MIB + (3 * values + samples) / 2**20
