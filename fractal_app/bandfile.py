@@ -1,0 +1,408 @@
+"""The band result file: one lossless PNG holding exactly a band's rows, and its strict reader.
+
+A provider writes its band with :func:`write_band`; the requestor reads it back with
+:func:`read_band`, which treats the file as hostile. Everything that can be checked without
+decoding pixels is checked first: the file is a regular file (not a symlink), its size is
+bounded by what the band could possibly need, it is a PNG, and its header (width, height,
+bit depth, colour type) and its ``fractal-app`` text chunk match what was asked for. Only then
+is the pixel data inflated, with the output size capped at exactly the band's raw size, so a
+decompression bomb cannot allocate more than an honest band would.
+
+The PNG codec is our own (a few dozen lines): Pillow cannot write 16-bit RGB, and walking the
+chunks ourselves means nothing is decoded before it has been checked.
+
+Format: RGB, 8 or 16 bits per channel, not interlaced. A ``counts`` band (uint32 escape
+counts) is a 16-bit RGB PNG with R = high 16 bits, G = low 16 bits and B = 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_KEY = b"fractal-app"
+OUTPUTS = ("image", "counts")
+
+# Slack over the band's raw (filtered, uncompressed) size that an honest file can need:
+# zlib's stored-block worst case is 5 bytes per 16 KiB block, chunk framing is 12 bytes per
+# chunk, plus the header and text chunks and a few harmless ancillary chunks.
+_SIZE_SLACK_BYTES = 256 * 1024
+_SIZE_SLACK_RATIO = 0.01
+_MAX_TEXT_BYTES = 4096
+_MAX_ANCILLARY_BYTES = 64 * 1024
+_MAX_CHUNKS = 100_000
+_IDAT_CHUNK_BYTES = 1 << 20
+_COLOR_TYPE_RGB = 2
+
+
+class BandFileError(Exception):
+    """The band file is not what was asked for; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class BandMeta:
+    """What a band file claims to be: stored as JSON in its ``fractal-app`` text chunk."""
+
+    task_id: str
+    subtask_id: str
+    row_start: int
+    row_stop: int
+    output: str
+
+    @property
+    def rows(self) -> int:
+        return self.row_stop - self.row_start
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def png_bit_depth(meta: BandMeta, bit_depth: int) -> int:
+    """Bits per channel of the band's PNG: counts bands are always 16-bit."""
+    return 16 if meta.output == "counts" else bit_depth
+
+
+def max_file_bytes(meta: BandMeta, width: int, bit_depth: int) -> int:
+    """The largest file an honest band of this size can be (incompressible data, stored)."""
+    raw = _raw_bytes(meta.rows, width, png_bit_depth(meta, bit_depth))
+    return raw + int(raw * _SIZE_SLACK_RATIO) + _SIZE_SLACK_BYTES
+
+
+def _raw_bytes(rows: int, width: int, bits: int) -> int:
+    return rows * (1 + width * 3 * bits // 8)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _to_rgb(values: np.ndarray, meta: BandMeta) -> np.ndarray:
+    """The PNG's (rows, W, 3) samples for the band values, validated against the meta."""
+    if meta.output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {meta.output!r}")
+    if meta.output == "counts":
+        if values.dtype != np.uint32 or values.ndim != 2:
+            raise ValueError(f"counts band must be 2D uint32, got {values.ndim}D {values.dtype}")
+        rgb = np.zeros(values.shape + (3,), dtype=np.uint16)
+        rgb[..., 0] = values >> 16
+        rgb[..., 1] = values & 0xFFFF
+    else:
+        if values.dtype not in (np.uint8, np.uint16) or values.ndim != 3 or values.shape[2] != 3:
+            raise ValueError(
+                "image band must be (rows, W, 3) uint8 or uint16, "
+                f"got {values.shape} {values.dtype}"
+            )
+        rgb = values
+    if rgb.shape[0] != meta.rows or meta.rows < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"band has {rgb.shape[0]} rows, meta says {meta.rows}")
+    return rgb
+
+
+def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = 6) -> bytes:
+    """A PNG of (rows, W, 3) uint8/uint16 samples with one tEXt chunk ``fractal-app``.
+
+    Every scanline uses PNG filter 1 (Sub): cheap to compute with numpy and it compresses
+    smooth colour gradients well.
+    """
+    rows, width, _ = rgb.shape
+    bits = 8 if rgb.dtype == np.uint8 else 16
+    raw = np.ascontiguousarray(rgb, dtype=">u2" if bits == 16 else np.uint8).view(np.uint8)
+    raw = raw.reshape(rows, width * 3 * bits // 8)
+    bpp = 3 * bits // 8
+    filtered = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 1
+    filtered[:, 1 : 1 + bpp] = raw[:, :bpp]
+    filtered[:, 1 + bpp :] = raw[:, bpp:] - raw[:, :-bpp]  # uint8 arithmetic wraps mod 256
+    compressed = zlib.compress(filtered.tobytes(), compress_level)
+    header = struct.pack(">IIBBBBB", width, rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
+    parts = [PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"tEXt", TEXT_KEY + b"\0" + text)]
+    for start in range(0, len(compressed), _IDAT_CHUNK_BYTES):
+        parts.append(_chunk(b"IDAT", compressed[start : start + _IDAT_CHUNK_BYTES]))
+    parts.append(_chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:
+    """Write a band's values (render_band's shape and dtype) as the band PNG at ``path``.
+
+    The file appears atomically (written beside it, then renamed), so a reader never sees a
+    half-written band.
+    """
+    path = Path(path)
+    data = encode_png(_to_rgb(values, meta), meta.to_json().encode("latin-1"))
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_untrusted(path: Path, limit: int) -> bytes:
+    """The file's bytes, if it is a regular file (not a symlink) of at most ``limit`` bytes."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise BandFileError(f"result file {path.name!r} does not exist") from None
+    except OSError as exc:
+        raise BandFileError(f"cannot stat result file {path.name!r}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise BandFileError(f"result file {path.name!r} is a symlink; a regular file is required")
+    if not stat.S_ISREG(info.st_mode):
+        raise BandFileError(f"result file {path.name!r} is not a regular file")
+    if info.st_size > limit:
+        raise BandFileError(
+            f"result file is {info.st_size:,} bytes; a band of this size is at most {limit:,}"
+        )
+    # O_NOFOLLOW and fstat close the window between the lstat above and the open.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise BandFileError(f"cannot open result file {path.name!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BandFileError(f"result file {path.name!r} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BandFileError(f"result file grew past {limit:,} bytes while being read")
+    return data
+
+
+def _walk_chunks(data: bytes):
+    """Yield (kind, payload) for each chunk after the signature, checking framing and CRCs."""
+    pos = len(PNG_SIGNATURE)
+    count = 0
+    while True:
+        if pos + 8 > len(data):
+            raise BandFileError("PNG is truncated: it ends before the IEND chunk")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length + 4
+        if length > 0x7FFFFFFF or end > len(data):
+            raise BandFileError(f"PNG is truncated inside a {kind!r} chunk")
+        if not kind.isalpha():
+            raise BandFileError(f"PNG has a malformed chunk type {kind!r}")
+        payload = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(kind + payload) != crc:
+            raise BandFileError(f"PNG chunk {kind.decode('ascii')} has a bad CRC (corrupt file)")
+        count += 1
+        if count > _MAX_CHUNKS:
+            raise BandFileError(f"PNG has more than {_MAX_CHUNKS:,} chunks")
+        if kind == b"IEND" and end != len(data):
+            raise BandFileError(f"PNG has {len(data) - end} bytes after IEND")
+        yield kind, payload
+        if kind == b"IEND":
+            return
+        pos = end
+
+
+def _check_header(payload: bytes, width: int, rows: int, bits: int) -> None:
+    if len(payload) != 13:
+        raise BandFileError("PNG IHDR chunk has the wrong length")
+    w, h, depth, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", payload)
+    if (w, h) != (width, rows):
+        raise BandFileError(f"PNG is {w}x{h} pixels; the band is {width}x{rows}")
+    if color != _COLOR_TYPE_RGB:
+        names = {0: "greyscale", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
+        mode = names.get(color, f"colour type {color}")
+        raise BandFileError(f"PNG mode is {mode}; RGB is required")
+    if depth != bits:
+        raise BandFileError(f"PNG is {depth}-bit; the band must be {bits}-bit RGB")
+    if compression != 0 or filtering != 0:
+        raise BandFileError("PNG uses an unknown compression or filter method")
+    if interlace != 0:
+        raise BandFileError("PNG is interlaced; bands must not be")
+
+
+def _check_text(payload: bytes, expected: BandMeta) -> None:
+    key, _, value = payload.partition(b"\0")
+    if key != TEXT_KEY:
+        return
+    if len(payload) > _MAX_TEXT_BYTES:
+        raise BandFileError("the fractal-app text chunk is too long")
+    try:
+        meta = json.loads(value.decode("latin-1"))
+    except ValueError:
+        raise BandFileError("the fractal-app text chunk is not valid JSON") from None
+    wanted = asdict(expected)
+    if not isinstance(meta, dict) or set(meta) != set(wanted):
+        raise BandFileError(
+            f"the fractal-app text chunk must have exactly the keys {sorted(wanted)}"
+        )
+    for key_name, value_wanted in wanted.items():
+        got = meta[key_name]
+        if type(got) is not type(value_wanted) or got != value_wanted:
+            raise BandFileError(
+                f"the file says {key_name} = {str(got)[:80]!r}; this band's is {value_wanted!r}"
+            )
+
+
+def _parse(data: bytes, expected: BandMeta, width: int, bits: int) -> bytes:
+    """Check the PNG's structure against the band; return the concatenated IDAT payload."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise BandFileError("result file is not a PNG (bad signature)")
+    idat: list[bytes] = []
+    seen_header = seen_text = idat_done = False
+    ancillary = 0
+    for kind, payload in _walk_chunks(data):
+        if not seen_header:
+            if kind != b"IHDR":
+                raise BandFileError("PNG does not start with an IHDR chunk")
+            _check_header(payload, width, expected.rows, bits)
+            seen_header = True
+        elif kind == b"IDAT":
+            if idat_done:
+                raise BandFileError("PNG has IDAT chunks that are not consecutive")
+            idat.append(payload)
+        elif kind == b"IEND":
+            break
+        else:
+            idat_done = idat_done or bool(idat)
+            if kind in (b"tEXt", b"zTXt", b"iTXt"):
+                keyword = payload.partition(b"\0")[0]
+                if keyword == TEXT_KEY:
+                    if kind != b"tEXt" or seen_text:
+                        raise BandFileError("PNG must have exactly one tEXt chunk 'fractal-app'")
+                    _check_text(payload, expected)
+                    seen_text = True
+                    continue
+            if kind[:1].isupper():
+                raise BandFileError(f"PNG has an unexpected critical chunk {kind.decode('ascii')}")
+            ancillary += len(payload)
+            if ancillary > _MAX_ANCILLARY_BYTES:
+                raise BandFileError("PNG has too much ancillary data")
+    if not seen_text:
+        raise BandFileError("PNG has no tEXt chunk 'fractal-app' naming the subtask and rows")
+    if not idat:
+        raise BandFileError("PNG has no image data")
+    return b"".join(idat)
+
+
+def _inflate(compressed: bytes, size: int) -> bytes:
+    """Inflate exactly ``size`` bytes; more or fewer is an error (and a bomb stops at size+1)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(compressed, size + 1)
+    except zlib.error as exc:
+        raise BandFileError(f"PNG image data is corrupt: {exc}") from None
+    if len(raw) > size or inflater.unconsumed_tail:
+        raise BandFileError("PNG image data inflates to more than the band's size")
+    if len(raw) < size or not inflater.eof:
+        raise BandFileError(f"PNG image data is truncated: {len(raw):,} of {size:,} bytes")
+    return raw
+
+
+def _unfilter(raw: bytes, rows: int, stride: int, bpp: int) -> np.ndarray:
+    """Undo PNG scanline filters; returns (rows, stride) uint8."""
+    lines = np.frombuffer(raw, dtype=np.uint8).reshape(rows, stride + 1)
+    kinds = lines[:, 0]
+    if kinds.max(initial=0) > 4:
+        bad = int(np.argmax(kinds > 4))
+        raise BandFileError(f"PNG row {bad} has an unknown filter type {int(kinds[bad])}")
+    out = np.empty((rows, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.uint8)
+    for row in range(rows):
+        line = lines[row, 1:]
+        kind = kinds[row]
+        if kind == 0:
+            cur = line
+        elif kind == 1:
+            cur = np.cumsum(line.reshape(-1, bpp), axis=0, dtype=np.uint8).reshape(-1)
+        elif kind == 2:
+            cur = line + prev
+        else:
+            cur = _unfilter_sequential(line, prev, bpp, int(kind))
+        out[row] = cur
+        prev = out[row]
+    return out
+
+
+def _unfilter_average_paeth(line, prev, cur, bpp, kind):
+    """Undo filter 3 (Average) or 4 (Paeth) for one scanline, byte by byte.
+
+    Both depend on the already-decoded byte to the left, so they cannot be vectorised; this
+    plain function is compiled with numba on first use. No encoder of ours emits them.
+    """
+    for x in range(line.shape[0]):
+        left = np.int32(cur[x - bpp]) if x >= bpp else np.int32(0)
+        up = np.int32(prev[x])
+        if kind == 3:
+            predictor = (left + up) // 2
+        else:
+            up_left = np.int32(prev[x - bpp]) if x >= bpp else np.int32(0)
+            estimate = left + up - up_left
+            dist_left = abs(estimate - left)
+            dist_up = abs(estimate - up)
+            dist_up_left = abs(estimate - up_left)
+            if dist_left <= dist_up and dist_left <= dist_up_left:
+                predictor = left
+            elif dist_up <= dist_up_left:
+                predictor = up
+            else:
+                predictor = up_left
+        cur[x] = (np.int32(line[x]) + predictor) & 0xFF
+
+
+_compiled_unfilter = None
+
+
+def _unfilter_sequential(line: np.ndarray, prev: np.ndarray, bpp: int, kind: int) -> np.ndarray:
+    """Average/Paeth scanline; numba is imported lazily so writers never pay for it."""
+    global _compiled_unfilter
+    if _compiled_unfilter is None:
+        import numba
+
+        _compiled_unfilter = numba.njit(cache=True, nogil=True)(_unfilter_average_paeth)
+    cur = np.empty_like(line)
+    _compiled_unfilter(line, prev, cur, bpp, kind)
+    return cur
+
+
+def _decode(raw: bytes, rows: int, width: int, bits: int) -> np.ndarray:
+    stride = width * 3 * bits // 8
+    data = _unfilter(raw, rows, stride, 3 * bits // 8)
+    if bits == 8:
+        return data.reshape(rows, width, 3)
+    return data.view(">u2").reshape(rows, width, 3).astype(np.uint16)
+
+
+def read_band(path: Path, expected: BandMeta, width: int, bit_depth: int) -> np.ndarray:
+    """Read an UNTRUSTED band file; return its values in render_band's shape and dtype.
+
+    ``expected`` is what the requestor handed out (the file's text chunk must equal it) and
+    ``width``/``bit_depth`` come from the task's scene. Raises BandFileError naming the first
+    thing that is wrong. Nothing is inflated until the header and text chunk have passed.
+    """
+    if expected.output not in OUTPUTS or expected.rows < 1 or width < 1:
+        raise ValueError(f"bad expectation: {expected}, width {width}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    bits = png_bit_depth(expected, bit_depth)
+    data = _read_untrusted(Path(path), max_file_bytes(expected, width, bit_depth))
+    compressed = _parse(data, expected, width, bits)
+    raw = _inflate(compressed, _raw_bytes(expected.rows, width, bits))
+    rgb = _decode(raw, expected.rows, width, bits)
+    if expected.output == "image":
+        return rgb
+    if rgb[..., 2].any():
+        row, col = (int(v) for v in np.argwhere(rgb[..., 2])[0])
+        raise BandFileError(
+            f"counts band has a non-zero blue channel at row {expected.row_start + row}, "
+            f"column {col} (B must be 0)"
+        )
+    return (rgb[..., 0].astype(np.uint32) << 16) | rgb[..., 1].astype(np.uint32)

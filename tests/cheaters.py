@@ -1,0 +1,248 @@
+"""Cheating providers: ways a provider can return a band that is not the honest one.
+
+Two kinds live here:
+
+* file cheats write something into a result folder that is not a well-formed band file of the
+  right shape (not a PNG, truncated, wrong size/mode/depth, a decompression bomb, a huge
+  file, a symlink, extra files); they exercise bandfile's structural checks;
+* value cheats take the honest band (or the scene) and return wrong pixel values in a
+  well-formed file (blank, noise, other rows, shifted, lower max_iter, ...); they exercise
+  the recompute-and-compare spot check.
+
+Everything is plain functions so tests call them directly, without gRPC.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from fractal_app.bandfile import PNG_SIGNATURE, TEXT_KEY, BandMeta, write_band
+
+
+# --------------------------------------------------------------------------- crafting PNGs
+def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    """One PNG chunk; pass ``crc`` to forge a wrong checksum."""
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
+
+
+def filter_rows(raw: np.ndarray, bpp: int, kinds: list[int]) -> bytes:
+    """PNG-filter the (rows, stride) uint8 scanlines, row r with filter ``kinds[r % len]``.
+
+    A slow, obviously correct reference encoder (all five filter types), for checking the
+    reader's unfiltering.
+    """
+    rows, stride = raw.shape
+    out = bytearray()
+    prev = np.zeros(stride, dtype=np.int64)
+    for r in range(rows):
+        kind = kinds[r % len(kinds)]
+        line = raw[r].astype(np.int64)
+        out.append(kind)
+        for x in range(stride):
+            left = int(line[x - bpp]) if x >= bpp else 0
+            up = int(prev[x])
+            up_left = int(prev[x - bpp]) if x >= bpp else 0
+            if kind == 0:
+                pred = 0
+            elif kind == 1:
+                pred = left
+            elif kind == 2:
+                pred = up
+            elif kind == 3:
+                pred = (left + up) // 2
+            else:
+                p = left + up - up_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                pred = left if pa <= pb and pa <= pc else (up if pb <= pc else up_left)
+            out.append((int(line[x]) - pred) & 0xFF)
+        prev = line
+    return bytes(out)
+
+
+def craft_png(
+    width: int,
+    height: int,
+    *,
+    bit_depth: int = 8,
+    color_type: int = 2,
+    interlace: int = 0,
+    text: bytes | None = None,
+    idat: bytes | None = None,
+    extra_chunks: list[bytes] = (),
+    filter_kinds: list[int] = (1,),
+    pixels: np.ndarray | None = None,
+) -> bytes:
+    """A PNG with any header fields, text and pixel data (default: zero pixels of that size)."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
+    bpp = max(1, channels * bit_depth // 8)
+    if idat is None:
+        stride = (width * channels * bit_depth + 7) // 8
+        if pixels is None:
+            raw = np.zeros((height, stride), dtype=np.uint8)
+        else:
+            big = pixels.astype(">u2") if bit_depth == 16 else pixels.astype(np.uint8)
+            raw = np.ascontiguousarray(big).view(np.uint8).reshape(height, stride)
+        idat = zlib.compress(filter_rows(raw, bpp, list(filter_kinds)))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, interlace)
+    parts = [PNG_SIGNATURE, chunk(b"IHDR", header)]
+    if text is not None:
+        parts.append(chunk(b"tEXt", TEXT_KEY + b"\0" + text))
+    parts.extend(extra_chunks)
+    parts.append(chunk(b"IDAT", idat))
+    parts.append(chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------- file cheats
+# Each takes (folder, meta, width, bit_depth, honest_values) and fills the result folder.
+FileCheat = Callable[[Path, BandMeta, int, int, np.ndarray], None]
+RESULT_NAME = "band.png"
+
+
+def _png_bits(meta: BandMeta, bit_depth: int) -> int:
+    return 16 if meta.output == "counts" else bit_depth
+
+
+def not_png(folder, meta, width, bit_depth, honest):
+    (folder / RESULT_NAME).write_bytes(b"GIF89a" + bytes(200))
+
+
+def empty_file(folder, meta, width, bit_depth, honest):
+    (folder / RESULT_NAME).write_bytes(b"")
+
+
+def truncated(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, meta)
+    data = (folder / RESULT_NAME).read_bytes()
+    (folder / RESULT_NAME).write_bytes(data[: len(data) * 2 // 3])
+
+
+def wrong_size(folder, meta, width, bit_depth, honest):
+    text = meta.to_json().encode()
+    bits = _png_bits(meta, bit_depth)
+    (folder / RESULT_NAME).write_bytes(craft_png(width + 1, meta.rows, bit_depth=bits, text=text))
+
+
+def wrong_height(folder, meta, width, bit_depth, honest):
+    text = meta.to_json().encode()
+    bits = _png_bits(meta, bit_depth)
+    (folder / RESULT_NAME).write_bytes(craft_png(width, meta.rows + 1, bit_depth=bits, text=text))
+
+
+def wrong_mode(folder, meta, width, bit_depth, honest):
+    text = meta.to_json().encode()
+    bits = _png_bits(meta, bit_depth)
+    png = craft_png(width, meta.rows, bit_depth=bits, color_type=6, text=text)
+    (folder / RESULT_NAME).write_bytes(png)
+
+
+def wrong_depth(folder, meta, width, bit_depth, honest):
+    text = meta.to_json().encode()
+    bits = 8 if _png_bits(meta, bit_depth) == 16 else 16
+    (folder / RESULT_NAME).write_bytes(craft_png(width, meta.rows, bit_depth=bits, text=text))
+
+
+def header_bomb(folder, meta, width, bit_depth, honest):
+    """A tiny file whose header claims a 60000 x 60000 image."""
+    text = meta.to_json().encode()
+    idat = zlib.compress(bytes(1000))
+    png = craft_png(60_000, 60_000, bit_depth=_png_bits(meta, bit_depth), text=text, idat=idat)
+    (folder / RESULT_NAME).write_bytes(png)
+
+
+def data_bomb(folder, meta, width, bit_depth, honest):
+    """The right header, but pixel data that inflates to 256 MiB of zeros."""
+    text = meta.to_json().encode()
+    inflater = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    idat = b"".join(inflater.compress(block) for _ in range(256)) + inflater.flush()
+    png = craft_png(width, meta.rows, bit_depth=_png_bits(meta, bit_depth), text=text, idat=idat)
+    (folder / RESULT_NAME).write_bytes(png)
+
+
+def huge_file(folder, meta, width, bit_depth, honest):
+    """An honest band padded (sparsely) to 4 GiB."""
+    write_band(folder / RESULT_NAME, honest, meta)
+    with open(folder / RESULT_NAME, "r+b") as handle:
+        handle.truncate(4 << 30)
+
+
+def symlink(folder, meta, width, bit_depth, honest):
+    """An honest band, but the result is a symlink to it (it could point anywhere)."""
+    target = folder.parent / f"{folder.name}-target.png"
+    write_band(target, honest, meta)
+    (folder / RESULT_NAME).symlink_to(target)
+
+
+def directory(folder, meta, width, bit_depth, honest):
+    (folder / RESULT_NAME).mkdir()
+
+
+def extra_file(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, meta)
+    (folder / "notes.txt").write_text("hello")
+
+
+def two_bands(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, meta)
+    write_band(folder / "copy.png", honest, meta)
+
+
+def subdirectory(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, meta)
+    (folder / "more").mkdir()
+
+
+def wrong_meta_subtask(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, replace(meta, subtask_id=meta.subtask_id + "x"))
+
+
+def wrong_meta_task(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, replace(meta, task_id="other-task"))
+
+
+def no_text(folder, meta, width, bit_depth, honest):
+    bits = _png_bits(meta, bit_depth)
+    (folder / RESULT_NAME).write_bytes(craft_png(width, meta.rows, bit_depth=bits))
+
+
+def bad_crc(folder, meta, width, bit_depth, honest):
+    write_band(folder / RESULT_NAME, honest, meta)
+    data = bytearray((folder / RESULT_NAME).read_bytes())
+    data[-20] ^= 0x40  # inside the last IDAT's payload or CRC
+    (folder / RESULT_NAME).write_bytes(bytes(data))
+
+
+def nothing(folder, meta, width, bit_depth, honest):
+    """An empty outputs folder (the provider returned no file)."""
+
+
+FILE_CHEATS: dict[str, tuple[FileCheat, str]] = {
+    # name: (cheat, a word the rejection reason must contain)
+    "not_png": (not_png, "not a PNG"),
+    "empty_file": (empty_file, "not a PNG"),
+    "truncated": (truncated, "truncated"),
+    "bad_crc": (bad_crc, "CRC"),
+    "wrong_width": (wrong_size, "pixels"),
+    "wrong_height": (wrong_height, "pixels"),
+    "wrong_mode": (wrong_mode, "RGBA"),
+    "wrong_depth": (wrong_depth, "-bit"),
+    "header_bomb": (header_bomb, "60000x60000"),
+    "data_bomb": (data_bomb, "inflates to more"),
+    "huge_file": (huge_file, "bytes"),
+    "symlink": (symlink, "symlink"),
+    "directory": (directory, "regular file"),
+    "extra_file": (extra_file, "exactly one"),
+    "two_bands": (two_bands, "exactly one"),
+    "subdirectory": (subdirectory, "exactly one"),
+    "wrong_meta_subtask": (wrong_meta_subtask, "subtask_id"),
+    "wrong_meta_task": (wrong_meta_task, "task_id"),
+    "no_text": (no_text, "fractal-app"),
+}
