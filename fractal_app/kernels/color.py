@@ -29,3 +29,126 @@ def quantize(x, max_value):
     if x >= 1.0:
         return max_value
     return int(math.floor(x * max_value + 0.5))
+
+
+# --- Palettes -------------------------------------------------------------------------------
+#
+# Each palette is a list of (position in [0, 1], sRGB hex) control points. The first and last
+# points of a cyclic palette are equal, so colour flows smoothly when the index wraps.
+# viridis and twilight follow matplotlib's maps (perceptually uniform; twilight also cyclic),
+# sampled at enough points that linear interpolation between them stays within a few
+# 8-bit steps of the originals.
+PALETTES = {
+    "classic": [  # the familiar cyclic blue / white / gold gradient
+        (0.0, "000764"), (0.16, "206bcb"), (0.42, "edffff"),
+        (0.6425, "ffaa00"), (0.8575, "000200"), (1.0, "000764"),
+    ],
+    "viridis": [
+        (0.0, "440154"), (0.111, "482878"), (0.222, "3e4989"), (0.333, "31688e"),
+        (0.444, "26828e"), (0.556, "1f9e89"), (0.667, "35b779"), (0.778, "6ece58"),
+        (0.889, "b5de2b"), (1.0, "fde725"),
+    ],
+    "twilight": [
+        (0.0, "e2d9e2"), (0.1, "b1c4cf"), (0.2, "7ea1c6"), (0.3, "6678bb"),
+        (0.4, "5f48a3"), (0.5, "2f1436"), (0.6, "742a4c"), (0.7, "a9434c"),
+        (0.8, "c77c62"), (0.9, "d6b6a0"), (1.0, "e2d9e2"),
+    ],
+    "fire": [
+        (0.0, "000000"), (0.25, "7a0403"), (0.5, "e03b0b"), (0.75, "fdb32f"), (1.0, "fffbe6"),
+    ],
+    "ocean": [
+        (0.0, "000a1f"), (0.3, "063a78"), (0.6, "1f8fb0"), (0.85, "8fdbd3"), (1.0, "f2fffc"),
+    ],
+    "grayscale": [(0.0, "000000"), (1.0, "ffffff")],
+    "electric": [
+        (0.0, "05000f"), (0.25, "3a0ca3"), (0.5, "f72585"), (0.75, "4cc9f0"), (1.0, "f0fbff"),
+    ],
+}
+
+# Entries in a palette's lookup table (the table has one more, equal to position 1).
+PALETTE_TABLE_SIZE = 256
+
+
+def palette_table(name):
+    """The palette as a (PALETTE_TABLE_SIZE + 1, 3) float64 array of LINEAR-light RGB.
+
+    Control points are interpolated in sRGB (as the published maps are defined), then
+    decoded to linear light, where the kernels interpolate and average.
+    """
+    import numpy as np
+
+    points = PALETTES[name]
+    positions = np.array([p for p, _ in points])
+    srgb = np.array([[int(h[k : k + 2], 16) / 255.0 for k in (0, 2, 4)] for _, h in points])
+    x = np.linspace(0.0, 1.0, PALETTE_TABLE_SIZE + 1)
+    table = np.empty((PALETTE_TABLE_SIZE + 1, 3))
+    for channel in range(3):
+        encoded = np.interp(x, positions, srgb[:, channel])
+        table[:, channel] = [srgb_to_linear(float(v)) for v in encoded]
+    return table
+
+
+def palette_index(count, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset):
+    """Where an escaped sample falls in the palette, in [0, 1).
+
+    Smooth colouring uses the continuous count ``nu = count + 1 - log_p(log|z|)`` with |z|
+    taken when |z|^2 first exceeded 4 (escape radius 2; p is the fractal's power). The
+    index grows with log(1 + nu) / log(1 + max_iter), so one palette cycle spans the whole
+    iteration range whatever max_iter is, and ``cycles``/``offset`` stretch and shift it.
+    All in float64, whatever precision the iteration ran in.
+    """
+    nu = float(count)
+    if smooth:
+        nu = nu + 1.0 - math.log(0.5 * math.log(mag2)) * inv_log_power
+        if nu < 0.0:
+            nu = 0.0
+    t = offset + cycles * math.log(1.0 + nu) * inv_log_max_iter
+    return t - math.floor(t)
+
+
+def palette_lookup(table, t):
+    """Linear interpolation in a palette table at t in [0, 1): linear-light (r, g, b)."""
+    position = t * (table.shape[0] - 1)
+    i = int(math.floor(position))
+    if i >= table.shape[0] - 1:
+        i = table.shape[0] - 2
+    f = position - i
+    g = 1.0 - f
+    return (
+        table[i, 0] * g + table[i + 1, 0] * f,
+        table[i, 1] * g + table[i + 1, 1] * f,
+        table[i, 2] * g + table[i + 1, 2] * f,
+    )
+
+
+def compile_color(jit):
+    """The colouring functions compiled by ``jit`` (numba.njit(inline="always") or
+    numba.cuda.jit(device=True, inline="always")), plus ``sample_rgb``: the linear-light
+    colour of one escape-time sample, the interior colour when it never escaped.
+
+    Returns a namespace with ``linear_to_srgb``, ``quantize``, ``palette_index``,
+    ``palette_lookup`` and ``sample_rgb(count, mag2, max_iter, smooth, inv_log_power,
+    inv_log_max_iter, cycles, offset, table, interior)`` (``interior``: a linear-light
+    float64 array of 3).
+    """
+    from types import SimpleNamespace
+
+    index = jit(palette_index)
+    lookup = jit(palette_lookup)
+
+    def sample_rgb(
+        count, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset, table,
+        interior,
+    ):
+        if count >= max_iter:
+            return interior[0], interior[1], interior[2]
+        t = index(count, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset)
+        return lookup(table, t)
+
+    return SimpleNamespace(
+        linear_to_srgb=jit(linear_to_srgb),
+        quantize=jit(quantize),
+        palette_index=index,
+        palette_lookup=lookup,
+        sample_rgb=jit(sample_rgb),
+    )
