@@ -1,10 +1,18 @@
-"""The band plan: every row exactly once, as many bands as allowed, none empty."""
+"""The band plan (every row exactly once, as many bands as allowed, none empty) and the
+streamed writers that put bands back together into the final image."""
 
+import struct
+import zlib
+
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
+from fractal_app import pngstream
 from fractal_app.bands import band_memory_mib, check_plan, plan_bands
+from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
 
 
 @given(height=st.integers(1, 70_000), max_bands=st.integers(1, 5_000))
@@ -43,3 +51,84 @@ def test_memory_estimate_grows_with_the_band():
     assert band_memory_mib(1000, 100, "image", 8, 1) > small
     assert band_memory_mib(10, 100, "image", 16, 1) > small
     assert band_memory_mib(10, 100, "image", 8, 4) > small
+
+
+def decode_png_rgb(path):
+    """A minimal independent decoder for our streams (Pillow reads 16-bit RGB as 8-bit)."""
+    data = path.read_bytes()
+    assert data[:8] == pngstream.PNG_SIGNATURE
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(
+            kind + body
+        )
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth = header[:3]
+    bpp = 3 * depth // 8
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, 1 + width * bpp)
+    out = np.empty((height, width * bpp), dtype=np.uint8)
+    for j in range(height):
+        assert raw[j, 0] == 1  # Sub filter
+        row = raw[j, 1:].astype(np.int64)
+        for k in range(width * bpp):
+            row[k] = (row[k] + (row[k - bpp] if k >= bpp else 0)) % 256
+        out[j] = row
+    dtype = ">u2" if depth == 16 else np.uint8
+    return out.view(dtype).reshape(height, width, 3)
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_streamed_in_uneven_blocks_reads_back_exactly(tmp_path, monkeypatch, bit_depth):
+    monkeypatch.setattr(pngstream, "ROWS_PER_STEP", 7)  # several steps per block
+    monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 100)  # several IDAT chunks
+    rng = np.random.default_rng(5)
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    image = rng.integers(0, 2**bit_depth, (45, 31, 3)).astype(dtype)
+    path = tmp_path / "out.png"
+    with PngStreamWriter(path, 31, 45, bit_depth, text={"Software": "fractal-app"}) as writer:
+        for start, stop in [(0, 1), (1, 20), (20, 45)]:
+            writer.write_rows(image[start:stop])
+    np.testing.assert_array_equal(decode_png_rgb(path), image)
+    with Image.open(path) as png:
+        assert png.size == (31, 45)
+        assert png.text == {"Software": "fractal-app"}
+        if bit_depth == 8:
+            np.testing.assert_array_equal(np.asarray(png), image)
+
+
+def test_png_refuses_missing_rows_and_wrong_dtype(tmp_path):
+    writer = PngStreamWriter(tmp_path / "a.png", 4, 3, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        writer.write_rows(np.zeros((1, 4, 3), np.uint16))
+    writer.write_rows(np.zeros((2, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="2 of 3 rows"):
+        writer.close()
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("strip_bytes", [1 << 18, 100])
+def test_counts_tiff_reads_back_with_pillow(tmp_path, monkeypatch, big, strip_bytes):
+    monkeypatch.setattr(pngstream, "TIFF_STRIP_BYTES", strip_bytes)
+    rng = np.random.default_rng(6)
+    counts = rng.integers(0, 10_000_001, (33, 70)).astype(np.uint32)
+    path = tmp_path / "result.tiff"
+    with CountsTiffWriter(path, 70, 33, force_bigtiff=big) as writer:
+        writer.write_rows(counts[:5])
+        writer.write_rows(counts[5:])
+    with Image.open(path) as tiff:
+        assert tiff.mode == "I"
+        np.testing.assert_array_equal(np.asarray(tiff), counts.astype(np.int32))
+
+
+def test_counts_tiff_refuses_values_that_do_not_fit(tmp_path):
+    writer = CountsTiffWriter(tmp_path / "c.tiff", 2, 1)
+    with pytest.raises(ValueError, match="2\\^31"):
+        writer.write_rows(np.array([[0, 2**31]], dtype=np.uint32))
+    writer.abandon()

@@ -1,0 +1,270 @@
+"""Write the final image band by band, never holding the whole picture in memory.
+
+A poster-size image (32768 x 32768 RGB, 3 GiB raw at 8 bits) must be written by a requestor
+whose memory is bounded by about twice the raw size, so the final PNG is produced as a stream:
+rows go through zlib as they arrive and leave as IDAT chunks. ``counts`` output (one 32-bit
+integer a pixel) is an uncompressed TIFF, written the same way (BigTIFF when it passes 4 GiB).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# zlib output is gathered into IDAT chunks of about this size.
+IDAT_CHUNK_BYTES = 1 << 20
+# Rows filtered and compressed per step, bounding the scratch memory of one step.
+ROWS_PER_STEP = 64
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _sub_filter(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
+    """PNG filter type 1 (Sub): each byte minus the byte one pixel to its left, modulo 256.
+
+    ``rows`` is (n, row_bytes) uint8; the result has the filter-type byte prepended.
+    """
+    filtered = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 1
+    filtered[:, 1 : 1 + bytes_per_pixel] = rows[:, :bytes_per_pixel]
+    np.subtract(
+        rows[:, bytes_per_pixel:],
+        rows[:, :-bytes_per_pixel],
+        out=filtered[:, 1 + bytes_per_pixel :],
+    )
+    return filtered
+
+
+class PngStreamWriter:
+    """An RGB PNG (8- or 16-bit) written top to bottom, a block of rows at a time.
+
+    ``write_rows`` takes (rows, W, 3) arrays of uint8 (bit_depth 8) or uint16 (bit_depth 16).
+    ``close`` checks that exactly ``height`` rows were written, then ends the file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        bit_depth: int,
+        compress_level: int = 6,
+        text: dict[str, str] | None = None,
+    ) -> None:
+        if bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        self.width, self.height, self.bit_depth = width, height, bit_depth
+        self._dtype = np.dtype(">u2") if bit_depth == 16 else np.dtype(np.uint8)
+        self._bytes_per_pixel = 3 * bit_depth // 8
+        self._rows_written = 0
+        self._pending = bytearray()
+        self._zlib = zlib.compressobj(compress_level)
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(PNG_SIGNATURE)
+        ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
+        self._file.write(_chunk(b"IHDR", ihdr))
+        for key, value in (text or {}).items():
+            self._file.write(
+                _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+            )
+
+    def write_rows(self, values: np.ndarray) -> None:
+        """Append rows (rows, W, 3) below those already written."""
+        if values.ndim != 3 or values.shape[1:] != (self.width, 3):
+            raise ValueError(f"expected rows of shape (n, {self.width}, 3), got {values.shape}")
+        if self._rows_written + values.shape[0] > self.height:
+            raise ValueError(f"more than {self.height} rows written")
+        expected = np.uint16 if self.bit_depth == 16 else np.uint8
+        if values.dtype != expected:
+            raise ValueError(
+                f"{self.bit_depth}-bit rows must be {np.dtype(expected)}, got {values.dtype}"
+            )
+        for start in range(0, values.shape[0], ROWS_PER_STEP):
+            block = np.ascontiguousarray(values[start : start + ROWS_PER_STEP], dtype=self._dtype)
+            raw = block.view(np.uint8).reshape(block.shape[0], -1)
+            self._pending += self._zlib.compress(_sub_filter(raw, self._bytes_per_pixel))
+            self._flush(IDAT_CHUNK_BYTES)
+        self._rows_written += values.shape[0]
+
+    def _flush(self, at_least: int) -> None:
+        if len(self._pending) >= at_least and self._pending:
+            self._file.write(_chunk(b"IDAT", bytes(self._pending)))
+            self._pending.clear()
+
+    def close(self) -> None:
+        """End the stream (fsync'd); ValueError if not every row was written."""
+        if self._file.closed:
+            return
+        try:
+            if self._rows_written != self.height:
+                raise ValueError(f"{self._rows_written} of {self.height} rows were written")
+            self._pending += self._zlib.flush()
+            self._flush(1)
+            self._file.write(_chunk(b"IEND", b""))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+    def abandon(self) -> None:
+        """Close without finishing (after an error); the caller deletes the file."""
+        self._file.close()
+
+    def __enter__(self) -> PngStreamWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+
+# TIFF tags used by the counts writer.
+_IMAGE_WIDTH, _IMAGE_LENGTH, _BITS_PER_SAMPLE, _COMPRESSION = 256, 257, 258, 259
+_PHOTOMETRIC, _STRIP_OFFSETS, _SAMPLES_PER_PIXEL, _ROWS_PER_STRIP = 262, 273, 277, 278
+_STRIP_BYTE_COUNTS, _PLANAR_CONFIG, _SAMPLE_FORMAT = 279, 284, 339
+_SHORT, _LONG, _LONG8 = 3, 4, 16
+# Below this many bytes a classic TIFF (32-bit offsets) is written, which every reader knows;
+# above it, BigTIFF.
+CLASSIC_TIFF_LIMIT = 2**32 - 2**24
+TIFF_STRIP_BYTES = 1 << 18
+
+
+class CountsTiffWriter:
+    """A single-channel 32-bit integer TIFF (little-endian, uncompressed), written by rows.
+
+    Escape counts are at most 10,000,000, so they are stored as signed 32-bit integers
+    (SampleFormat 2): Pillow opens such a file in its mode "I" and NumPy reads it with
+    ``np.asarray(Image.open(path))``. The layout is fixed up front (the size is known), so
+    rows are written straight after the header as they arrive.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, force_bigtiff: bool = False) -> None:
+        self.width, self.height = width, height
+        row_bytes = 4 * width
+        data_bytes = row_bytes * height
+        self._rows_per_strip = max(1, min(height, TIFF_STRIP_BYTES // row_bytes))
+        strips = -(-height // self._rows_per_strip)
+        big = force_bigtiff or data_bytes + 16 * strips + 4096 > CLASSIC_TIFF_LIMIT
+        offset_size = 8 if big else 4
+        entry_size = 20 if big else 12
+        header_size = 16 if big else 8
+        tags = 11
+        ifd_size = (8 if big else 2) + tags * entry_size + offset_size
+        offsets_at = header_size + ifd_size
+        counts_at = offsets_at + strips * offset_size
+        data_at = counts_at + strips * offset_size
+        strip_offsets, strip_counts = [], []
+        for strip in range(strips):
+            rows = min(self._rows_per_strip, height - strip * self._rows_per_strip)
+            strip_offsets.append(data_at + strip * self._rows_per_strip * row_bytes)
+            strip_counts.append(rows * row_bytes)
+        array_type = _LONG8 if big else _LONG
+        entries = [
+            (_IMAGE_WIDTH, _LONG, 1, width),
+            (_IMAGE_LENGTH, _LONG, 1, height),
+            (_BITS_PER_SAMPLE, _SHORT, 1, 32),
+            (_COMPRESSION, _SHORT, 1, 1),
+            (_PHOTOMETRIC, _SHORT, 1, 1),  # min-is-black
+            (_STRIP_OFFSETS, array_type, strips, strip_offsets[0] if strips == 1 else offsets_at),
+            (_SAMPLES_PER_PIXEL, _SHORT, 1, 1),
+            (_ROWS_PER_STRIP, _LONG, 1, self._rows_per_strip),
+            (_STRIP_BYTE_COUNTS, array_type, strips, strip_counts[0] if strips == 1 else counts_at),
+            (_PLANAR_CONFIG, _SHORT, 1, 1),
+            (_SAMPLE_FORMAT, _SHORT, 1, 2),  # signed integer
+        ]
+        assert len(entries) == tags
+        head = bytearray()
+        if big:
+            head += b"II" + struct.pack("<HHHQ", 43, 8, 0, header_size)
+            head += struct.pack("<Q", tags)
+        else:
+            head += b"II" + struct.pack("<HI", 42, header_size)
+            head += struct.pack("<H", tags)
+        for tag, kind, count, value in entries:
+            if big:
+                packed = (
+                    struct.pack("<Q", value)
+                    if kind in (_LONG8,)
+                    else (
+                        struct.pack("<I", value) + b"\0" * 4
+                        if kind == _LONG
+                        else struct.pack("<H", value) + b"\0" * 6
+                    )
+                )
+                head += struct.pack("<HHQ", tag, kind, count) + packed
+            else:
+                packed = (
+                    struct.pack("<I", value)
+                    if kind == _LONG
+                    else struct.pack("<H", value) + b"\0\0"
+                )
+                head += struct.pack("<HHI", tag, kind, count) + packed
+        head += b"\0" * offset_size  # no next IFD
+        fmt = "<Q" if big else "<I"
+        if strips > 1:
+            head += b"".join(struct.pack(fmt, o) for o in strip_offsets)
+            head += b"".join(struct.pack(fmt, c) for c in strip_counts)
+        else:
+            head += b"\0" * (data_at - len(head))
+        assert len(head) == data_at
+        self._rows_written = 0
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(head)
+
+    def write_rows(self, counts: np.ndarray) -> None:
+        """Append rows (rows, W) of escape counts (any integer dtype, values < 2^31)."""
+        if counts.ndim != 2 or counts.shape[1] != self.width:
+            raise ValueError(f"expected rows of shape (n, {self.width}), got {counts.shape}")
+        if self._rows_written + counts.shape[0] > self.height:
+            raise ValueError(f"more than {self.height} rows written")
+        for start in range(0, counts.shape[0], 4 * ROWS_PER_STEP):
+            block = counts[start : start + 4 * ROWS_PER_STEP]
+            if block.size and int(block.max()) >= 2**31:
+                raise ValueError("escape counts must be below 2^31")
+            self._file.write(np.ascontiguousarray(block, dtype="<i4").tobytes())
+        self._rows_written += counts.shape[0]
+
+    def close(self) -> None:
+        """End the file (fsync'd); ValueError if not every row was written."""
+        if self._file.closed:
+            return
+        try:
+            if self._rows_written != self.height:
+                raise ValueError(f"{self._rows_written} of {self.height} rows were written")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+    def abandon(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CountsTiffWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
