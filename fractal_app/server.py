@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import signal
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,11 @@ _STATUS_FOR_ERROR: tuple[tuple[type[errors.AppError], grpc.StatusCode], ...] = (
 _MAX_INTERNAL_DETAIL = 300
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+# Each server's health servicer, so that stopping can answer NOT_SERVING during the grace period.
+_HEALTH_OF: weakref.WeakKeyDictionary[grpc.aio.Server, health.aio.HealthServicer] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ServerStartError(RuntimeError):
@@ -169,6 +175,7 @@ async def create_server(
         raise ServerStartError(f"cannot listen on {address}; is port {port} already in use?")
 
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    _HEALTH_OF[server] = health_servicer
     await server.start()
     if credentials is None:
         logger.info("serving plaintext on %s:%d (no TLS files in %s)", host, bound_port, work_dir)
@@ -211,12 +218,16 @@ async def run_until_stopped(
         await asyncio.wait({stop_waiter, termination}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop_waiter.cancel()
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+        health_servicer = _HEALTH_OF.get(server)
+        if health_servicer is not None:
+            await health_servicer.enter_graceful_shutdown()  # NOT_SERVING from now on
         # Not cancelled: grpc's termination waiter shares the future that stop() awaits, and
         # cancelling it would cancel the shutdown too. stop() completes it instead.
         await server.stop(grace)
         await termination
+        # Removed only now, so a second SIGTERM during the grace period is absorbed.
+        for signum in handled:
+            loop.remove_signal_handler(signum)
         logger.info("server stopped")
 
 

@@ -359,6 +359,26 @@ def test_shutdown_rpc_is_answered_then_server_stops(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_health_watchers_see_not_serving_when_stopping(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        async with serving(tmp_path) as (server, port):
+            runner = asyncio.create_task(run_until_stopped(server, stop, grace=1.0))
+            async with open_channel(f"127.0.0.1:{port}") as channel:
+                watch = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT
+                )
+                first = await watch.read()
+                assert first.status == health_pb2.HealthCheckResponse.SERVING
+                stop.set()
+                second = await watch.read()
+                assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                watch.cancel()
+            await asyncio.wait_for(runner, timeout=CALL_TIMEOUT)
+
+    asyncio.run(scenario())
+
+
 # A minimal app: the real entry point is APP's, this only exercises the server's signal path.
 SERVE_SCRIPT = textwrap.dedent(
     """
