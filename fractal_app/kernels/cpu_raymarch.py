@@ -1,0 +1,51 @@
+"""The 3D scalar core compiled for the CPU: parallel band and pixel-list kernels.
+
+Both kernels call the same compiled ``pixel_rgb``, so a pixel has the same value whether it is
+rendered in a band or on its own. Rows are handed to threads in small chunks (see
+``render_band``): rows differ a lot in cost (background rows are nearly free).
+"""
+
+import numba
+from numba import njit, prange
+
+from fractal_app.kernels import raymarch
+
+_core = raymarch.compiled_with(njit(nogil=True))
+_pixel_rgb = _core.pixel_rgb
+
+# Rows per work item handed to a thread. Small, because row costs vary widely.
+ROW_CHUNK = 1
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def band_kernel(out, row_start, us, vs, p, ip):
+    """out[k, i] = RGB of pixel (row_start + k, i); out is (rows, W, 3) uint8/uint16."""
+    for k in prange(out.shape[0]):
+        row = row_start + k
+        for i in range(out.shape[1]):
+            r, g, b = _pixel_rgb(row, i, us, vs, p, ip)
+            out[k, i, 0] = r
+            out[k, i, 1] = g
+            out[k, i, 2] = b
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def pixels_kernel(out, rows, cols, us, vs, p, ip):
+    """out[n] = RGB of pixel (rows[n], cols[n]); out is (N, 3) uint8/uint16."""
+    for n in prange(out.shape[0]):
+        r, g, b = _pixel_rgb(rows[n], cols[n], us, vs, p, ip)
+        out[n, 0] = r
+        out[n, 1] = g
+        out[n, 2] = b
+
+
+def render_band(out, row_start, us, vs, p, ip):
+    """Run band_kernel with rows handed out in chunks of ROW_CHUNK."""
+    with numba.parallel_chunksize(ROW_CHUNK):
+        band_kernel(out, row_start, us, vs, p, ip)
+
+
+def render_pixels(out, rows, cols, us, vs, p, ip):
+    """Run pixels_kernel; the pixels of a spot check are scattered, so chunks stay small too."""
+    with numba.parallel_chunksize(ROW_CHUNK):
+        pixels_kernel(out, rows, cols, us, vs, p, ip)

@@ -1,0 +1,482 @@
+"""Scalar core of the 3D fractals: distance estimators, sphere tracing, shading, one pixel.
+
+Plain Python functions, written once. ``compiled_with(decorator)`` builds the compiled set:
+``numba.njit(inline="always")`` for the CPU kernels, ``numba.cuda.jit(device=True,
+inline="always")`` for the GPU ones; called uncompiled they are the slow reference the tests
+use. The functions call each other by module-level name, so the compiled copies are rebound
+to a namespace in which those names mean the compiled versions.
+
+Precision: every floating-point value that reaches the distance estimator (ray origin and
+direction, marching distance, the estimator's arithmetic) is in the scene's precision. Numba
+types a bare float literal as float64 and would promote a float32 expression, so the
+constants the estimator and the marcher need come in the parameter vector ``p`` (same dtype
+as the ray), at the slots named ``P_*`` below. Shading after the hit runs once per sample and
+is written with ordinary float64 literals. Integer settings come in ``ip`` (int64), ``I_*``.
+"""
+
+import math
+import types
+
+from fractal_app.kernels.color import linear_to_srgb, quantize
+
+KIND_MANDELBULB = 0
+KIND_MANDELBOX = 1
+
+# ---- slots of the float parameter vector p (the scene's precision) ----
+# constants
+P_ZERO = 0
+P_ONE = 1
+P_HALF = 2
+P_TWO = 3
+P_SIX = 4
+P_EIGHT = 5
+P_SIXTEEN = 6
+P_TWENTY_EIGHT = 7
+P_SIXTY_FOUR = 8
+P_SEVENTY = 9
+# the fractal
+P_POWER = 10  # Mandelbulb power
+P_BAILOUT2 = 11  # squared escape radius of the estimator's orbit
+P_BOX_SCALE = 12  # Mandelbox scale (may be negative)
+P_BOX_ABS_SCALE = 13
+P_BOX_MIN_R2 = 14  # sphere fold: inner radius squared (outer radius is 1)
+P_BOX_MIN_FACTOR = 15  # 1 / P_BOX_MIN_R2
+# marching
+P_BOUND_R2 = 16  # squared radius of a sphere around the origin that holds the whole fractal
+P_EPSILON = 17  # surface distance at one unit from the camera
+P_MAX_DISTANCE = 18
+P_STEP_FACTOR = 19  # < 1 where the estimator may overshoot
+# camera: origin, then an orthonormal basis (forward, right, up)
+P_ORIGIN = 20
+P_FORWARD = 23
+P_RIGHT = 26
+P_UP = 29
+# shading
+P_LIGHT = 32  # unit vector toward the light
+P_NORMAL_H = 35  # normal sampling offset, as a multiple of the hit threshold
+P_SHADOW_SOFTNESS = 36  # larger is a harder penumbra
+P_SHADOW_MIN_STEP = 37
+P_SHADOW_MAX_STEP = 38
+P_SHADOW_MAX_T = 39
+P_AO_STEP = 40  # spacing of the ambient-occlusion samples along the normal
+P_BACKGROUND = 41  # linear RGB
+P_FOG = 44  # fog density per unit of distance
+P_TRAP_SCALE = 45  # orbit trap to palette position
+P_PALETTE_CYCLES = 46
+P_PALETTE_OFFSET = 47
+P_PALETTE = 48  # cosine palette a + b cos(2 pi (c t + d)): 12 numbers, a, b, c, d as RGB
+P_SIZE = 60
+
+# ---- slots of the integer parameter vector ip ----
+I_KIND = 0
+I_ITERATIONS = 1
+I_MAX_STEPS = 2
+I_SHADOW_STEPS = 3
+I_AO_SAMPLES = 4
+I_FAST8 = 5  # 1: Mandelbulb power is exactly 8, use the polynomial form
+I_SUPERSAMPLE = 6
+I_MAX_VALUE = 7  # 255 or 65535
+I_SIZE = 8
+
+
+def mandelbulb_de(x, y, z, p, ip):
+    """Distance estimate and orbit trap (min |w|^2) of the Mandelbulb at (x, y, z).
+
+    Spherical coordinates with y up: theta from the y axis, phi = atan2(x, z). The power-8
+    case uses the equivalent polynomial (no acos/atan2/pow), rescaled so that points near
+    the y axis do not overflow.
+    """
+    one = p[P_ONE]
+    power = p[P_POWER]
+    bailout2 = p[P_BAILOUT2]
+    wx = x
+    wy = y
+    wz = z
+    dr = one
+    r2 = wx * wx + wy * wy + wz * wz
+    trap = r2
+    for _ in range(ip[I_ITERATIONS]):
+        if r2 > bailout2:
+            break
+        r = math.sqrt(r2)
+        if ip[I_FAST8] == 1:
+            dr = p[P_EIGHT] * (r2 * r2 * r2 * r) * dr + one
+            x2 = wx * wx
+            y2 = wy * wy
+            z2 = wz * wz
+            x4 = x2 * x2
+            y4 = y2 * y2
+            z4 = z2 * z2
+            k3 = x2 + z2
+            if k3 > p[P_ZERO]:
+                rk = math.sqrt(k3)
+                u = wx / rk
+                v = wz / rk
+            else:
+                # on the y axis the x and z parts of w^8 vanish
+                rk = p[P_ZERO]
+                u = p[P_ZERO]
+                v = p[P_ZERO]
+            u2 = u * u
+            v2 = v * v
+            u4 = u2 * u2
+            v4 = v2 * v2
+            k1 = x4 + y4 + z4 - p[P_SIX] * y2 * z2 - p[P_SIX] * x2 * y2 + p[P_TWO] * z2 * x2
+            k4 = x2 - y2 + z2
+            c = wy * k4 * k1 * rk
+            nx = p[P_SIXTY_FOUR] * c * u * v * (u2 - v2) * (u4 - p[P_SIX] * u2 * v2 + v4)
+            ny = k1 * k1 - p[P_SIXTEEN] * y2 * k3 * k4 * k4
+            nz = -p[P_EIGHT] * c * (
+                u4 * u4
+                - p[P_TWENTY_EIGHT] * u4 * u2 * v2
+                + p[P_SEVENTY] * u4 * v4
+                - p[P_TWENTY_EIGHT] * u2 * v2 * v4
+                + v4 * v4
+            )
+            wx = nx + x
+            wy = ny + y
+            wz = nz + z
+        elif r2 > p[P_ZERO]:
+            rp = math.pow(r, power - one)
+            dr = power * rp * dr + one
+            theta = math.acos(wy / r) * power
+            phi = math.atan2(wx, wz) * power
+            rp = rp * r
+            st = math.sin(theta)
+            wx = rp * st * math.sin(phi) + x
+            wy = rp * math.cos(theta) + y
+            wz = rp * st * math.cos(phi) + z
+        else:
+            # 0^power = 0: the orbit restarts at the point itself
+            dr = one
+            wx = x
+            wy = y
+            wz = z
+        r2 = wx * wx + wy * wy + wz * wz
+        trap = min(trap, r2)
+    if r2 == p[P_ZERO]:
+        return p[P_ZERO], trap
+    r = math.sqrt(r2)
+    return p[P_HALF] * math.log(r) * r / dr, trap
+
+
+def mandelbox_de(x, y, z, p, ip):
+    """Distance estimate and orbit trap (min |w|^2) of the Mandelbox at (x, y, z).
+
+    Each iteration: box fold (reflect through the faces of [-1, 1]^3), sphere fold (invert
+    in the unit sphere, scale up by a fixed factor inside the inner radius), then
+    w = scale * w + point. The running derivative dr follows the folds' scale factors.
+    """
+    one = p[P_ONE]
+    two = p[P_TWO]
+    scale = p[P_BOX_SCALE]
+    abs_scale = p[P_BOX_ABS_SCALE]
+    min_r2 = p[P_BOX_MIN_R2]
+    bailout2 = p[P_BAILOUT2]
+    wx = x
+    wy = y
+    wz = z
+    dr = one
+    r2 = wx * wx + wy * wy + wz * wz
+    trap = r2
+    for _ in range(ip[I_ITERATIONS]):
+        if wx > one:
+            wx = two - wx
+        elif wx < -one:
+            wx = -two - wx
+        if wy > one:
+            wy = two - wy
+        elif wy < -one:
+            wy = -two - wy
+        if wz > one:
+            wz = two - wz
+        elif wz < -one:
+            wz = -two - wz
+        r2 = wx * wx + wy * wy + wz * wz
+        if r2 < min_r2:
+            f = p[P_BOX_MIN_FACTOR]
+            wx = wx * f
+            wy = wy * f
+            wz = wz * f
+            dr = dr * f
+        elif r2 < one:
+            f = one / r2
+            wx = wx * f
+            wy = wy * f
+            wz = wz * f
+            dr = dr * f
+        trap = min(trap, r2)
+        wx = scale * wx + x
+        wy = scale * wy + y
+        wz = scale * wz + z
+        dr = dr * abs_scale + one
+        r2 = wx * wx + wy * wy + wz * wz
+        if r2 > bailout2:
+            break
+    return math.sqrt(r2) / dr, trap
+
+
+def distance(x, y, z, p, ip):
+    """(distance estimate, orbit trap) of the scene's fractal at (x, y, z)."""
+    if ip[I_KIND] == KIND_MANDELBULB:
+        return mandelbulb_de(x, y, z, p, ip)
+    return mandelbox_de(x, y, z, p, ip)
+
+
+def march(ox, oy, oz, dx, dy, dz, p, ip):
+    """Sphere-trace a ray (unit direction). Returns (t, steps, hit).
+
+    Starts where the ray enters the bounding sphere, stops when the estimate drops below
+    epsilon * t (the surface threshold grows with distance, like a pixel's footprint), when
+    t passes the bounding sphere or max_distance (a miss), or after max_steps (counted as a
+    hit: such rays graze the surface through deep crevices).
+    """
+    zero = p[P_ZERO]
+    b = ox * dx + oy * dy + oz * dz
+    c = ox * ox + oy * oy + oz * oz - p[P_BOUND_R2]
+    disc = b * b - c
+    if disc < zero:
+        return zero, 0, False
+    root = math.sqrt(disc)
+    t = max(zero, -b - root)
+    t_max = min(p[P_MAX_DISTANCE], -b + root)
+    if t > t_max:
+        return zero, 0, False
+    eps = p[P_EPSILON]
+    step_factor = p[P_STEP_FACTOR]
+    max_steps = ip[I_MAX_STEPS]
+    for step in range(max_steps):
+        d, _ = distance(ox + t * dx, oy + t * dy, oz + t * dz, p, ip)
+        if d < eps * t:
+            return t, step, True
+        t = t + d * step_factor
+        if t > t_max:
+            return t, step, False
+    return t, max_steps, True
+
+
+def surface_normal(x, y, z, h, p, ip):
+    """Unit normal of the distance field at (x, y, z): the tetrahedron technique (4 estimates)."""
+    zero = p[P_ZERO]
+    one = p[P_ONE]
+    nx = zero
+    ny = zero
+    nz = zero
+    for k in range(4):
+        # corners (+,-,-), (-,-,+), (-,+,-), (+,+,+) of a tetrahedron
+        sx = one if ((k + 3) >> 1) & 1 else -one
+        sy = one if (k >> 1) & 1 else -one
+        sz = one if k & 1 else -one
+        d, _ = distance(x + sx * h, y + sy * h, z + sz * h, p, ip)
+        nx = nx + sx * d
+        ny = ny + sy * d
+        nz = nz + sz * d
+    length = math.sqrt(nx * nx + ny * ny + nz * nz)
+    if length > zero:
+        return nx / length, ny / length, nz / length
+    return zero, one, zero
+
+
+def soft_shadow(x, y, z, p, ip):
+    """Light visibility in [0, 1] from (x, y, z) toward the light, with a penumbra.
+
+    March toward the light; the nearest approach relative to the distance travelled
+    (softness * d / t) darkens the point: 0 in full shadow, 1 in full light.
+    """
+    zero = p[P_ZERO]
+    one = p[P_ONE]
+    lx = p[P_LIGHT]
+    ly = p[P_LIGHT + 1]
+    lz = p[P_LIGHT + 2]
+    softness = p[P_SHADOW_SOFTNESS]
+    min_step = p[P_SHADOW_MIN_STEP]
+    max_step = p[P_SHADOW_MAX_STEP]
+    max_t = p[P_SHADOW_MAX_T]
+    result = one
+    t = min_step
+    for _ in range(ip[I_SHADOW_STEPS]):
+        d, _ = distance(x + t * lx, y + t * ly, z + t * lz, p, ip)
+        if d <= zero:
+            return zero
+        result = min(result, softness * d / t)
+        t = t + min(max(d, min_step), max_step)
+        if t > max_t:
+            break
+    return max(result, zero)
+
+
+def occlusion(x, y, z, nx, ny, nz, p, ip):
+    """Ambient occlusion in [0, 1] (1 = open) from a few estimates along the normal."""
+    zero = p[P_ZERO]
+    one = p[P_ONE]
+    step = p[P_AO_STEP]
+    occluded = zero
+    weight = one
+    h = zero
+    for _ in range(ip[I_AO_SAMPLES]):
+        h = h + step
+        d, _ = distance(x + h * nx, y + h * ny, z + h * nz, p, ip)
+        occluded = occluded + (h - d) * weight
+        weight = weight * p[P_HALF]
+    return occluded
+
+
+def palette_rgb(t, p):
+    """The scene's cosine palette at position t (cyclic with period 1), linear RGB."""
+    tau = 6.283185307179586
+    r = p[P_PALETTE] + p[P_PALETTE + 3] * math.cos(tau * (p[P_PALETTE + 6] * t + p[P_PALETTE + 9]))
+    g = p[P_PALETTE + 1] + p[P_PALETTE + 4] * math.cos(
+        tau * (p[P_PALETTE + 7] * t + p[P_PALETTE + 10])
+    )
+    b = p[P_PALETTE + 2] + p[P_PALETTE + 5] * math.cos(
+        tau * (p[P_PALETTE + 8] * t + p[P_PALETTE + 11])
+    )
+    return min(max(r, 0.0), 1.0), min(max(g, 0.0), 1.0), min(max(b, 0.0), 1.0)
+
+
+def sample_rgb(dx, dy, dz, p, ip):
+    """Linear RGB of one camera ray with unit direction (dx, dy, dz)."""
+    ox = p[P_ORIGIN]
+    oy = p[P_ORIGIN + 1]
+    oz = p[P_ORIGIN + 2]
+    bg_r = float(p[P_BACKGROUND])
+    bg_g = float(p[P_BACKGROUND + 1])
+    bg_b = float(p[P_BACKGROUND + 2])
+    t, steps, hit = march(ox, oy, oz, dx, dy, dz, p, ip)
+    if not hit:
+        return bg_r, bg_g, bg_b
+    hx = ox + t * dx
+    hy = oy + t * dy
+    hz = oz + t * dz
+    threshold = p[P_EPSILON] * t
+    nx, ny, nz = surface_normal(hx, hy, hz, threshold * p[P_NORMAL_H], p, ip)
+    _, trap = distance(hx, hy, hz, p, ip)
+    # lift the shadow and occlusion probes off the surface so they do not start inside it
+    lift = threshold * p[P_TWO]
+    sx = hx + nx * lift
+    sy = hy + ny * lift
+    sz = hz + nz * lift
+    shadow = float(soft_shadow(sx, sy, sz, p, ip))
+    occluded = float(occlusion(sx, sy, sz, nx, ny, nz, p, ip))
+
+    # surface colour from the orbit trap through the palette
+    position = math.sqrt(float(trap)) * p[P_TRAP_SCALE] * p[P_PALETTE_CYCLES] + p[P_PALETTE_OFFSET]
+    al_r, al_g, al_b = palette_rgb(position, p)
+
+    # ambient occlusion: from the samples along the normal and from the march's step count
+    ao = min(max(1.0 - 3.0 * occluded / float(p[P_SIZE]), 0.0), 1.0)
+    ao = ao * (1.0 - 0.6 * min(steps / (0.5 * ip[I_MAX_STEPS] + 1.0), 1.0))
+
+    lx = float(p[P_LIGHT])
+    ly = float(p[P_LIGHT + 1])
+    lz = float(p[P_LIGHT + 2])
+    fnx = float(nx)
+    fny = float(ny)
+    fnz = float(nz)
+    diffuse = max(fnx * lx + fny * ly + fnz * lz, 0.0) * shadow
+    # sky light from above, a bounce light from the opposite side
+    sky = 0.5 + 0.5 * fny
+    bounce = max(-(fnx * lx + fnz * lz), 0.0) * max(1.0 - fny, 0.0) * 0.5
+    # Blinn-Phong highlight, half vector between light and the direction to the camera
+    hvx = lx - float(dx)
+    hvy = ly - float(dy)
+    hvz = lz - float(dz)
+    hl = math.sqrt(hvx * hvx + hvy * hvy + hvz * hvz)
+    spec = 0.0
+    if hl > 0.0:
+        spec = max((fnx * hvx + fny * hvy + fnz * hvz) / hl, 0.0)
+        spec = spec**32 * diffuse * 0.6
+
+    light_r = 2.2 * diffuse * 1.00 + 0.35 * sky * ao * 0.55 + 0.25 * bounce * ao
+    light_g = 2.2 * diffuse * 0.92 + 0.35 * sky * ao * 0.65 + 0.25 * bounce * ao
+    light_b = 2.2 * diffuse * 0.80 + 0.35 * sky * ao * 0.90 + 0.25 * bounce * ao
+    r = al_r * light_r + spec
+    g = al_g * light_g + spec
+    b = al_b * light_b + spec
+
+    # fog toward the background with the distance travelled
+    keep = math.exp(-float(p[P_FOG]) * float(t))
+    r = r * keep + bg_r * (1.0 - keep)
+    g = g * keep + bg_g * (1.0 - keep)
+    b = b * keep + bg_b * (1.0 - keep)
+    return r, g, b
+
+
+def pixel_rgb(row, col, us, vs, p, ip):
+    """Encoded RGB (integers 0..max_value) of pixel (row, col), supersampled s x s.
+
+    us[col * s + b] and vs[row * s + a] are the image-plane coordinates of the sub-pixel
+    centres (computed once, in float64, by the caller and rounded to the precision). The
+    samples are averaged in linear light, then sRGB-encoded and quantized.
+    """
+    s = ip[I_SUPERSAMPLE]
+    fx = p[P_FORWARD]
+    fy = p[P_FORWARD + 1]
+    fz = p[P_FORWARD + 2]
+    rx = p[P_RIGHT]
+    ry = p[P_RIGHT + 1]
+    rz = p[P_RIGHT + 2]
+    ux = p[P_UP]
+    uy = p[P_UP + 1]
+    uz = p[P_UP + 2]
+    one = p[P_ONE]
+    sum_r = 0.0
+    sum_g = 0.0
+    sum_b = 0.0
+    for a in range(s):
+        v = vs[row * s + a]
+        for b in range(s):
+            u = us[col * s + b]
+            dx = fx + u * rx + v * ux
+            dy = fy + u * ry + v * uy
+            dz = fz + u * rz + v * uz
+            inv = one / math.sqrt(dx * dx + dy * dy + dz * dz)
+            r, g, b_ = sample_rgb(dx * inv, dy * inv, dz * inv, p, ip)
+            sum_r += r
+            sum_g += g
+            sum_b += b_
+    n = float(s * s)
+    max_value = ip[I_MAX_VALUE]
+    red = quantize(linear_to_srgb(min(max(sum_r / n, 0.0), 1.0)), max_value)
+    green = quantize(linear_to_srgb(min(max(sum_g / n, 0.0), 1.0)), max_value)
+    blue = quantize(linear_to_srgb(min(max(sum_b / n, 0.0), 1.0)), max_value)
+    return red, green, blue
+
+
+SCALAR_FUNCTIONS = (
+    "mandelbulb_de",
+    "mandelbox_de",
+    "distance",
+    "march",
+    "surface_normal",
+    "soft_shadow",
+    "occlusion",
+    "palette_rgb",
+    "sample_rgb",
+    "pixel_rgb",
+)
+_IMPORTED_LEAVES = {"linear_to_srgb": linear_to_srgb, "quantize": quantize}
+
+
+def compiled_with(decorator):
+    """The scalar functions compiled with ``decorator``, as a namespace.
+
+    Each function is copied with a globals dict in which the names of the other scalar
+    functions (and the colour helpers) mean their compiled versions, so a compiled
+    ``pixel_rgb`` calls compiled ``sample_rgb``, and so on down.
+    """
+    namespace = dict(globals())
+    compiled = {}
+    for name, leaf in _IMPORTED_LEAVES.items():
+        compiled[name] = decorator(leaf)
+    for name in SCALAR_FUNCTIONS:
+        original = globals()[name]
+        copy = types.FunctionType(
+            original.__code__, namespace, original.__name__, original.__defaults__, original.__closure__
+        )
+        copy.__qualname__ = original.__qualname__
+        copy.__module__ = original.__module__
+        copy.__doc__ = original.__doc__
+        compiled[name] = decorator(copy)
+    namespace.update(compiled)
+    return types.SimpleNamespace(**compiled)
