@@ -1,0 +1,114 @@
+"""``python -m fractal_app requestor|provider PORT``: what the Docker image's ENTRYPOINT runs.
+
+Kept to the standard library and gRPC at import time: a provider process starts for every
+subtask, and everything it does not need for its one request is loaded later or never.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_WORK_DIR = Path("/golem/work")
+ROLES = ("requestor", "provider")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fractal_app",
+        description="Serve the fractal-app requestor or provider Golem Task API.",
+    )
+    parser.add_argument("role", choices=ROLES, help="which Golem Task API service to run")
+    parser.add_argument("port", type=int, help="TCP port to listen on (0 picks a free one)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        help=f"the Golem work directory (default {DEFAULT_WORK_DIR})",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="logging threshold (default INFO)",
+    )
+    parser.add_argument(
+        "--port-file",
+        type=Path,
+        default=None,
+        help="write the bound port to this file once the server is SERVING",
+    )
+    parser.add_argument(
+        "--host",
+        default="[::]",
+        help="interface to listen on (default all interfaces, as a Golem node expects)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="provider: render on this backend instead of the one the scene's env implies",
+    )
+    return parser
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write the port so that a reader never sees a partial file (write, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+async def serve(
+    role: str,
+    port: int,
+    work_dir: Path,
+    port_file: Path | None = None,
+    host: str = "[::]",
+    backend: str | None = None,
+) -> None:
+    """Serve ``role`` on ``host:port`` until Shutdown, SIGTERM, or (provider) its one request."""
+    from fractal_app.server import create_server, run_until_stopped
+
+    stop = asyncio.Event()
+    if role == "requestor":
+        from fractal_app.requestor import RequestorService
+
+        service = RequestorService(work_dir, stop)
+    else:
+        from fractal_app.provider import ProviderService
+
+        service = ProviderService(work_dir, stop, backend)
+    try:
+        server, bound_port = await create_server(port, work_dir, service.register, host=host)
+        if port_file is not None:
+            write_port_file(port_file, bound_port)
+        await run_until_stopped(server, stop)
+    finally:
+        service.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format=f"%(asctime)s {args.role}[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    work_dir: Path = args.work_dir
+    if not work_dir.is_dir():
+        print(f"error: work directory {work_dir} does not exist", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(args.role, args.port, work_dir, args.port_file, args.host, args.backend))
+    except Exception as error:  # a start-up failure: say why, exit non-zero
+        logging.getLogger("fractal_app").error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

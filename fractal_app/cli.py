@@ -1,0 +1,145 @@
+"""The ``fractal-app`` command: render on this machine, benchmark, serve, and image helpers.
+
+Subcommands import what they need when they run, so ``fractal-app --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from fractal_app.errors import AppError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fractal-app")
+def main() -> None:
+    """Render fractal images across many machines with the Golem Task API."""
+
+
+@main.command()
+@click.argument("scene_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="where to write the image (.png; 'counts' output is written as .tiff)",
+)
+@click.option(
+    "--providers",
+    type=click.IntRange(1, 256),
+    default=2,
+    show_default=True,
+    help="provider processes rendering at the same time",
+)
+@click.option(
+    "--subtasks",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="at most this many bands (default: 4 per provider, more for big images)",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="render on this backend (default: from the scene's env)",
+)
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="keep the work directories and logs in this folder",
+)
+def render(
+    scene_file: Path,
+    output: Path,
+    providers: int,
+    subtasks: int | None,
+    backend: str | None,
+    quiet: bool,
+    keep: Path | None,
+) -> None:
+    """Render SCENE_FILE (task parameters JSON) through the whole Golem lifecycle locally.
+
+    A requestor and PROVIDERS providers run as separate processes talking gRPC, exactly as a
+    Golem node would drive them; every band is verified before it is merged.
+    """
+    from fractal_app.local import render_locally
+
+    try:
+        report = asyncio.run(
+            render_locally(
+                scene_file.read_text(),
+                output,
+                providers=providers,
+                subtasks=subtasks,
+                backend=backend,
+                show_progress=not quiet,
+                keep=keep,
+            )
+        )
+    except AppError as error:
+        raise click.ClickException(str(error)) from None
+    if not quiet:
+        extra = f", {report.rejected} bands rejected and redone" if report.rejected else ""
+        click.echo(
+            f"wrote {report.output} ({report.bands} bands in {report.seconds:.1f} s{extra})",
+            err=True,
+        )
+
+
+@main.command()
+@click.option(
+    "--backend",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="benchmark this backend (default cpu)",
+)
+def benchmark(backend: str | None) -> None:
+    """Print this machine's score: millions of escape-time iterations per second."""
+    from fractal_app import render
+
+    try:
+        chosen = render.resolve_backend(backend, "docker_cpu")
+        score = render.run_benchmark(backend=chosen)
+    except AppError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{score:.1f}")
+
+
+@main.command("app-definition")
+def app_definition() -> None:
+    """Print the JSON app definition that registers the app with a Golem node."""
+    from fractal_app.app_definition import app_definition as definition
+
+    click.echo(json.dumps(definition(), indent=2))
+
+
+@main.command("warm-cache")
+def warm_cache() -> None:
+    """Compile every kernel into Numba's on-disk cache (run when building an image)."""
+    from fractal_app.warmup import warm_kernel_cache
+
+    warm_kernel_cache()
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve(args: tuple[str, ...]) -> None:
+    """Serve the requestor or provider API: serve requestor|provider PORT [options].
+
+    The same as ``python -m fractal_app ...``; see ``fractal-app serve -- --help``.
+    """
+    from fractal_app.__main__ import main as serve_main
+
+    sys.exit(serve_main(list(args)))
+
+
+if __name__ == "__main__":
+    main()

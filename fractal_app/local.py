@@ -1,0 +1,364 @@
+"""Render on one machine by playing the Golem node: a requestor and providers over real gRPC.
+
+Everything a node does is done here, in the same order and through the same entrypoint: the
+requestor and every provider are separate ``python -m fractal_app`` processes with their own
+work directories; the task folder is prepared as a node prepares it; each subtask's resources
+are copied to a fresh provider, its result copied back to ``subtask_outputs/{subtask_id}/``,
+and the requestor verifies it. A band that fails verification goes back to the requestor's
+pending list and is handed out again, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from fractal_app.errors import AppError
+from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+from fractal_app.store import check_name, check_relative_path
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+POLL_S = 0.01
+# A band is given up after this many failed attempts (rejected result or provider error).
+MAX_ATTEMPTS_PER_BAND = 3
+# Default band size: about this many pixels, so a provider's memory stays small.
+PIXELS_PER_BAND = 1 << 22
+BANDS_PER_PROVIDER = 4
+
+
+class LocalRenderError(AppError):
+    """The one-machine render could not finish; the message says which step failed and why."""
+
+
+@dataclass(frozen=True)
+class LocalRenderReport:
+    output: Path
+    bands: int
+    seconds: float
+    rejected: int
+    provider_errors: int
+
+
+def default_subtasks(width: int, height: int, providers: int) -> int:
+    """Enough bands to keep every provider busy to the end, and none of them huge."""
+    return min(
+        height, max(BANDS_PER_PROVIDER * providers, math.ceil(width * height / PIXELS_PER_BAND))
+    )
+
+
+def output_path_for(output: Path, scene_output: str) -> Path:
+    """``counts`` results are TIFF files: OUT gets the .tiff suffix if it has another."""
+    if scene_output == "counts" and output.suffix.lower() not in (".tif", ".tiff"):
+        return output.with_suffix(".tiff")
+    return output
+
+
+class _Process:
+    """A ``python -m fractal_app`` server process started by this module."""
+
+    def __init__(self, role: str, work_dir: Path, log_path: Path) -> None:
+        self.role = role
+        self.work_dir = work_dir
+        self.log_path = log_path
+        self.port_file = work_dir.parent / f"{work_dir.name}.port"
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self, extra_args: list[str], log_level: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "fractal_app",
+            self.role,
+            "0",
+            "--work-dir",
+            str(self.work_dir),
+            "--port-file",
+            str(self.port_file),
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            log_level,
+            *extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        # The server writes the port file once it is SERVING; a bounded poll waits for it.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.port_file.exists():
+            if self.process.returncode is not None:
+                raise LocalRenderError(f"the {self.role} exited at start-up:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise LocalRenderError(
+                    f"the {self.role} did not start within {START_TIMEOUT_S:.0f} s:\n"
+                    + self.log_tail()
+                )
+            await asyncio.sleep(POLL_S)
+        self.port = int(self.port_file.read_text())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+
+class LocalNode:
+    """The node's side of one task: hands bands to providers until every band is accepted."""
+
+    def __init__(
+        self,
+        root: Path,
+        requestor: pb_grpc.RequestorAppStub,
+        task_id: str,
+        total_bands: int,
+        providers: int,
+        backend: str | None,
+        progress,
+        log_level: str,
+    ) -> None:
+        self.root = root
+        self.requestor = requestor
+        self.task_id = task_id
+        self.task_dir = root / "requestor" / task_id
+        self.total = total_bands
+        self.providers = providers
+        self.backend = backend
+        self.progress = progress
+        self.log_level = log_level
+        self.accepted = 0
+        self.rejected = 0
+        self.provider_errors = 0
+        self.attempts: Counter[int] = Counter()
+        self.changed = asyncio.Condition()
+        # Counts finished subtasks, so a worker that found nothing to do knows when to look again.
+        self.generation = 0
+        self.children: set[_Process] = set()
+
+    async def run(self) -> None:
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.providers)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            for child in list(self.children):
+                child.kill()
+
+    async def _worker(self) -> None:
+        while self.accepted < self.total:
+            generation = self.generation
+            subtask_id = uuid.uuid4().hex
+            reply = await self.requestor.NextSubtask(
+                pb.NextSubtaskRequest(
+                    task_id=self.task_id, subtask_id=subtask_id, opaque_node_id="local"
+                )
+            )
+            if not reply.HasField("subtask"):
+                # Nothing to hand out now: the rest is with other providers. Wait until one
+                # of them finishes (a rejected band comes back as pending).
+                async with self.changed:
+                    await self.changed.wait_for(
+                        lambda seen=generation: self.generation != seen
+                        or self.accepted >= self.total
+                    )
+                continue
+            try:
+                await self._run_subtask(subtask_id, reply.subtask)
+            finally:
+                async with self.changed:
+                    self.generation += 1
+                    self.changed.notify_all()
+
+    async def _run_subtask(self, subtask_id: str, subtask: pb.SubtaskReply) -> None:
+        params = json.loads(subtask.subtask_params_json)
+        band = int(params["band_index"])
+        try:
+            result = await self._compute(subtask_id, subtask)
+        except LocalRenderError as error:
+            self.provider_errors += 1
+            await self.requestor.AbortSubtask(
+                pb.AbortSubtaskRequest(task_id=self.task_id, subtask_id=subtask_id)
+            )
+            self._count_attempt(band, f"the provider failed: {error}")
+            return
+        target = self.task_dir / "subtask_outputs" / subtask_id
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result, target / result.name)
+        verdict = await self.requestor.Verify(
+            pb.VerifyRequest(task_id=self.task_id, subtask_id=subtask_id)
+        )
+        if verdict.result == pb.VerifyReply.SUCCESS:
+            self.accepted += 1
+            self.progress.update(1)
+        else:
+            self.rejected += 1
+            logger.warning("band %d rejected: %s", band, verdict.reason)
+            self._count_attempt(band, f"its result was rejected: {verdict.reason}")
+
+    def _count_attempt(self, band: int, why: str) -> None:
+        self.attempts[band] += 1
+        if self.attempts[band] >= MAX_ATTEMPTS_PER_BAND:
+            raise LocalRenderError(
+                f"band {band} failed {self.attempts[band]} times; giving up. Last time {why}"
+            )
+
+    async def _compute(self, subtask_id: str, subtask: pb.SubtaskReply) -> Path:
+        """A fresh provider process renders the subtask; the path of its result file."""
+        work = self.root / "providers" / subtask_id
+        inputs = work / "subtask_inputs"
+        inputs.mkdir(parents=True)
+        for name in subtask.resources:
+            check_name("resource name", name)
+            shutil.copyfile(self.task_dir / "subtask_inputs" / name, inputs / name)
+        provider = _Process("provider", work, self.root / "providers" / f"{subtask_id}.log")
+        self.children.add(provider)
+        try:
+            extra = ["--backend", self.backend] if self.backend else []
+            await provider.start(extra, self.log_level)
+            async with grpc.aio.insecure_channel(provider.address) as channel:
+                try:
+                    reply = await pb_grpc.ProviderAppStub(channel).Compute(
+                        pb.ComputeRequest(
+                            task_id=self.task_id,
+                            subtask_id=subtask_id,
+                            subtask_params_json=subtask.subtask_params_json,
+                        )
+                    )
+                except grpc.aio.AioRpcError as error:
+                    raise LocalRenderError(
+                        f"Compute failed with {error.code().name}: {error.details()}"
+                    ) from None
+            code = await provider.wait(timeout=30)
+            if code != 0:
+                raise LocalRenderError(f"the provider exited with {code}:\n{provider.log_tail()}")
+        finally:
+            provider.kill()
+            self.children.discard(provider)
+        try:
+            result = check_relative_path("output_filepath", reply.output_filepath, work)
+        except AppError as error:
+            raise LocalRenderError(str(error)) from None
+        if result.is_symlink() or not result.is_file():
+            raise LocalRenderError(f"the provider's result {reply.output_filepath!r} is not a file")
+        return result
+
+
+async def render_locally(
+    scene_json: str,
+    output: Path,
+    providers: int = 2,
+    subtasks: int | None = None,
+    backend: str | None = None,
+    show_progress: bool = True,
+    keep: Path | None = None,
+    log_level: str = "WARNING",
+) -> LocalRenderReport:
+    """Run the whole Golem lifecycle on this machine and write the final image to ``output``.
+
+    ``keep``: a directory to hold the work directories (and logs) instead of a temporary one.
+    """
+    from tqdm import tqdm
+
+    from fractal_app.bands import plan_bands
+    from fractal_app.scene import parse_scene
+
+    scene = parse_scene(scene_json)
+    if providers < 1:
+        raise LocalRenderError("--providers must be at least 1")
+    count = subtasks or default_subtasks(scene.width_px, scene.height_px, providers)
+    if count < 1:
+        raise LocalRenderError("--subtasks must be at least 1")
+    total = len(plan_bands(scene.height_px, count))
+    output = output_path_for(Path(output), scene.output)
+    started = time.monotonic()
+
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fractal-app-")))
+        else:
+            root = Path(keep)
+            root.mkdir(parents=True, exist_ok=True)
+        (root / "requestor").mkdir()
+        (root / "providers").mkdir()
+        requestor = _Process("requestor", root / "requestor", root / "requestor.log")
+        try:
+            await requestor.start([], log_level)
+            async with grpc.aio.insecure_channel(requestor.address) as channel:
+                stub = pb_grpc.RequestorAppStub(channel)
+                task_id = f"local-{uuid.uuid4().hex}"
+                task_dir = root / "requestor" / task_id
+                for name in ("task_inputs", "subtask_inputs", "task_outputs", "subtask_outputs"):
+                    (task_dir / name).mkdir(parents=True)
+                try:
+                    await stub.CreateTask(
+                        pb.CreateTaskRequest(
+                            task_id=task_id, max_subtasks_count=count, task_params_json=scene_json
+                        )
+                    )
+                except grpc.aio.AioRpcError as error:
+                    raise LocalRenderError(f"CreateTask: {error.details()}") from None
+                bar = tqdm(
+                    total=total,
+                    unit="band",
+                    desc="rendering",
+                    disable=not (show_progress and sys.stderr.isatty()),
+                )
+                with bar:
+                    node = LocalNode(root, stub, task_id, total, providers, backend, bar, log_level)
+                    try:
+                        await node.run()
+                    except grpc.aio.AioRpcError as error:
+                        raise LocalRenderError(
+                            f"the requestor answered {error.code().name}: {error.details()}\n"
+                            f"{requestor.log_tail()}"
+                        ) from None
+                results = sorted((task_dir / "task_outputs").iterdir())
+                if len(results) != 1:
+                    raise LocalRenderError(
+                        f"task_outputs holds {[p.name for p in results]}, expected one file"
+                    )
+                output.parent.mkdir(parents=True, exist_ok=True)
+                tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
+                shutil.copyfile(results[0], tmp)
+                os.replace(tmp, output)
+                await stub.Shutdown(pb.ShutdownRequest())
+            await requestor.wait(timeout=30)
+        finally:
+            requestor.kill()
+    return LocalRenderReport(
+        output, total, time.monotonic() - started, node.rejected, node.provider_errors
+    )

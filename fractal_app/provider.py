@@ -1,0 +1,190 @@
+"""The provider: renders one band (``Compute``) or runs the benchmark, then exits.
+
+Golem starts a fresh provider process for every subtask, so its start-up is paid every time:
+this module imports only gRPC and the protocol at start; scene validation, NumPy, Numba and
+the kernels load when the one request arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from fractal_app.errors import FailedPrecondition, InvalidArgument
+from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+from fractal_app.server import rpc_errors
+
+logger = logging.getLogger(__name__)
+
+SCENE_RESOURCE = "scene.json"
+SUBTASK_INPUTS = "subtask_inputs"
+BAND_FILE_NAME = "band.png"
+# Overrides the backend the scene's env implies (e.g. "cpu" on a GPU machine, for tests).
+BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
+_PARAM_KEYS = {"subtask_id", "band_index", "row_start", "row_stop"}
+
+
+@dataclass(frozen=True)
+class BandParams:
+    """A subtask's parameters, as the requestor's NextSubtask wrote them."""
+
+    subtask_id: str
+    band_index: int
+    row_start: int
+    row_stop: int
+
+
+def parse_params(params_json: str) -> BandParams:
+    """Validate the subtask parameters JSON; InvalidArgument names what is wrong."""
+    try:
+        params = json.loads(params_json)
+    except (ValueError, RecursionError) as error:
+        raise InvalidArgument(f"subtask_params_json is not valid JSON: {error}") from None
+    if not isinstance(params, dict):
+        raise InvalidArgument("subtask_params_json must be a JSON object")
+    if set(params) != _PARAM_KEYS:
+        raise InvalidArgument(
+            f"subtask_params_json must have exactly the keys {sorted(_PARAM_KEYS)}, got"
+            f" {sorted(map(str, params))[:10]}"
+        )
+    for key in ("band_index", "row_start", "row_stop"):
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"subtask_params_json field {key!r} must be an integer >= 0")
+    if not isinstance(params["subtask_id"], str):
+        raise InvalidArgument("subtask_params_json field 'subtask_id' must be a string")
+    if params["row_start"] >= params["row_stop"]:
+        raise InvalidArgument("subtask_params_json: row_start must be below row_stop")
+    return BandParams(**params)
+
+
+class Provider:
+    """The domain layer: one request per process, then ``stop`` is set."""
+
+    def __init__(self, work_dir: Path, stop: asyncio.Event, backend: str | None = None) -> None:
+        self.work_dir = Path(work_dir)
+        self.stop = stop
+        self.backend = backend or os.environ.get(BACKEND_ENV_VAR) or None
+        self._handled = False
+
+    def _take_the_one_request(self) -> None:
+        if self._handled:
+            raise FailedPrecondition(
+                "this provider process has already handled its one request; start a new one"
+            )
+        self._handled = True
+
+    async def compute(self, task_id: str, subtask_id: str, params_json: str) -> str:
+        """Render the band the params name into ``{work_dir}/{subtask_id}/band.png``.
+
+        Returns that path relative to the work dir.
+        """
+        self._take_the_one_request()
+        try:
+            return await self._compute(task_id, subtask_id, params_json)
+        finally:
+            self.stop.set()
+
+    async def _compute(self, task_id: str, subtask_id: str, params_json: str) -> str:
+        from fractal_app.store import check_name
+
+        check_name("task_id", task_id)
+        check_name("subtask_id", subtask_id)
+        params = parse_params(params_json)
+        if params.subtask_id != subtask_id:
+            raise InvalidArgument(
+                f"subtask_params_json names subtask {params.subtask_id[:80]!r}, the request"
+                f" {subtask_id!r}"
+            )
+        scene_path = self.work_dir / SUBTASK_INPUTS / SCENE_RESOURCE
+        try:
+            scene_json = scene_path.read_text()
+        except OSError as error:
+            raise FailedPrecondition(
+                f"cannot read the task's scene at {SUBTASK_INPUTS}/{SCENE_RESOURCE}:"
+                f" {error.strerror}; the node must ship the subtask's resources"
+            ) from None
+
+        from fractal_app import render
+        from fractal_app.bandfile import BandMeta, write_band
+        from fractal_app.scene import parse_scene
+
+        scene = parse_scene(scene_json)
+        if params.row_stop > scene.height_px:
+            raise InvalidArgument(
+                f"rows {params.row_start}..{params.row_stop} are outside the image's"
+                f" {scene.height_px} rows"
+            )
+        backend = render.resolve_backend(self.backend, scene.env)
+        meta = BandMeta(task_id, subtask_id, params.row_start, params.row_stop, scene.output)
+        out_dir = self.work_dir / subtask_id
+        out_dir.mkdir(exist_ok=True)
+        out_path = out_dir / BAND_FILE_NAME
+
+        def render_and_write() -> None:
+            values = render.render_band(scene, params.row_start, params.row_stop, backend)
+            write_band(out_path, values, meta)
+
+        logger.info(
+            "rendering rows %d..%d of task %s on %s",
+            params.row_start,
+            params.row_stop,
+            task_id,
+            backend,
+        )
+        await asyncio.to_thread(render_and_write)
+        return f"{subtask_id}/{BAND_FILE_NAME}"
+
+    async def run_benchmark(self) -> float:
+        self._take_the_one_request()
+        try:
+            from fractal_app import render
+
+            backend = render.resolve_backend(self.backend, "docker_cpu")
+            return await asyncio.to_thread(render.run_benchmark, backend=backend)
+        finally:
+            self.stop.set()
+
+
+class ProviderServicer(pb_grpc.ProviderAppServicer):
+    """Decodes requests, calls :class:`Provider`, encodes replies."""
+
+    def __init__(self, app: Provider) -> None:
+        self.app = app
+
+    @rpc_errors
+    async def Compute(self, request, context):  # noqa: N802 - gRPC method names
+        path = await self.app.compute(
+            request.task_id, request.subtask_id, request.subtask_params_json
+        )
+        return pb.ComputeReply(output_filepath=path)
+
+    @rpc_errors
+    async def RunBenchmark(self, request, context):  # noqa: N802
+        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
+
+    @rpc_errors
+    async def Shutdown(self, request, context):  # noqa: N802
+        self.app.stop.set()
+        return pb.ShutdownReply()
+
+
+class ProviderService:
+    """What ``python -m fractal_app provider`` serves."""
+
+    def __init__(self, work_dir: Path, stop: asyncio.Event, backend: str | None = None) -> None:
+        self.app = Provider(work_dir, stop, backend)
+        self.servicer = ProviderServicer(self.app)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_ProviderAppServicer_to_server(self.servicer, server)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,466 @@
+"""The requestor: the task lifecycle a Golem node drives, and its gRPC adapter.
+
+:class:`Requestor` is the typed domain layer: it validates names, keeps each task's state in
+its sqlite store (:mod:`fractal_app.store`), hands out bands, has results verified off the
+event loop, and merges accepted bands into the final image. :class:`RequestorServicer` only
+decodes requests and encodes replies; :func:`fractal_app.server.rpc_errors` maps the domain
+errors to gRPC statuses.
+
+Restart: every change is committed before an rpc answers, and a task is re-opened from its
+folder the first time an rpc names it. Subtasks that were handed out stay ``running``, so a
+result that arrives after the restart still verifies; a verification cut off by the crash goes
+back to ``running`` and the node's retried ``Verify`` checks the result again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from fractal_app.bands import band_memory_mib, plan_bands
+from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from fractal_app.images import image_for_env
+from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+from fractal_app.scene import parse_scene
+from fractal_app.server import rpc_errors
+from fractal_app.store import BandRow, TaskPaths, TaskStore, check_name
+
+logger = logging.getLogger(__name__)
+
+SCENE_RESOURCE = "scene.json"
+MAX_NODE_ID_LENGTH = 1024
+MAX_SUBTASKS_COUNT = 1_000_000
+
+
+@dataclass(frozen=True)
+class CreatedTask:
+    env_id: str
+    prerequisites_json: str
+    min_memory_mib: float
+
+
+@dataclass(frozen=True)
+class SubtaskSpec:
+    """What a provider needs: the band's parameters and the files to ship with them."""
+
+    subtask_id: str
+    params_json: str
+    resources: list[str]
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    accepted: bool
+    reason: str
+
+
+def subtask_params(subtask_id: str, band: BandRow) -> str:
+    """The subtask parameters JSON a provider's ``Compute`` receives."""
+    return json.dumps(
+        {
+            "subtask_id": subtask_id,
+            "band_index": band.index,
+            "row_start": band.row_start,
+            "row_stop": band.row_stop,
+        }
+    )
+
+
+def result_file_name(scene) -> str:
+    """The one file ``task_outputs`` holds once every band is accepted."""
+    return "result.tiff" if scene.output == "counts" else "result.png"
+
+
+@dataclass
+class _Task:
+    """An open task: its folder, its store, the scene, and the live verifications."""
+
+    paths: TaskPaths
+    store: TaskStore
+    scene: object
+    # Serialises the task's state changes; verification itself runs without it.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cancels: dict[str, threading.Event] = field(default_factory=dict)
+
+    @property
+    def result_path(self) -> Path:
+        return self.paths.task_outputs / result_file_name(self.scene)
+
+
+class Requestor:
+    """The task lifecycle; every method is typed and raises :mod:`fractal_app.errors`."""
+
+    def __init__(self, work_dir: Path, max_workers: int | None = None) -> None:
+        self.work_dir = Path(work_dir)
+        self._tasks: dict[str, _Task] = {}
+        self._open_lock = asyncio.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers or os.cpu_count() or 2, thread_name_prefix="verify"
+        )
+
+    def close(self) -> None:
+        """Stop every running verification and close the stores."""
+        for task in self._tasks.values():
+            for cancel in task.cancels.values():
+                cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for task in self._tasks.values():
+            task.store.close()
+        self._tasks.clear()
+
+    async def _run(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+
+    # ---- finding tasks ---------------------------------------------------------------------
+
+    async def _task(self, task_id: str) -> _Task:
+        """The open task, re-opened from its folder after a restart; NotFound if none."""
+        check_name("task_id", task_id)
+        task = self._tasks.get(task_id)
+        if task is not None:
+            return task
+        async with self._open_lock:
+            task = self._tasks.get(task_id)
+            if task is not None:
+                return task
+            paths = TaskPaths.of(self.work_dir, task_id)
+            store = TaskStore.open(paths.database, task_id)
+            if store is None:
+                raise NotFound(
+                    f"unknown task {task_id!r}: CreateTask was not called for it (work dir"
+                    f" {self.work_dir})"
+                )
+            task = _Task(paths, store, parse_scene(store.scene_json))
+            recovered = store.recover()
+            if recovered:
+                logger.info("task %s: verifications %s cut off by a restart", task_id, recovered)
+            await self._reconcile_result(task)
+            self._tasks[task_id] = task
+            return task
+
+    async def _reconcile_result(self, task: _Task) -> None:
+        """Make task_outputs agree with the store after a crash between a commit and a file."""
+        complete = task.store.all_accepted()
+        if complete and not task.result_path.is_file():
+            await self._run(_assemble, task.paths, task.scene, task.store.bands())
+        elif not complete:
+            _remove_results(task.paths.task_outputs)
+
+    # ---- the rpcs --------------------------------------------------------------------------
+
+    async def create_task(
+        self, task_id: str, max_subtasks_count: int, task_params_json: str
+    ) -> CreatedTask:
+        """Validate the scene, cut it into bands, write the providers' inputs, record it."""
+        check_name("task_id", task_id)
+        if not 1 <= max_subtasks_count <= MAX_SUBTASKS_COUNT:
+            raise InvalidArgument(
+                f"max_subtasks_count must be between 1 and {MAX_SUBTASKS_COUNT:,}, got"
+                f" {max_subtasks_count}"
+            )
+        scene = parse_scene(task_params_json)
+        async with self._open_lock:
+            paths = TaskPaths.of(self.work_dir, task_id)
+            if task_id in self._tasks or TaskStore.open(paths.database, task_id) is not None:
+                raise FailedPrecondition(
+                    f"task {task_id!r} already exists; CreateTask is called once per task id"
+                )
+            paths.make_folders()
+            _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene.to_json().encode())
+            plan = plan_bands(scene.height_px, max_subtasks_count)
+            store = TaskStore.create(
+                paths.database, task_id, task_params_json, scene.to_json(), plan
+            )
+            self._tasks[task_id] = _Task(paths, store, scene)
+        tallest = max(stop - start for start, stop in plan)
+        logger.info("task %s: %d bands of at most %d rows", task_id, len(plan), tallest)
+        return CreatedTask(
+            env_id=scene.env,
+            prerequisites_json=json.dumps(image_for_env(scene.env)),
+            min_memory_mib=band_memory_mib(
+                tallest, scene.width_px, scene.output, scene.bit_depth, scene.supersample
+            ),
+        )
+
+    async def next_subtask(self, task_id: str, subtask_id: str, node_id: str) -> SubtaskSpec | None:
+        """Hand the next pending band to ``subtask_id``; None when there is none to give."""
+        task = await self._task(task_id)
+        check_name("subtask_id", subtask_id)
+        if len(node_id) > MAX_NODE_ID_LENGTH:
+            raise InvalidArgument(f"opaque_node_id is longer than {MAX_NODE_ID_LENGTH} characters")
+        async with task.lock:
+            band = task.store.claim_pending_band(subtask_id, node_id)
+        if band is None:
+            return None
+        return SubtaskSpec(subtask_id, subtask_params(subtask_id, band), [SCENE_RESOURCE])
+
+    async def has_pending_subtasks(self, task_id: str) -> bool:
+        task = await self._task(task_id)
+        return task.store.has_pending()
+
+    async def verify(self, task_id: str, subtask_id: str) -> VerifyOutcome:
+        """Check a subtask's result; merge it if accepted, else put its band back to pending.
+
+        The answer is always the result of a completed check (never "awaiting data").
+        """
+        task = await self._task(task_id)
+        check_name("subtask_id", subtask_id)
+        result_dir = task.paths.result_dir(subtask_id)
+        async with task.lock:
+            if task.store.aborted:
+                raise FailedPrecondition(f"task {task_id!r} was aborted; nothing is verified")
+            sub = task.store.subtask(subtask_id)  # NotFound for an unknown id
+            if sub.state == "running" and not _has_file(result_dir):
+                raise FailedPrecondition(
+                    f"no result for subtask {subtask_id!r} yet: expected the provider's file"
+                    f" in {result_dir.relative_to(self.work_dir)}/"
+                )
+            band = task.store.start_verification(subtask_id)
+            cancel = threading.Event()
+            task.cancels[subtask_id] = cancel
+
+        from fractal_app.bandfile import BandMeta
+        from fractal_app.verify import verify_band
+
+        meta = BandMeta(task_id, subtask_id, band.row_start, band.row_stop, task.scene.output)
+        try:
+            verdict = await self._run(verify_band, task.scene, meta, result_dir, cancel)
+        except Aborted:
+            raise
+        except BaseException:
+            # The check could not run (file vanished, internal error): the result stays
+            # unchecked, so the subtask is back to running and Verify may be asked again.
+            async with task.lock:
+                if not cancel.is_set():
+                    task.store.undo_verification(subtask_id)
+            raise
+        finally:
+            task.cancels.pop(subtask_id, None)
+
+        async with task.lock:
+            if cancel.is_set():
+                raise Aborted(f"the verification of subtask {subtask_id!r} was stopped by an abort")
+            if not verdict.accepted:
+                task.store.finish_verification(subtask_id, False, verdict.reason)
+                logger.info("task %s: subtask %s rejected: %s", task_id, subtask_id, verdict.reason)
+                return VerifyOutcome(False, verdict.reason)
+            await self._run(_save_values, task.paths.band_values(band.index), verdict.values)
+            counts = task.store.counts()
+            if counts.get("accepted", 0) == sum(counts.values()) - 1:
+                # The last band: the final file exists before the acceptance is committed, so
+                # a crash in between leaves a band that verifies again, never a finished task
+                # without its image.
+                bands = [b if b.index != band.index else _accepted(b) for b in task.store.bands()]
+                await self._run(_assemble, task.paths, task.scene, bands)
+            task.store.finish_verification(subtask_id, True, verdict.reason)
+        logger.info("task %s: subtask %s accepted (band %d)", task_id, subtask_id, band.index)
+        return VerifyOutcome(True, verdict.reason)
+
+    async def discard_subtasks(self, task_id: str, subtask_ids: Sequence[str]) -> list[str]:
+        """Accepted (or still running) subtasks give their bands back; returns the ids."""
+        task = await self._task(task_id)
+        for subtask_id in subtask_ids:
+            check_name("subtask_id", subtask_id)
+        async with task.lock:
+            for subtask_id in subtask_ids:
+                task.store.subtask(subtask_id)  # NotFound before anything changes
+            for subtask_id in subtask_ids:
+                if subtask_id in task.cancels:
+                    task.cancels[subtask_id].set()
+            discarded = task.store.discard(subtask_ids)
+            if discarded and not task.store.all_accepted():
+                _remove_results(task.paths.task_outputs)
+        return discarded
+
+    async def abort_subtask(self, task_id: str, subtask_id: str) -> None:
+        task = await self._task(task_id)
+        check_name("subtask_id", subtask_id)
+        cancel = task.cancels.get(subtask_id)
+        if cancel is not None:
+            cancel.set()
+        async with task.lock:
+            task.store.abort_subtask(subtask_id)
+
+    async def abort_task(self, task_id: str) -> None:
+        task = await self._task(task_id)
+        for cancel in list(task.cancels.values()):
+            cancel.set()
+        async with task.lock:
+            task.store.abort_task()
+
+    async def run_benchmark(self) -> float:
+        from fractal_app import render
+
+        return await self._run(render.run_benchmark)
+
+
+# ---- files (run in worker threads) ----------------------------------------------------------
+
+
+def _accepted(band: BandRow) -> BandRow:
+    return BandRow(
+        band.index, band.row_start, band.row_stop, "accepted", band.subtask_id, band.failures
+    )
+
+
+def _has_file(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _save_values(path: Path, values: np.ndarray) -> None:
+    """An accepted band's values, durable before the acceptance is committed."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as out:
+        np.save(out, np.ascontiguousarray(values), allow_pickle=False)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _remove_results(task_outputs: Path) -> None:
+    for name in ("result.png", "result.tiff"):
+        with contextlib.suppress(FileNotFoundError):
+            (task_outputs / name).unlink()
+
+
+def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
+    """Stream the accepted bands, top to bottom, into ``task_outputs``' one result file."""
+    from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
+
+    width, height = scene.width_px, scene.height_px
+    tmp = paths.state / ".result.partial"
+    if scene.output == "counts":
+        writer = CountsTiffWriter(tmp, width, height)
+    else:
+        writer = PngStreamWriter(
+            tmp, width, height, scene.bit_depth, text={"Software": "fractal-app"}
+        )
+    with writer:
+        for band in sorted(bands, key=lambda b: b.row_start):
+            if band.state != "accepted":
+                raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
+            writer.write_rows(np.load(paths.band_values(band.index), mmap_mode="r"))
+    target = paths.task_outputs / result_file_name(scene)
+    paths.task_outputs.mkdir(parents=True, exist_ok=True)
+    # task_outputs holds the result and nothing else: clear what a previous run left there.
+    for entry in paths.task_outputs.iterdir():
+        if entry.name != target.name and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
+    os.replace(tmp, target)
+    _fsync_dir(paths.task_outputs)
+
+
+# ---- the gRPC adapter -----------------------------------------------------------------------
+
+
+class RequestorServicer(pb_grpc.RequestorAppServicer):
+    """Decodes requests, calls :class:`Requestor`, encodes replies. Nothing else."""
+
+    def __init__(self, app: Requestor, stop: asyncio.Event) -> None:
+        self.app = app
+        self.stop = stop
+
+    @rpc_errors
+    async def CreateTask(self, request, context):  # noqa: N802 - gRPC method names
+        created = await self.app.create_task(
+            request.task_id, request.max_subtasks_count, request.task_params_json
+        )
+        return pb.CreateTaskReply(
+            env_id=created.env_id,
+            prerequisites_json=created.prerequisites_json,
+            inf_requirements=pb.Infrastructure(min_memory_mib=created.min_memory_mib),
+        )
+
+    @rpc_errors
+    async def NextSubtask(self, request, context):  # noqa: N802
+        spec = await self.app.next_subtask(
+            request.task_id, request.subtask_id, request.opaque_node_id
+        )
+        if spec is None:
+            return pb.NextSubtaskReply()
+        return pb.NextSubtaskReply(
+            subtask=pb.SubtaskReply(subtask_params_json=spec.params_json, resources=spec.resources)
+        )
+
+    @rpc_errors
+    async def Verify(self, request, context):  # noqa: N802
+        outcome = await self.app.verify(request.task_id, request.subtask_id)
+        result = pb.VerifyReply.SUCCESS if outcome.accepted else pb.VerifyReply.FAILURE
+        return pb.VerifyReply(result=result, reason=outcome.reason)
+
+    @rpc_errors
+    async def DiscardSubtasks(self, request, context):  # noqa: N802
+        ids = await self.app.discard_subtasks(request.task_id, list(request.subtask_ids))
+        return pb.DiscardSubtasksReply(discarded_subtask_ids=ids)
+
+    @rpc_errors
+    async def RunBenchmark(self, request, context):  # noqa: N802
+        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
+
+    @rpc_errors
+    async def HasPendingSubtasks(self, request, context):  # noqa: N802
+        pending = await self.app.has_pending_subtasks(request.task_id)
+        return pb.HasPendingSubtasksReply(has_pending_subtasks=pending)
+
+    @rpc_errors
+    async def AbortTask(self, request, context):  # noqa: N802
+        await self.app.abort_task(request.task_id)
+        return pb.AbortTaskReply()
+
+    @rpc_errors
+    async def AbortSubtask(self, request, context):  # noqa: N802
+        await self.app.abort_subtask(request.task_id, request.subtask_id)
+        return pb.AbortSubtaskReply()
+
+    @rpc_errors
+    async def Shutdown(self, request, context):  # noqa: N802
+        self.stop.set()
+        return pb.ShutdownReply()
+
+
+class RequestorService:
+    """What ``python -m fractal_app requestor`` serves: the domain app behind its adapter."""
+
+    def __init__(self, work_dir: Path, stop: asyncio.Event) -> None:
+        self.app = Requestor(work_dir)
+        self.servicer = RequestorServicer(self.app, stop)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)
+
+    def close(self) -> None:
+        self.app.close()
