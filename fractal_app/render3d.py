@@ -35,7 +35,7 @@ _PALETTES = {
 # the shadow and occlusion probes; the step factor < 1 guards against an estimator that
 # overshoots.
 _MANDELBULB_LOOK = (1.0, 1.0, 1.0)
-_MANDELBOX_LOOK = (2.0, 0.5, 1.0)
+_MANDELBOX_LOOK = (2.0, 1.3, 1.0)
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,10 @@ def kernel_inputs(scene) -> KernelInputs:
     p[rm.P_SHADOW_MIN_STEP] = 0.002 * size
     p[rm.P_SHADOW_MAX_STEP] = 0.25 * size
     p[rm.P_SHADOW_MAX_T] = 4.0 * size
+    p[rm.P_SHADOW_DARK] = 0.002
     ip[rm.I_SHADOW_STEPS] = min(64, scene.max_steps)
     p[rm.P_AO_STEP] = 0.03 * size
+    p[rm.P_OBJECT_SIZE] = size
     ip[rm.I_AO_SAMPLES] = 5
     p[rm.P_BACKGROUND : rm.P_BACKGROUND + 3] = [srgb_to_linear(c / 255.0) for c in scene.background]
     p[rm.P_FOG] = scene.fog
@@ -195,9 +197,14 @@ def render_pixels_3d(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     cols = np.ascontiguousarray(cols, dtype=np.int64)
     if rows.ndim != 1 or rows.shape != cols.shape:
-        raise InvalidArgument(f"rows and cols must be 1-D of equal length, got {rows.shape}, {cols.shape}")
+        raise InvalidArgument(
+            f"rows and cols must be 1-D of equal length, got {rows.shape}, {cols.shape}"
+        )
     if rows.size and (
-        rows.min() < 0 or rows.max() >= scene.height_px or cols.min() < 0 or cols.max() >= scene.width_px
+        rows.min() < 0
+        or rows.max() >= scene.height_px
+        or cols.min() < 0
+        or cols.max() >= scene.width_px
     ):
         raise InvalidArgument(f"pixel outside the {scene.width_px}x{scene.height_px} image")
     inputs = kernel_inputs(scene)

@@ -65,7 +65,9 @@ P_TRAP_SCALE = 45  # orbit trap to palette position
 P_PALETTE_CYCLES = 46
 P_PALETTE_OFFSET = 47
 P_PALETTE = 48  # cosine palette a + b cos(2 pi (c t + d)): 12 numbers, a, b, c, d as RGB
-P_SIZE = 60
+P_SHADOW_DARK = 60  # a penumbra below this is full shadow: stop marching
+P_OBJECT_SIZE = 61  # rough size of the fractal's features: scales the occlusion
+P_SIZE = 62
 
 # ---- slots of the integer parameter vector ip ----
 I_KIND = 0
@@ -109,9 +111,10 @@ def mandelbulb_de(x, y, z, p, ip):
             z4 = z2 * z2
             k3 = x2 + z2
             if k3 > p[P_ZERO]:
-                rk = math.sqrt(k3)
-                u = wx / rk
-                v = wz / rk
+                inv = one / math.sqrt(k3)
+                rk = k3 * inv
+                u = wx * inv
+                v = wz * inv
             else:
                 # on the y axis the x and z parts of w^8 vanish
                 rk = p[P_ZERO]
@@ -126,12 +129,16 @@ def mandelbulb_de(x, y, z, p, ip):
             c = wy * k4 * k1 * rk
             nx = p[P_SIXTY_FOUR] * c * u * v * (u2 - v2) * (u4 - p[P_SIX] * u2 * v2 + v4)
             ny = k1 * k1 - p[P_SIXTEEN] * y2 * k3 * k4 * k4
-            nz = -p[P_EIGHT] * c * (
-                u4 * u4
-                - p[P_TWENTY_EIGHT] * u4 * u2 * v2
-                + p[P_SEVENTY] * u4 * v4
-                - p[P_TWENTY_EIGHT] * u2 * v2 * v4
-                + v4 * v4
+            nz = (
+                -p[P_EIGHT]
+                * c
+                * (
+                    u4 * u4
+                    - p[P_TWENTY_EIGHT] * u4 * u2 * v2
+                    + p[P_SEVENTY] * u4 * v4
+                    - p[P_TWENTY_EIGHT] * u2 * v2 * v4
+                    + v4 * v4
+                )
             )
             wx = nx + x
             wy = ny + y
@@ -292,17 +299,22 @@ def soft_shadow(x, y, z, p, ip):
     min_step = p[P_SHADOW_MIN_STEP]
     max_step = p[P_SHADOW_MAX_STEP]
     max_t = p[P_SHADOW_MAX_T]
+    # nothing occludes beyond the bounding sphere: stop where the shadow ray leaves it
+    b = x * lx + y * ly + z * lz
+    disc = b * b - (x * x + y * y + z * z - p[P_BOUND_R2])
+    if disc > zero:
+        max_t = min(max_t, -b + math.sqrt(disc))
     result = one
     t = min_step
     for _ in range(ip[I_SHADOW_STEPS]):
-        d, _ = distance(x + t * lx, y + t * ly, z + t * lz, p, ip)
-        if d <= zero:
-            return zero
-        result = min(result, softness * d / t)
-        t = t + min(max(d, min_step), max_step)
         if t > max_t:
             break
-    return max(result, zero)
+        d, _ = distance(x + t * lx, y + t * ly, z + t * lz, p, ip)
+        result = min(result, softness * d / t)
+        if result < p[P_SHADOW_DARK]:
+            return zero
+        t = t + min(max(d, min_step), max_step)
+    return result
 
 
 def occlusion(x, y, z, nx, ny, nz, p, ip):
@@ -332,6 +344,11 @@ def palette_rgb(t, p):
         tau * (p[P_PALETTE + 8] * t + p[P_PALETTE + 11])
     )
     return min(max(r, 0.0), 1.0), min(max(g, 0.0), 1.0), min(max(b, 0.0), 1.0)
+
+
+def tone_map(x):
+    """Filmic curve (Narkowicz's fit of ACES): highlights roll off instead of clipping."""
+    return min(max(x * (2.51 * x + 0.03) / (x * (2.43 * x + 0.59) + 0.14), 0.0), 1.0)
 
 
 def sample_rgb(dx, dy, dz, p, ip):
@@ -364,7 +381,7 @@ def sample_rgb(dx, dy, dz, p, ip):
     al_r, al_g, al_b = palette_rgb(position, p)
 
     # ambient occlusion: from the samples along the normal and from the march's step count
-    ao = min(max(1.0 - 3.0 * occluded / float(p[P_SIZE]), 0.0), 1.0)
+    ao = min(max(1.0 - 3.0 * occluded / float(p[P_OBJECT_SIZE]), 0.0), 1.0)
     ao = ao * (1.0 - 0.6 * min(steps / (0.5 * ip[I_MAX_STEPS] + 1.0), 1.0))
 
     lx = float(p[P_LIGHT])
@@ -387,12 +404,12 @@ def sample_rgb(dx, dy, dz, p, ip):
         spec = max((fnx * hvx + fny * hvy + fnz * hvz) / hl, 0.0)
         spec = spec**32 * diffuse * 0.6
 
-    light_r = 2.2 * diffuse * 1.00 + 0.35 * sky * ao * 0.55 + 0.25 * bounce * ao
-    light_g = 2.2 * diffuse * 0.92 + 0.35 * sky * ao * 0.65 + 0.25 * bounce * ao
-    light_b = 2.2 * diffuse * 0.80 + 0.35 * sky * ao * 0.90 + 0.25 * bounce * ao
-    r = al_r * light_r + spec
-    g = al_g * light_g + spec
-    b = al_b * light_b + spec
+    light_r = 1.60 * diffuse * 1.00 + 0.30 * sky * ao * 0.60 + 0.20 * bounce * ao
+    light_g = 1.60 * diffuse * 0.90 + 0.30 * sky * ao * 0.70 + 0.20 * bounce * ao
+    light_b = 1.60 * diffuse * 0.75 + 0.30 * sky * ao * 1.00 + 0.20 * bounce * ao
+    r = tone_map(al_r * light_r + spec)
+    g = tone_map(al_g * light_g + spec)
+    b = tone_map(al_b * light_b + spec)
 
     # fog toward the background with the distance travelled
     keep = math.exp(-float(p[P_FOG]) * float(t))
@@ -452,6 +469,7 @@ SCALAR_FUNCTIONS = (
     "soft_shadow",
     "occlusion",
     "palette_rgb",
+    "tone_map",
     "sample_rgb",
     "pixel_rgb",
 )
@@ -472,7 +490,11 @@ def compiled_with(decorator):
     for name in SCALAR_FUNCTIONS:
         original = globals()[name]
         copy = types.FunctionType(
-            original.__code__, namespace, original.__name__, original.__defaults__, original.__closure__
+            original.__code__,
+            namespace,
+            original.__name__,
+            original.__defaults__,
+            original.__closure__,
         )
         copy.__qualname__ = original.__qualname__
         copy.__module__ = original.__module__
