@@ -6,13 +6,33 @@ An explicit NUMBA_CACHE_DIR in the environment wins.
 """
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-# Before anything imports numba (conftest is imported before the test modules).
+import pytest
+
+# Before anything imports numba (conftest is imported before the test modules); the server
+# processes inherit it.
 os.environ.setdefault(
     "NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"fractal-app-tests-numba-{os.getuid()}")
 )
-# The helpers next to the tests import as plain modules.
-sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def requestor(tmp_path):
+    """A requestor process on 127.0.0.1, plaintext, with its own work dir; stopped after."""
+    from grpc_helpers import start_server
+
+    server = start_server("requestor", tmp_path / "requestor")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_requestor(tmp_path_factory):
+    """One requestor for a whole module of tests that use distinct task ids."""
+    from grpc_helpers import start_server
+
+    server = start_server("requestor", tmp_path_factory.mktemp("shared") / "requestor")
+    yield server
+    server.stop()

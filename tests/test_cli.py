@@ -1,0 +1,142 @@
+"""The ``fractal-app`` command: one-machine render through real processes, benchmark, helpers."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from grpc_helpers import read_result
+
+from fractal_app import render
+from fractal_app.local import default_subtasks, output_path_for
+from fractal_app.scene import parse_scene
+
+SCENE = {"fractal": "burning_ship", "resolution": [40, 30], "max_iter": 120}
+
+
+def fractal_app(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "fractal_app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_render_writes_the_image_through_the_whole_lifecycle(tmp_path):
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps(SCENE))
+    out = tmp_path / "out" / "picture.png"
+    keep = tmp_path / "keep"
+    done = fractal_app(
+        "render",
+        str(scene_file),
+        "-o",
+        str(out),
+        "--providers",
+        "2",
+        "--subtasks",
+        "3",
+        "--keep",
+        str(keep),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 bands" in done.stderr
+    expected = render.render_band(parse_scene(SCENE), 0, 30)
+    np.testing.assert_array_equal(read_result(out, SCENE), expected)
+    # Separate processes with their own work dirs: one requestor folder, one per subtask.
+    providers = [p for p in (keep / "providers").iterdir() if p.is_dir()]
+    assert len(providers) == 3
+    task = next((keep / "requestor").iterdir())
+    assert len(list((task / "subtask_outputs").iterdir())) == 3
+
+
+def test_render_counts_goes_to_tiff(tmp_path):
+    scene = {**SCENE, "output": "counts"}
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps(scene))
+    done = fractal_app(
+        "render",
+        str(scene_file),
+        "-o",
+        str(tmp_path / "c.png"),
+        "--providers",
+        "1",
+        "--subtasks",
+        "1",
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "c.png").exists()
+    expected = render.render_band(parse_scene(scene), 0, 30)
+    np.testing.assert_array_equal(read_result(tmp_path / "c.tiff", scene), expected)
+
+
+def test_render_gives_up_on_a_band_that_keeps_failing(tmp_path):
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps(SCENE))
+    # Every provider fails (an unknown backend): each band is retried, then a clear error.
+    done = fractal_app(
+        "render",
+        str(scene_file),
+        "-o",
+        str(tmp_path / "x.png"),
+        "--providers",
+        "1",
+        "--subtasks",
+        "1",
+        "--quiet",
+        env={"FRACTAL_APP_BACKEND": "abacus"},
+    )
+    assert done.returncode != 0
+    assert "band 0 failed 3 times" in done.stderr
+    assert "abacus" in done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_render_rejects_a_bad_scene_naming_the_field(tmp_path):
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps({**SCENE, "max_iter": -3}))
+    done = fractal_app("render", str(scene_file), "-o", str(tmp_path / "x.png"), "--quiet")
+    assert done.returncode != 0
+    assert "max_iter" in done.stderr
+
+
+def test_benchmark_prints_a_score():
+    done = fractal_app("benchmark")
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) > 0
+
+
+def test_serve_is_the_entrypoint(tmp_path):
+    done = fractal_app("serve", "requestor", "0", "--work-dir", str(tmp_path / "missing"))
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("fractal_app.app_definition") is None,
+    reason="fractal_app.app_definition (DOCKER's module) is not in this tree yet",
+)
+def test_app_definition_prints_json():
+    done = fractal_app("app-definition")
+    assert done.returncode == 0, done.stderr
+    definition = json.loads(done.stdout)
+    assert definition["name"]
+    assert definition["market_strategy"] == "brass"
+
+
+def test_default_subtasks_keep_bands_small_and_providers_busy():
+    assert default_subtasks(64, 48, 2) == 8
+    assert default_subtasks(64, 3, 2) == 3
+    assert default_subtasks(32768, 32768, 2) == 256
+
+
+def test_counts_output_gets_a_tiff_suffix(tmp_path):
+    assert output_path_for(tmp_path / "a.png", "counts") == tmp_path / "a.tiff"
+    assert output_path_for(tmp_path / "a.tif", "counts") == tmp_path / "a.tif"
+    assert output_path_for(tmp_path / "a.png", "image") == tmp_path / "a.png"
