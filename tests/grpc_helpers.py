@@ -137,7 +137,7 @@ def start_server(
         "--host",
         "127.0.0.1",
         "--log-level",
-        "DEBUG",
+        "INFO",
         *extra_args,
     ]
     with open(log_path, "wb") as log:
