@@ -5,27 +5,16 @@ rendered in a band or on its own. Rows are handed to threads in small chunks (se
 ``render_band``): rows differ a lot in cost (background rows are nearly free).
 """
 
-import hashlib
-from pathlib import Path
-
 import numba
 from numba import njit, prange
 
-from fractal_app.kernels import color, raymarch
+from fractal_app.kernels import raymarch
 
 _core = raymarch.compiled_with(njit(nogil=True))
 _pixel_rgb = _core.pixel_rgb
 
 # Rows per work item handed to a thread. Small, because row costs vary widely.
 ROW_CHUNK = 1
-
-
-def source_fingerprint(*modules) -> int:
-    """A number that changes whenever the source of one of the modules changes."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return int.from_bytes(digest.digest()[:7], "little")
 
 
 def _make_kernels(fingerprint):
@@ -64,7 +53,7 @@ def _make_kernels(fingerprint):
     return band_kernel, pixels_kernel
 
 
-band_kernel, pixels_kernel = _make_kernels(source_fingerprint(raymarch, color))
+band_kernel, pixels_kernel = _make_kernels(raymarch.source_fingerprint())
 
 
 def render_band(out, row_start, us, vs, p, ip):
