@@ -179,7 +179,7 @@ class Requestor:
                 )
             paths.make_folders()
             _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene.to_json().encode())
-            plan = plan_bands(scene.height_px, max_subtasks_count)
+            plan = await self._run(_plan, scene, max_subtasks_count)
             store = TaskStore.create(
                 paths.database, task_id, task_params_json, scene.to_json(), plan
             )
@@ -307,6 +307,18 @@ class Requestor:
 
 
 # ---- files (run in worker threads) ----------------------------------------------------------
+
+
+def _plan(scene, max_bands: int) -> list[tuple[int, int]]:
+    """Bands of about equal estimated cost (so no provider is left with the slow band),
+    or equal heights if the estimate cannot run. Stored with the task, never recomputed."""
+    from fractal_app.bandplan import plan_bands_by_cost
+
+    try:
+        return plan_bands_by_cost(scene, max_bands)
+    except Exception:
+        logger.exception("the cost estimate failed; cutting bands of equal height instead")
+        return plan_bands(scene.height_px, max_bands)
 
 
 def _accepted(band: BandRow) -> BandRow:
