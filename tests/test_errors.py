@@ -269,3 +269,46 @@ def test_health_and_other_tasks_unaffected(shared_requestor):
         assert verify(stub, task_id, sub[0]).result == pb.VerifyReply.SUCCESS
     assert (work / task_id / "task_outputs" / "result.png").is_file()
     assert shared_requestor.process.poll() is None
+
+
+def test_abort_stops_a_running_verification_and_health_answers_meanwhile(shared_requestor):
+    """Verification runs off the event loop: health and other rpcs answer while it works, and
+    AbortSubtask stops it (the Verify in flight ends ABORTED, the band is pending again)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub, work = shared_requestor.requestor(), shared_requestor.work_dir
+    # Every pixel is inside the set at the largest max_iter: each recomputed sample costs 10^7
+    # iterations, so the check takes long; the honest band is all interior colour.
+    scene = {
+        "fractal": "mandelbrot",
+        "resolution": [64, 16],
+        "center": [-0.1, 0.0],
+        "width": 1e-6,
+        "max_iter": 10_000_000,
+        "smooth": False,
+    }
+    task_id = new_id()
+    create_task(stub, work, task_id, scene, 1)
+    subtask_id, params, _ = next_subtask(stub, task_id)
+    write_result_here(
+        work, task_id, subtask_id, params, scene, values=np.zeros((16, 64, 3), np.uint8)
+    )
+    in_flight = stub.Verify.future(pb.VerifyRequest(task_id=task_id, subtask_id=subtask_id))
+    # Bounded poll until the check is running: a second Verify is refused while it runs.
+    for _ in range(500):
+        error = rpc_error(stub.Verify, pb.VerifyRequest(task_id=task_id, subtask_id=subtask_id))
+        if "being verified" in error.details():
+            break
+        assert "no result" not in error.details()
+    else:
+        raise AssertionError("the verification never started")
+    health = health_pb2_grpc.HealthStub(shared_requestor.channel())
+    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert not has_pending(stub, task_id)
+    stub.AbortSubtask(pb.AbortSubtaskRequest(task_id=task_id, subtask_id=subtask_id))
+    with pytest.raises(grpc.RpcError) as caught:
+        in_flight.result(timeout=120)
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert has_pending(stub, task_id)
+    assert not (work / task_id / "task_outputs" / "result.png").exists()
