@@ -13,25 +13,34 @@ kernels, :func:`fractal_app.render.render_pixels`) and compares. Steps, cheapest
    of at most ``UNIFORM_SAMPLES + WEIGHTED_SAMPLES`` pixels is checked in full.
 3. Recompute and compare: escape counts exactly, colours to within ``colour_tolerance``
    (a few quantisation steps, measured).
-4. Excuse honest floating-point differences. A GPU contracts multiply-adds (FMA), which
-   changes the escape count of pixels whose orbit is chaotic: at the set's boundary, about
-   0.02-2% of pixels depending on the view (NUMBA-FACTS.md; measured again in the tests).
-   A sample that differs is *floating-point sensitive* when the requestor's own recompute
-   of it, with the view nudged by a few units in the last place (``PERTURBATION_ULPS``) in
-   each of four directions, moves by more than half the colour tolerance (or changes its
-   count). Such differences are reported but excused: no honest recompute pins those
-   values down. Any other difference is a *hard* mismatch.
-5. Accept when there are at most ``HARD_TOLERANCE`` hard mismatches.
+4. Excuse honest floating-point differences. A GPU contracts multiply-adds (FMA), and that
+   changes the escape count of pixels whose orbit is chaotic: measured with an
+   FMA-contracted variant of our kernels, 0.003% of the pixels of the classic Mandelbrot
+   view, 0.3% of a seahorse-valley zoom, 2.5% of the burning ship's default view and 5% of
+   a float32 Julia set. A differing sample is *floating-point sensitive*, and excused, when
+   the requestor's own recomputation shows that its value is not pinned down by the input:
+   nudging the view by ``PERTURBATION_ULPS`` units in the last place (four directions, two
+   sizes) moves it by more than half the tolerance, or (2D) it sits at the set's edge (its
+   3x3 neighbourhood holds points that escape and points that do not), or it looks inside
+   but escapes within ``SLOW_ESCAPE_FACTOR`` times max_iter (a wandering orbit). Any other
+   difference is a *hard* mismatch. Only differing samples are re-rendered for this.
+5. Accept when at most ``HARD_TOLERANCE`` samples are hard mismatches.
 
-The guarantee (see :func:`pass_probability`): call a pixel *wrong* when its value differs
-from the recomputed one by more than the tolerance and it is not floating-point sensitive.
-A band in which a fraction f of the pixels are wrong, arranged in any way, is accepted with
-probability at most ``binom_cdf(HARD_TOLERANCE; UNIFORM_SAMPLES, f)``: with 1,000 uniform
-samples and 1 tolerated mismatch that is 4.3e-8 for f = 2% (the issue asks <= 1e-3), 5e-4 for
-f = 1%, and 0 for a band checked in full with f >= 2%. Stratified sampling never raises it
-(Hoeffding 1956, Theorem 4: for independent trials with the same mean number of successes,
-the lower tail below mean - 1 is largest when the trials are identical). The weighted
-samples only add rejections.
+The guarantee (:func:`pass_probability`): call a pixel *wrong* when its value differs from
+the recomputed one by more than the tolerance and it is not floating-point sensitive. A band
+in which a fraction f of the pixels is wrong, arranged in any way and whatever their cost,
+is accepted with probability at most ``binom_cdf(HARD_TOLERANCE; UNIFORM_SAMPLES, f)``: with
+1,000 uniform samples and 2 tolerated hard mismatches, 3.9e-7 for f = 2% (the issue asks
+<= 1e-3) and 2.7e-3 for f = 1%; a band checked in full with f >= 2% is never accepted.
+Stratified sampling never raises this (Hoeffding 1956, Theorem 4: among independent trials
+with a given mean number of successes, the chance of at most c < mean - 1 successes is
+largest when all trials are alike, i.e. for independent uniform samples). The cost-weighted
+samples only add rejections; they catch a provider that cheats only on expensive pixels
+even when those are few: if its wrong pixels carry a share g of the estimated cost, it passes
+with probability at most ``binom_cdf(HARD_TOLERANCE; WEIGHTED_SAMPLES, g)``.
+Honest bands: over the measured views the FMA variant leaves at most 1 hard mismatch in
+129,600 pixels, so an honest band meets the tolerance of 2 in 1,200 samples with
+overwhelming probability (the tests check 200+ honest bands).
 """
 
 from __future__ import annotations
@@ -58,9 +67,12 @@ WEIGHTED_SAMPLES = 200
 FULL_CHECK_PIXELS = UNIFORM_SAMPLES + WEIGHTED_SAMPLES
 # Hard mismatches accepted: more than zero so that one unlucky sensitivity test cannot reject
 # an honest band; small so that bands with only 1% wrong pixels are caught as well.
-HARD_TOLERANCE = 1
-# The view is nudged by this many units in the last place to test a pixel's sensitivity.
-PERTURBATION_ULPS = 8
+HARD_TOLERANCE = 2
+# The view is nudged by these many units in the last place to test a pixel's sensitivity.
+PERTURBATION_ULPS = (8, 512)
+# An "inside" pixel that escapes within this many times max_iter iterations (at most 2^24, at
+# least 4 times) has a wandering orbit: where it escapes depends on rounding.
+SLOW_ESCAPE_FACTOR = 64
 # Samples rendered per render_pixels call: the cancel flag is checked between calls.
 CHUNK = 128
 # The low-resolution cost estimate: at most this grid of points per band, iterations capped.
@@ -296,26 +308,53 @@ def _render_chunked(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.nda
 
 
 def perturbed_scenes(scene) -> list:
-    """The scene with its view nudged by PERTURBATION_ULPS units in the last place, in four
-    directions (2D: the centre; 3D: the camera position), in the scene's precision."""
-    def nudge(magnitude: float) -> float:
+    """The scene with its view nudged by each of PERTURBATION_ULPS units in the last place,
+    in four directions (2D: the centre; 3D: the camera position), in the scene's precision."""
+    def nudges(magnitude: float) -> list[float]:
         m = np.float32(magnitude) if scene.precision == "float32" else np.float64(magnitude)
-        return PERTURBATION_ULPS * float(np.spacing(abs(m)))
+        return [ulps * float(np.spacing(abs(m))) for ulps in PERTURBATION_ULPS]
 
+    out = []
     if scene.is_3d:
         position = scene.camera.position
-        d = nudge(max(max(abs(c) for c in position), 1.0))
-        out = []
-        for axis, sign in ((0, 1), (0, -1), (1, 1), (2, -1)):
-            moved = list(position)
-            moved[axis] += sign * d
-            out.append(scene.model_copy(update={
-                "camera": scene.camera.model_copy(update={"position": tuple(moved)})}))
+        for d in nudges(max(max(abs(c) for c in position), 1.0)):
+            for axis, sign in ((0, 1), (0, -1), (1, 1), (2, -1)):
+                moved = list(position)
+                moved[axis] += sign * d
+                camera = scene.camera.model_copy(update={"position": tuple(moved)})
+                out.append(scene.model_copy(update={"camera": camera}))
         return out
     re, im = scene.center
-    d = nudge(max(abs(re), abs(im), scene.width))
-    return [scene.model_copy(update={"center": (re + a, im + b)})
-            for a, b in ((d, 0.0), (-d, 0.0), (0.0, d), (0.0, -d))]
+    for d in nudges(max(abs(re), abs(im), scene.width)):
+        for a, b in ((d, 0.0), (-d, 0.0), (0.0, d), (0.0, -d)):
+            out.append(scene.model_copy(update={"center": (re + a, im + b)}))
+    return out
+
+
+def at_set_boundary(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.ndarray:
+    """2D: whether each pixel's 3x3 neighbourhood holds both points that never escape (count
+    max_iter) and points that do. There an orbit can wander for thousands of iterations
+    before it escapes, and where it does depends on every rounding, not on the input alone
+    (the burning ship's edge is full of such pixels)."""
+    if scene.is_3d:
+        return np.zeros(rows.size, dtype=bool)
+    plain = scene.model_copy(update={"output": "counts", "supersample": 1})
+    dr, dc = np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij")
+    nr = np.clip(rows[:, None] + dr.ravel()[None, :], 0, scene.height_px - 1)
+    nc = np.clip(cols[:, None] + dc.ravel()[None, :], 0, scene.width_px - 1)
+    counts = _render_chunked(plain, nr.ravel(), nc.ravel(), cancel).reshape(rows.size, 9)
+    inside = counts >= scene.max_iter
+    boundary = inside.any(axis=1) & ~inside.all(axis=1)
+    # A pixel whose orbit stays bounded for max_iter iterations but escapes after many more
+    # is not inside either: its orbit wanders chaotically, and when it leaves depends on
+    # rounding (the burning ship has whole regions of these).
+    check = np.flatnonzero(inside[:, 4] & ~boundary)
+    if check.size:
+        longer_iter = max(4 * scene.max_iter, min(SLOW_ESCAPE_FACTOR * scene.max_iter, 1 << 24))
+        longer = plain.model_copy(update={"max_iter": longer_iter})
+        slow = _render_chunked(longer, rows[check], cols[check], cancel)
+        boundary[check] = slow < longer.max_iter
+    return boundary
 
 
 def check_values(scene, meta: BandMeta, values: np.ndarray, rng: np.random.Generator,
@@ -360,7 +399,7 @@ def _classify(scene, report: CheckReport, differ, rows, cols, got, expected, can
         if len(report.hard) > report.tolerance:
             break
         batch = differ[start:start + 32]
-        moved = np.zeros(batch.size, dtype=bool)
+        moved = at_set_boundary(scene, rows[batch], cols[batch], cancel)
         for other in nudged:
             values = _render_chunked(other, rows[batch], cols[batch], cancel)
             moved |= _distance(values, expected[batch]) > sensitivity_tol
