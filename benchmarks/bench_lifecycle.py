@@ -1,0 +1,218 @@
+"""Overhead of the whole lifecycle over the bare kernels (issue 6, "Overhead").
+
+Target: ``fractal-app render`` of a heavy scene (7680x4320, a view near the set's boundary,
+max_iter 20,000; at least 20 s of pure kernel time) takes at most 1.10x the time the bare CPU
+kernels take to render the same image in the same run.
+
+One round is:
+
+1. bare kernels: a fresh process renders the whole image with ``render.render_band`` (both
+   cores, kernels loaded before the clock starts) and saves it;
+2. ``fractal-app render SCENE -o OUT --providers 2`` as a subprocess, timed end to end;
+3. bare kernels again: the ratio uses the mean of 1 and 3, so that a change in the machine's
+   load during the run shows up as their difference (reported) instead of a wrong ratio;
+4. the breakdown: each part of the lifecycle's extra work measured on its own, on the bands
+   of the very plan the requestor made, with the real band values: provider start-up (to
+   SERVING, and to a loaded kernel), PNG encode (provider), file copies, verification
+   (requestor: PNG decode + recompute), saving accepted bands, and the final merge + encode.
+
+The image ``fractal-app render`` wrote must equal the bare render (checked). Run::
+
+    .venv/bin/pytest benchmarks/bench_lifecycle.py --benchmark-autosave -s
+
+``FRACTAL_LIFECYCLE_SCALE=8`` divides the resolution by 8 for a quick check;
+``FRACTAL_LIFECYCLE_SCENE=path.json`` renders another scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import compute_request, provider_work_dir, start_server
+
+HEAVY_SCENE = {
+    "fractal": "mandelbrot",
+    "resolution": [7680, 4320],
+    # The neck between the main cardioid and the period-2 bulb: about half the pixels are
+    # inside the set (20,000 iterations each), the rest escape after anything from a few to
+    # thousands; the costly rows are not spread evenly over the image.
+    "center": [-0.75, 0.1],
+    "width": 0.05,
+    "max_iter": 20_000,
+}
+PROVIDERS = 2
+TARGET_RATIO = 1.10
+
+BARE_SCRIPT = r"""
+import sys, time, json
+import numpy as np
+from fractal_app import render
+from fractal_app.scene import parse_scene
+scene = parse_scene(open(sys.argv[1]).read())
+tiny = scene.model_copy(update={"resolution": (8, 8)})
+render.render_band(tiny, 0, 8)  # kernels loaded before the clock starts
+started = time.perf_counter()
+values = render.render_band(scene, 0, scene.height_px)
+seconds = time.perf_counter() - started
+np.save(sys.argv[2], values)
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def heavy_scene() -> dict:
+    path = os.environ.get("FRACTAL_LIFECYCLE_SCENE")
+    scene = json.loads(Path(path).read_text()) if path else dict(HEAVY_SCENE)
+    scale = int(os.environ.get("FRACTAL_LIFECYCLE_SCALE", "1"))
+    if scale > 1:
+        scene["resolution"] = [max(1, v // scale) for v in scene["resolution"]]
+    return scene
+
+
+def bare_render(scene_path: Path, out: Path) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", BARE_SCRIPT, str(scene_path), str(out)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def lifecycle_render(scene_path: Path, out: Path, keep: Path) -> float:
+    cli = Path(sys.executable).with_name("fractal-app")
+    started = time.perf_counter()
+    subprocess.run(
+        [str(cli), "render", str(scene_path), "-o", str(out), "--providers", str(PROVIDERS),
+         "--quiet", "--keep", str(keep)],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def task_plan(keep: Path) -> list[tuple[int, int]]:
+    """The bands the requestor planned, read back from its task database."""
+    import sqlite3
+
+    (database,) = keep.glob("requestor/*/app_state/state.sqlite3")
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT row_start, row_stop FROM band ORDER BY row_start").fetchall()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+def _timed(func, *args):
+    started = time.perf_counter()
+    result = func(*args)
+    return time.perf_counter() - started, result
+
+
+def breakdown(scene_dict: dict, values: np.ndarray, plan, work: Path) -> dict[str, float]:
+    """Seconds of each part of the lifecycle's extra work, summed over the plan's bands."""
+    from fractal_app.bandfile import BandMeta, write_band
+    from fractal_app.pngstream import PngStreamWriter
+    from fractal_app.scene import parse_scene
+    from fractal_app.verify import verify_band
+
+    scene = parse_scene(scene_dict)
+    parts = dict.fromkeys(
+        ("provider_start_to_serving", "provider_load_and_one_row", "band_png_encode", "file_copies",
+         "verify_decode_and_recompute", "save_accepted_band", "final_merge_and_encode"),
+        0.0,
+    )
+    # Provider start-up, measured once, times the number of bands (a fresh process each).
+    # The Compute of the image's first row (far from the set: cheap) stands for what a
+    # provider does before its kernels run at full speed: imports, kernel load, thread start.
+    provider = start_server("provider", provider_work_dir(work, scene_dict))
+    sent = time.perf_counter()
+    provider.provider().Compute(compute_request("bd", 0, 1), timeout=600)
+    first_row = time.perf_counter() - sent
+    provider.wait()
+    parts["provider_start_to_serving"] = provider.serving_s * len(plan)
+    parts["provider_load_and_one_row"] = first_row * len(plan)
+
+    cancel = threading.Event()
+    for index, (r0, r1) in enumerate(plan):
+        meta = BandMeta("bd", f"s{index}", r0, r1, scene.output)
+        provider_file = work / f"p{index}" / "band.png"
+        provider_file.parent.mkdir(parents=True)
+        seconds, _ = _timed(write_band, provider_file, values[r0:r1], meta)
+        parts["band_png_encode"] += seconds
+        result_dir = work / "subtask_outputs" / f"s{index}"
+        result_dir.mkdir(parents=True)
+        seconds, _ = _timed(shutil.copyfile, provider_file, result_dir / "band.png")
+        parts["file_copies"] += seconds * 2  # provider -> node -> requestor
+        seconds, verdict = _timed(verify_band, scene, meta, result_dir, cancel)
+        assert verdict.accepted, verdict.reason
+        parts["verify_decode_and_recompute"] += seconds
+
+        def save(path=work / "bands" / f"{index}.npy", band=verdict.values):
+            path.parent.mkdir(exist_ok=True)
+            with open(path, "wb") as out:
+                np.save(out, band)
+                out.flush()
+                os.fsync(out.fileno())
+
+        seconds, _ = _timed(save)
+        parts["save_accepted_band"] += seconds
+
+    def merge():
+        with PngStreamWriter(
+            work / "result.png", scene.width_px, scene.height_px, scene.bit_depth
+        ) as writer:
+            for index in range(len(plan)):
+                writer.write_rows(np.load(work / "bands" / f"{index}.npy", mmap_mode="r"))
+
+    parts["final_merge_and_encode"], _ = _timed(merge)
+    return parts
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="lifecycle")
+def test_render_overhead_over_bare_kernels(benchmark, tmp_path):
+    scene = heavy_scene()
+    scene_path = tmp_path / "scene.json"
+    scene_path.write_text(json.dumps(scene))
+    bare_values = tmp_path / "bare.npy"
+    out = tmp_path / "out.png"
+    keep = tmp_path / "keep"
+    figures: dict = {}
+
+    def one_round():
+        if keep.exists():
+            shutil.rmtree(keep)
+        figures["bare_before_s"] = bare_render(scene_path, bare_values)
+        figures["lifecycle_s"] = lifecycle_render(scene_path, out, keep)
+        figures["bare_after_s"] = bare_render(scene_path, tmp_path / "bare2.npy")
+
+    benchmark.pedantic(one_round, rounds=1, iterations=1)
+    bare = (figures["bare_before_s"] + figures["bare_after_s"]) / 2
+    values = np.load(bare_values)
+
+    from PIL import Image
+
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), values), "images differ"
+
+    plan = task_plan(keep)
+    parts = breakdown(scene, values, plan, tmp_path / "breakdown")
+    figures.update(
+        scene=scene,
+        bands=len(plan),
+        band_heights=[b - a for a, b in plan],
+        bare_mean_s=bare,
+        ratio=figures["lifecycle_s"] / bare,
+        target_ratio=TARGET_RATIO,
+        overhead_s=figures["lifecycle_s"] - bare,
+        breakdown_cpu_s=parts,
+        breakdown_sum_s=sum(parts.values()),
+    )
+    figures = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()}
+    figures["breakdown_cpu_s"] = {k: round(v, 3) for k, v in parts.items()}
+    benchmark.extra_info.update(figures)
+    print("\nlifecycle:", json.dumps(figures, indent=1))
