@@ -137,11 +137,11 @@ def kernel_inputs(scene) -> KernelInputs:
     p[rm.P_LIGHT : rm.P_LIGHT + 3] = _unit(scene.light_direction)
     p[rm.P_NORMAL_H] = 0.5
     p[rm.P_SHADOW_SOFTNESS] = 10.0
-    p[rm.P_SHADOW_MIN_STEP] = 0.002 * size
+    p[rm.P_SHADOW_MIN_STEP] = 0.005 * size
     p[rm.P_SHADOW_MAX_STEP] = 0.25 * size
     p[rm.P_SHADOW_MAX_T] = 4.0 * size
     p[rm.P_SHADOW_DARK] = 0.002
-    ip[rm.I_SHADOW_STEPS] = min(64, scene.max_steps)
+    ip[rm.I_SHADOW_STEPS] = min(48, scene.max_steps)
     p[rm.P_AO_STEP] = 0.03 * size
     p[rm.P_OBJECT_SIZE] = size
     ip[rm.I_AO_SAMPLES] = 5

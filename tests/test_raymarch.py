@@ -85,7 +85,7 @@ def test_estimate_is_near_zero_at_a_marched_hit_and_negative_inside():
     scene = tiny_scene(iterations=12)
     k = render3d.kernel_inputs(scene)
     assert rm.distance(0.0, 0.0, 0.0, k.p, k.ip)[0] <= 0.0  # the origin is in the set
-    t, _, hit = rm.march(0.0, 0.0, -3.0, 0.0, 0.0, 1.0, k.p, k.ip)
+    t, _, hit, _ = rm.march(0.0, 0.0, -3.0, 0.0, 0.0, 1.0, k.p, k.ip)
     assert hit
     d, _ = rm.distance(0.0, 0.0, -3.0 + t, k.p, k.ip)
     assert 0.0 <= d < scene.epsilon * t
@@ -100,7 +100,7 @@ def test_ray_up_the_y_axis_hits_the_known_point():
     scene = tiny_scene(iterations=30, max_steps=400, epsilon=1e-4)
     k = render3d.kernel_inputs(scene)
     expected = 3.0 - 2.0 ** (1.0 / 7.0)
-    t, _, hit = rm.march(0.0, -3.0, 0.0, 0.0, 1.0, 0.0, k.p, k.ip)
+    t, _, hit, _ = rm.march(0.0, -3.0, 0.0, 0.0, 1.0, 0.0, k.p, k.ip)
     assert hit
     assert expected - 10 * scene.epsilon * expected < t <= expected
 
@@ -123,7 +123,10 @@ def test_float32_scenes_march_in_float32(cpu_core):
     signature = cpu_core.distance.nopython_signatures[-1]
     assert str(signature.return_type) == "UniTuple(float32 x 2)"
     cpu_core.march(f32(0), f32(0), f32(-3), f32(0), f32(0), f32(1), k.p, k.ip)
-    assert str(cpu_core.march.nopython_signatures[-1].return_type) == "Tuple(float32, int64, bool)"
+    assert (
+        str(cpu_core.march.nopython_signatures[-1].return_type)
+        == "Tuple(float32, int64, bool, float32)"
+    )
 
 
 # ---- images ----

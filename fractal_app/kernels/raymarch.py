@@ -234,7 +234,7 @@ def distance(x, y, z, p, ip):
 
 
 def march(ox, oy, oz, dx, dy, dz, p, ip):
-    """Sphere-trace a ray (unit direction). Returns (t, steps, hit).
+    """Sphere-trace a ray (unit direction). Returns (t, steps, hit, orbit trap at t).
 
     Starts where the ray enters the bounding sphere, stops when the estimate drops below
     epsilon * t (the surface threshold grows with distance, like a pixel's footprint), when
@@ -246,23 +246,24 @@ def march(ox, oy, oz, dx, dy, dz, p, ip):
     c = ox * ox + oy * oy + oz * oz - p[P_BOUND_R2]
     disc = b * b - c
     if disc < zero:
-        return zero, 0, False
+        return zero, 0, False, zero
     root = math.sqrt(disc)
     t = max(zero, -b - root)
     t_max = min(p[P_MAX_DISTANCE], -b + root)
     if t > t_max:
-        return zero, 0, False
+        return zero, 0, False, zero
     eps = p[P_EPSILON]
     step_factor = p[P_STEP_FACTOR]
     max_steps = ip[I_MAX_STEPS]
+    trap = zero
     for step in range(max_steps):
-        d, _ = distance(ox + t * dx, oy + t * dy, oz + t * dz, p, ip)
+        d, trap = distance(ox + t * dx, oy + t * dy, oz + t * dz, p, ip)
         if d < eps * t:
-            return t, step, True
+            return t, step, True, trap
         t = t + d * step_factor
         if t > t_max:
-            return t, step, False
-    return t, max_steps, True
+            return t, step, False, trap
+    return t, max_steps, True, trap
 
 
 def surface_normal(x, y, z, h, p, ip):
@@ -362,7 +363,7 @@ def sample_rgb(dx, dy, dz, p, ip):
     bg_r = float(p[P_BACKGROUND])
     bg_g = float(p[P_BACKGROUND + 1])
     bg_b = float(p[P_BACKGROUND + 2])
-    t, steps, hit = march(ox, oy, oz, dx, dy, dz, p, ip)
+    t, steps, hit, trap = march(ox, oy, oz, dx, dy, dz, p, ip)
     if not hit:
         return bg_r, bg_g, bg_b
     hx = ox + t * dx
@@ -370,13 +371,20 @@ def sample_rgb(dx, dy, dz, p, ip):
     hz = oz + t * dz
     threshold = p[P_EPSILON] * t
     nx, ny, nz = surface_normal(hx, hy, hz, threshold * p[P_NORMAL_H], p, ip)
-    _, trap = distance(hx, hy, hz, p, ip)
     # lift the shadow and occlusion probes off the surface so they do not start inside it
     lift = threshold * p[P_TWO]
     sx = hx + nx * lift
     sy = hy + ny * lift
     sz = hz + nz * lift
-    shadow = float(soft_shadow(sx, sy, sz, p, ip))
+    lx = float(p[P_LIGHT])
+    ly = float(p[P_LIGHT + 1])
+    lz = float(p[P_LIGHT + 2])
+    fnx = float(nx)
+    fny = float(ny)
+    fnz = float(nz)
+    facing = fnx * lx + fny * ly + fnz * lz
+    # a surface turned away from the light gets no direct light: no shadow ray needed
+    shadow = float(soft_shadow(sx, sy, sz, p, ip)) if facing > 0.0 else 0.0
     occluded = float(occlusion(sx, sy, sz, nx, ny, nz, p, ip))
 
     # surface colour from the orbit trap through the palette
@@ -387,13 +395,7 @@ def sample_rgb(dx, dy, dz, p, ip):
     ao = min(max(1.0 - 3.0 * occluded / float(p[P_OBJECT_SIZE]), 0.0), 1.0)
     ao = ao * (1.0 - 0.6 * min(steps / (0.5 * ip[I_MAX_STEPS] + 1.0), 1.0))
 
-    lx = float(p[P_LIGHT])
-    ly = float(p[P_LIGHT + 1])
-    lz = float(p[P_LIGHT + 2])
-    fnx = float(nx)
-    fny = float(ny)
-    fnz = float(nz)
-    diffuse = max(fnx * lx + fny * ly + fnz * lz, 0.0) * shadow
+    diffuse = max(facing, 0.0) * shadow
     # sky light from above, a bounce light from the opposite side
     sky = 0.5 + 0.5 * fny
     bounce = max(-(fnx * lx + fnz * lz), 0.0) * max(1.0 - fny, 0.0) * 0.5
