@@ -87,6 +87,7 @@ async def serve(
         server, bound_port = await create_server(port, work_dir, service.register, host=host)
         if port_file is not None:
             write_port_file(port_file, bound_port)
+        service.serving()
         await run_until_stopped(server, stop)
     finally:
         service.close()

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,5 +187,25 @@ class ProviderService:
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_ProviderAppServicer_to_server(self.servicer, server)
 
+    def serving(self) -> None:
+        """Called once the server answers SERVING: load the heavy modules in the background.
+
+        Every request needs NumPy, Numba and the renderer (about a second of imports), and a
+        node usually sends the request a little after the health check succeeds; importing
+        them now overlaps that gap instead of adding to the request's time.
+        """
+        threading.Thread(target=_preload, name="preload", daemon=True).start()
+
     def close(self) -> None:
         pass
+
+
+def _preload() -> None:
+    try:
+        import numba  # noqa: F401
+
+        import fractal_app.bandfile  # noqa: F401
+        import fractal_app.render  # noqa: F401
+        import fractal_app.scene  # noqa: F401
+    except Exception:  # the request imports them again and reports any error itself
+        logger.debug("preloading failed", exc_info=True)

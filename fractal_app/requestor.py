@@ -474,5 +474,8 @@ class RequestorService:
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)
 
+    def serving(self) -> None:
+        """Called once the server answers SERVING (nothing to do: tasks open on demand)."""
+
     def close(self) -> None:
         self.app.close()
