@@ -1,0 +1,70 @@
+"""CUDA kernels: the scalar cores of escape.py compiled with numba.cuda.
+
+Same host-side contract as kernels/cpu.py (``iterate_grid``, ``iterate_points``): sample
+coordinates in, escape counts (uint32) and |z|^2 (float64) out, so render.py colours GPU
+and CPU samples with the same CPU colouring kernel. One thread per sample; the grid comes
+from kernels.launch.grid_for, the one place that decides launch geometry.
+
+Imported only when the cuda backend is chosen (render.resolve_backend), so a CPU-only
+process never loads numba.cuda. Under NUMBA_ENABLE_CUDASIM=1 the same kernels run in
+Numba's simulator, which is how the tests check them bit for bit against the CPU.
+
+A real GPU contracts multiply-adds into FMAs (NVVM's default), so its counts can differ
+from the CPU's at the set's boundary; verification tolerates that (see NUMBA-FACTS.md).
+"""
+
+import numpy as np
+from numba import cuda
+
+from fractal_app.kernels import escape
+from fractal_app.kernels.launch import grid_for
+
+# inline="always": compile_ptx (PTX without a driver) requires device functions inlined.
+cores = escape.compile_cores(cuda.jit(device=True, inline="always"))
+_escape = cores.escape
+
+
+@cuda.jit
+def grid_kernel(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
+    """Thread (x, y) = sample (row y, column x) of a grid."""
+    k, r = cuda.grid(2)
+    if r < im_rows.shape[0] and k < re_cols.shape[0]:
+        n, m = _escape(kind, re_cols[k], im_rows[r], jr, ji, power, max_iter, escape2)
+        counts[r, k] = n
+        mag2[r, k] = m
+
+
+@cuda.jit
+def points_kernel(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
+    """Thread x = sample k at (re[k], im[k])."""
+    k, _ = cuda.grid(2)
+    if k < re.shape[0]:
+        n, m = _escape(kind, re[k], im[k], jr, ji, power, max_iter, escape2)
+        counts[k] = n
+        mag2[k] = m
+
+
+def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
+    """Same contract as kernels.cpu.iterate_grid, on the GPU."""
+    d_counts = cuda.device_array(counts.shape, dtype=np.uint32)
+    d_mag2 = cuda.device_array(mag2.shape, dtype=np.float64)
+    blocks, threads = grid_for(counts.shape[0], counts.shape[1])
+    grid_kernel[blocks, threads](
+        kind, cuda.to_device(re_cols), cuda.to_device(im_rows), jr, ji, power, max_iter,
+        escape2, d_counts, d_mag2,
+    )
+    d_counts.copy_to_host(counts)
+    d_mag2.copy_to_host(mag2)
+
+
+def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
+    """Same contract as kernels.cpu.iterate_points, on the GPU."""
+    d_counts = cuda.device_array(counts.shape, dtype=np.uint32)
+    d_mag2 = cuda.device_array(mag2.shape, dtype=np.float64)
+    blocks, threads = grid_for(1, re.shape[0])
+    points_kernel[blocks, threads](
+        kind, cuda.to_device(re), cuda.to_device(im), jr, ji, power, max_iter, escape2,
+        d_counts, d_mag2,
+    )
+    d_counts.copy_to_host(counts)
+    d_mag2.copy_to_host(mag2)
