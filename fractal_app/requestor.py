@@ -33,6 +33,7 @@ from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument, Not
 from fractal_app.images import image_for_env
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+from fractal_app.protocol.constants import SUBTASK_OUTPUTS_DIR
 from fractal_app.scene import parse_scene
 from fractal_app.server import rpc_errors
 from fractal_app.store import BandRow, TaskPaths, TaskStore, check_name
@@ -106,9 +107,15 @@ class Requestor:
         self.work_dir = Path(work_dir)
         self._tasks: dict[str, _Task] = {}
         self._open_lock = asyncio.Lock()
+        # Three pools, so that no kind of work waits behind another: spot checks (CPU bound,
+        # one per core), file work (saving bands, the cost estimate, writing the final image),
+        # and one thread that owns every sqlite connection, so that commits (an fsync each)
+        # never block the event loop that answers health checks.
         self._pool = ThreadPoolExecutor(
             max_workers=max_workers or os.cpu_count() or 2, thread_name_prefix="verify"
         )
+        self._files = ThreadPoolExecutor(max_workers=4, thread_name_prefix="files")
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
     def close(self) -> None:
         """Stop every running verification and close the stores."""
@@ -116,12 +123,22 @@ class Requestor:
             for cancel in task.cancels.values():
                 cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._files.shutdown(wait=True)
+        self._store_thread.shutdown(wait=True)
         for task in self._tasks.values():
             task.store.close()
         self._tasks.clear()
 
     async def _run(self, func, *args):
+        """Run a spot check (or the benchmark) on the verification pool."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+
+    async def _file_work(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._files, func, *args)
+
+    async def _db(self, func, *args):
+        """Run a store operation (a committed transaction) on the store thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, func, *args)
 
     # ---- finding tasks ---------------------------------------------------------------------
 
@@ -136,14 +153,14 @@ class Requestor:
             if task is not None:
                 return task
             paths = TaskPaths.of(self.work_dir, task_id)
-            store = TaskStore.open(paths.database, task_id)
+            store = await self._db(TaskStore.open, paths.database, task_id)
             if store is None:
                 raise NotFound(
                     f"unknown task {task_id!r}: CreateTask was not called for it (work dir"
                     f" {self.work_dir})"
                 )
-            task = _Task(paths, store, parse_scene(store.scene_json))
-            recovered = store.recover()
+            task = _Task(paths, store, parse_scene(await self._db(lambda: store.scene_json)))
+            recovered = await self._db(store.recover)
             if recovered:
                 logger.info("task %s: verifications %s cut off by a restart", task_id, recovered)
             await self._reconcile_result(task)
@@ -152,11 +169,12 @@ class Requestor:
 
     async def _reconcile_result(self, task: _Task) -> None:
         """Make task_outputs agree with the store after a crash between a commit and a file."""
-        complete = task.store.all_accepted()
+        complete = await self._db(task.store.all_accepted)
         if complete and not task.result_path.is_file():
-            await self._run(_assemble, task.paths, task.scene, task.store.bands())
+            bands = await self._db(task.store.bands)
+            await self._file_work(_assemble, task.paths, task.scene, bands)
         elif not complete:
-            _remove_results(task.paths.task_outputs)
+            await self._file_work(_remove_results, task.paths.task_outputs)
 
     # ---- the rpcs --------------------------------------------------------------------------
 
@@ -173,15 +191,14 @@ class Requestor:
         scene = parse_scene(task_params_json)
         async with self._open_lock:
             paths = TaskPaths.of(self.work_dir, task_id)
-            if task_id in self._tasks or TaskStore.open(paths.database, task_id) is not None:
+            if task_id in self._tasks or await self._db(_exists, paths.database, task_id):
                 raise FailedPrecondition(
                     f"task {task_id!r} already exists; CreateTask is called once per task id"
                 )
-            paths.make_folders()
-            _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene.to_json().encode())
-            plan = await self._run(_plan, scene, max_subtasks_count)
-            store = TaskStore.create(
-                paths.database, task_id, task_params_json, scene.to_json(), plan
+            await self._file_work(_prepare_folder, paths, scene.to_json().encode())
+            plan = await self._file_work(_plan, scene, max_subtasks_count)
+            store = await self._db(
+                TaskStore.create, paths.database, task_id, task_params_json, scene.to_json(), plan
             )
             self._tasks[task_id] = _Task(paths, store, scene)
         tallest = max(stop - start for start, stop in plan)
@@ -201,14 +218,14 @@ class Requestor:
         if len(node_id) > MAX_NODE_ID_LENGTH:
             raise InvalidArgument(f"opaque_node_id is longer than {MAX_NODE_ID_LENGTH} characters")
         async with task.lock:
-            band = task.store.claim_pending_band(subtask_id, node_id)
+            band = await self._db(task.store.claim_pending_band, subtask_id, node_id)
         if band is None:
             return None
         return SubtaskSpec(subtask_id, subtask_params(subtask_id, band), [SCENE_RESOURCE])
 
     async def has_pending_subtasks(self, task_id: str) -> bool:
         task = await self._task(task_id)
-        return task.store.has_pending()
+        return await self._db(task.store.has_pending)
 
     async def verify(self, task_id: str, subtask_id: str) -> VerifyOutcome:
         """Check a subtask's result; merge it if accepted, else put its band back to pending.
@@ -219,15 +236,7 @@ class Requestor:
         check_name("subtask_id", subtask_id)
         result_dir = task.paths.result_dir(subtask_id)
         async with task.lock:
-            if task.store.aborted:
-                raise FailedPrecondition(f"task {task_id!r} was aborted; nothing is verified")
-            sub = task.store.subtask(subtask_id)  # NotFound for an unknown id
-            if sub.state == "running" and not _has_file(result_dir):
-                raise FailedPrecondition(
-                    f"no result for subtask {subtask_id!r} yet: expected the provider's file"
-                    f" in {result_dir.relative_to(self.work_dir)}/"
-                )
-            band = task.store.start_verification(subtask_id)
+            band = await self._db(_start_verification, task.store, subtask_id, result_dir)
             cancel = threading.Event()
             task.cancels[subtask_id] = cancel
 
@@ -244,7 +253,7 @@ class Requestor:
             # unchecked, so the subtask is back to running and Verify may be asked again.
             async with task.lock:
                 if not cancel.is_set():
-                    task.store.undo_verification(subtask_id)
+                    await self._db(task.store.undo_verification, subtask_id)
             raise
         finally:
             task.cancels.pop(subtask_id, None)
@@ -253,18 +262,19 @@ class Requestor:
             if cancel.is_set():
                 raise Aborted(f"the verification of subtask {subtask_id!r} was stopped by an abort")
             if not verdict.accepted:
-                task.store.finish_verification(subtask_id, False, verdict.reason)
+                await self._db(task.store.finish_verification, subtask_id, False, verdict.reason)
                 logger.info("task %s: subtask %s rejected: %s", task_id, subtask_id, verdict.reason)
                 return VerifyOutcome(False, verdict.reason)
-            await self._run(_save_values, task.paths.band_values(band.index), verdict.values)
-            counts = task.store.counts()
+            await self._file_work(_save_values, task.paths.band_values(band.index), verdict.values)
+            counts = await self._db(task.store.counts)
             if counts.get("accepted", 0) == sum(counts.values()) - 1:
                 # The last band: the final file exists before the acceptance is committed, so
                 # a crash in between leaves a band that verifies again, never a finished task
                 # without its image.
-                bands = [b if b.index != band.index else _accepted(b) for b in task.store.bands()]
-                await self._run(_assemble, task.paths, task.scene, bands)
-            task.store.finish_verification(subtask_id, True, verdict.reason)
+                stored = await self._db(task.store.bands)
+                bands = [b if b.index != band.index else _accepted(b) for b in stored]
+                await self._file_work(_assemble, task.paths, task.scene, bands)
+            await self._db(task.store.finish_verification, subtask_id, True, verdict.reason)
         logger.info("task %s: subtask %s accepted (band %d)", task_id, subtask_id, band.index)
         return VerifyOutcome(True, verdict.reason)
 
@@ -275,13 +285,15 @@ class Requestor:
             check_name("subtask_id", subtask_id)
         async with task.lock:
             for subtask_id in subtask_ids:
-                task.store.subtask(subtask_id)  # NotFound before anything changes
+                await self._db(task.store.subtask, subtask_id)  # NotFound before any change
             for subtask_id in subtask_ids:
                 if subtask_id in task.cancels:
                     task.cancels[subtask_id].set()
-            discarded = task.store.discard(subtask_ids)
-            if discarded and not task.store.all_accepted():
-                _remove_results(task.paths.task_outputs)
+            discarded = await self._db(task.store.discard, list(subtask_ids))
+            # Committed first, then the file goes: a crash in between leaves a result file
+            # that re-opening the task removes, never a merged image holding a discarded band.
+            if discarded and not await self._db(task.store.all_accepted):
+                await self._file_work(_remove_results, task.paths.task_outputs)
         return discarded
 
     async def abort_subtask(self, task_id: str, subtask_id: str) -> None:
@@ -291,14 +303,14 @@ class Requestor:
         if cancel is not None:
             cancel.set()
         async with task.lock:
-            task.store.abort_subtask(subtask_id)
+            await self._db(task.store.abort_subtask, subtask_id)
 
     async def abort_task(self, task_id: str) -> None:
         task = await self._task(task_id)
         for cancel in list(task.cancels.values()):
             cancel.set()
         async with task.lock:
-            task.store.abort_task()
+            await self._db(task.store.abort_task)
 
     async def run_benchmark(self) -> float:
         from fractal_app import render
@@ -307,6 +319,33 @@ class Requestor:
 
 
 # ---- files (run in worker threads) ----------------------------------------------------------
+
+
+def _exists(database: Path, task_id: str) -> bool:
+    store = TaskStore.open(database, task_id)
+    if store is None:
+        return False
+    store.close()
+    return True
+
+
+def _prepare_folder(paths: TaskPaths, scene_json: bytes) -> None:
+    """The task folder's own parts, and the scene every provider gets as a resource."""
+    paths.make_folders()
+    _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene_json)
+
+
+def _start_verification(store: TaskStore, subtask_id: str, result_dir: Path) -> BandRow:
+    """running -> verifying, if the task is live, the subtask is running and its file is here."""
+    if store.aborted:
+        raise FailedPrecondition(f"task {store.task_id!r} was aborted; nothing is verified")
+    sub = store.subtask(subtask_id)  # NotFound for an unknown id
+    if sub.state == "running" and not _has_file(result_dir):
+        raise FailedPrecondition(
+            f"no result for subtask {subtask_id!r} yet: expected the provider's file in"
+            f" {SUBTASK_OUTPUTS_DIR}/{subtask_id}/"
+        )
+    return store.start_verification(subtask_id)
 
 
 def _plan(scene, max_bands: int) -> list[tuple[int, int]]:
