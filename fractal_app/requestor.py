@@ -249,10 +249,13 @@ class Requestor:
         except Aborted:
             raise
         except BaseException:
-            # The check could not run (file vanished, internal error): the result stays
-            # unchecked, so the subtask is back to running and Verify may be asked again.
-            async with task.lock:
-                if not cancel.is_set():
+            # The check could not run (file vanished, internal error, the rpc was cancelled):
+            # the result stays unchecked, so the subtask is back to running and Verify may be
+            # asked again. Unless an abort already released the band.
+            stopped_by_abort = cancel.is_set()
+            cancel.set()  # a cancelled rpc leaves its check running in the pool: stop it
+            if not stopped_by_abort:
+                async with task.lock:
                     await self._db(task.store.undo_verification, subtask_id)
             raise
         finally:
