@@ -312,6 +312,8 @@ async def render_locally(
         else:
             root = Path(keep)
             root.mkdir(parents=True, exist_ok=True)
+            if any(root.iterdir()):
+                raise LocalRenderError(f"{root} is not empty; give --keep an empty or new folder")
         (root / "requestor").mkdir()
         (root / "providers").mkdir()
         requestor = _Process("requestor", root / "requestor", root / "requestor.log")
