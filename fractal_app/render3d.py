@@ -35,7 +35,7 @@ _PALETTES = {
 # the shadow and occlusion probes; the step factor < 1 guards against an estimator that
 # overshoots.
 _MANDELBULB_LOOK = (1.0, 1.0, 1.0)
-_MANDELBOX_LOOK = (2.0, 1.3, 1.0)
+_MANDELBOX_LOOK = (2.0, 0.8, 1.0)
 
 
 @dataclass(frozen=True)

@@ -365,7 +365,10 @@ def sample_rgb(dx, dy, dz, p, ip):
     bg_b = float(p[P_BACKGROUND + 2])
     t, steps, hit, trap = march(ox, oy, oz, dx, dy, dz, p, ip)
     if not hit:
-        return bg_r, bg_g, bg_b
+        # a ray that passed close to the surface took many steps: a faint glow around it
+        glow = min(steps / (0.25 * ip[I_MAX_STEPS] + 1.0), 1.0)
+        glow = 0.12 * glow * glow
+        return bg_r + 0.35 * glow, bg_g + 0.55 * glow, bg_b + glow
     hx = ox + t * dx
     hy = oy + t * dy
     hz = oz + t * dz
@@ -398,6 +401,8 @@ def sample_rgb(dx, dy, dz, p, ip):
     diffuse = max(facing, 0.0) * shadow
     # sky light from above, a bounce light from the opposite side
     sky = 0.5 + 0.5 * fny
+    # a weak fill light from the camera, so the side away from the sun is not black
+    fill = max(-(fnx * float(dx) + fny * float(dy) + fnz * float(dz)), 0.0)
     bounce = max(-(fnx * lx + fnz * lz), 0.0) * max(1.0 - fny, 0.0) * 0.5
     # Blinn-Phong highlight, half vector between light and the direction to the camera
     hvx = lx - float(dx)
@@ -413,9 +418,9 @@ def sample_rgb(dx, dy, dz, p, ip):
             spec = spec * spec
         spec = spec * diffuse * 0.6
 
-    light_r = 1.60 * diffuse * 1.00 + 0.30 * sky * ao * 0.60 + 0.20 * bounce * ao
-    light_g = 1.60 * diffuse * 0.90 + 0.30 * sky * ao * 0.70 + 0.20 * bounce * ao
-    light_b = 1.60 * diffuse * 0.75 + 0.30 * sky * ao * 1.00 + 0.20 * bounce * ao
+    light_r = 1.70 * diffuse * 1.00 + 0.40 * sky * ao * 0.60 + (0.20 * bounce + 0.25 * fill) * ao
+    light_g = 1.70 * diffuse * 0.90 + 0.40 * sky * ao * 0.70 + (0.20 * bounce + 0.25 * fill) * ao
+    light_b = 1.70 * diffuse * 0.75 + 0.40 * sky * ao * 1.00 + (0.20 * bounce + 0.25 * fill) * ao
     r = tone_map(al_r * light_r + spec)
     g = tone_map(al_g * light_g + spec)
     b = tone_map(al_b * light_b + spec)
