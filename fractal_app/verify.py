@@ -73,8 +73,13 @@ PERTURBATION_ULPS = (8, 512)
 # An "inside" pixel that escapes within this many times max_iter iterations (at most 2^24, at
 # least 4 times) has a wandering orbit: where it escapes depends on rounding.
 SLOW_ESCAPE_FACTOR = 64
-# Samples rendered per render_pixels call: the cancel flag is checked between calls.
-CHUNK = 128
+# Pixels recomputed per render_pixels call: about CHUNK_STEPS inner-loop steps (some tens of
+# milliseconds), so the cancel flag, checked between calls, is seen quickly.
+CHUNK_STEPS = 1 << 24
+MIN_CHUNK = 8
+MAX_CHUNK = 4096
+# Differing samples tested for sensitivity per round (stops once the verdict is certain).
+CLASSIFY_BATCH = 64
 # The low-resolution cost estimate: at most this grid of points per band, iterations capped.
 ESTIMATE_ROWS = 8
 ESTIMATE_COLS = 32
@@ -296,13 +301,29 @@ def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d if d.ndim == 1 else d.max(axis=1)
 
 
+def worst_pixel_cost(scene) -> int:
+    """Upper estimate of one pixel's work, in inner-loop steps (for sizing chunks)."""
+    samples = scene.supersample**2
+    if scene.is_3d:
+        # ray steps x fractal iterations, plus normal, shadow and occlusion probes
+        return samples * scene.max_steps * scene.iterations * 3
+    return samples * scene.max_iter * (getattr(scene, "power", 2) - 1)
+
+
+def chunk_size(scene) -> int:
+    """Pixels per render_pixels call: about CHUNK_STEPS of work, so cancel is seen quickly,
+    but as many as that allows, since every call has a fixed cost (threads, colour set-up)."""
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_STEPS // worst_pixel_cost(scene))))
+
+
 def _render_chunked(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.ndarray:
     from fractal_app.render import render_pixels
 
     parts = []
-    for start in range(0, rows.size, CHUNK):
+    chunk = chunk_size(scene)
+    for start in range(0, rows.size, chunk):
         _check_cancel(cancel)
-        parts.append(render_pixels(scene, rows[start:start + CHUNK], cols[start:start + CHUNK]))
+        parts.append(render_pixels(scene, rows[start:start + chunk], cols[start:start + chunk]))
     _check_cancel(cancel)
     return np.concatenate(parts) if parts else render_pixels(scene, rows, cols)
 
@@ -332,10 +353,10 @@ def perturbed_scenes(scene) -> list:
 
 
 def at_set_boundary(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.ndarray:
-    """2D: whether each pixel's 3x3 neighbourhood holds both points that never escape (count
-    max_iter) and points that do. There an orbit can wander for thousands of iterations
-    before it escapes, and where it does depends on every rounding, not on the input alone
-    (the burning ship's edge is full of such pixels)."""
+    """2D: whether each pixel looks inside (count max_iter at its centre) but is at the set's
+    edge: a neighbour escapes, or it escapes itself a little later. There an orbit can
+    wander for thousands of iterations before it escapes, and when it does depends on every
+    rounding, not on the input alone (the burning ship's edge is full of such pixels)."""
     if scene.is_3d:
         return np.zeros(rows.size, dtype=bool)
     plain = scene.model_copy(update={"output": "counts", "supersample": 1})
@@ -344,7 +365,9 @@ def at_set_boundary(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.nda
     nc = np.clip(cols[:, None] + dc.ravel()[None, :], 0, scene.width_px - 1)
     counts = _render_chunked(plain, nr.ravel(), nc.ravel(), cancel).reshape(rows.size, 9)
     inside = counts >= scene.max_iter
-    boundary = inside.any(axis=1) & ~inside.all(axis=1)
+    # Only a pixel that looks inside counts: an honest GPU may see its orbit escape, but a
+    # pixel that escapes must be matched (else "inside" would excuse skipped iterations).
+    boundary = inside[:, 4] & ~inside.all(axis=1)
     # A pixel whose orbit stays bounded for max_iter iterations but escapes after many more
     # is not inside either: its orbit wanders chaotically, and when it leaves depends on
     # rounding (the burning ship has whole regions of these).
@@ -395,10 +418,10 @@ def _classify(scene, report: CheckReport, differ, rows, cols, got, expected, can
     """
     sensitivity_tol = 0 if scene.output == "counts" else report.colour_tol // 2
     nudged = perturbed_scenes(scene)
-    for start in range(0, differ.size, 32):
+    for start in range(0, differ.size, CLASSIFY_BATCH):
         if len(report.hard) > report.tolerance:
             break
-        batch = differ[start:start + 32]
+        batch = differ[start:start + CLASSIFY_BATCH]
         moved = at_set_boundary(scene, rows[batch], cols[batch], cancel)
         for other in nudged:
             values = _render_chunked(other, rows[batch], cols[batch], cancel)

@@ -158,11 +158,11 @@ def header_bomb(folder, meta, width, bit_depth, honest):
 
 
 def data_bomb(folder, meta, width, bit_depth, honest):
-    """The right header, but pixel data that inflates to 256 MiB of zeros."""
+    """The right header, but pixel data that inflates to 64 MiB of zeros."""
     text = meta.to_json().encode()
     inflater = zlib.compressobj(9)
     block = bytes(1 << 20)
-    idat = b"".join(inflater.compress(block) for _ in range(256)) + inflater.flush()
+    idat = b"".join(inflater.compress(block) for _ in range(64)) + inflater.flush()
     png = craft_png(width, meta.rows, bit_depth=_png_bits(meta, bit_depth), text=text, idat=idat)
     (folder / RESULT_NAME).write_bytes(png)
 
@@ -245,4 +245,155 @@ FILE_CHEATS: dict[str, tuple[FileCheat, str]] = {
     "wrong_meta_subtask": (wrong_meta_subtask, "subtask_id"),
     "wrong_meta_task": (wrong_meta_task, "task_id"),
     "no_text": (no_text, "fractal-app"),
+}
+
+
+# --------------------------------------------------------------------------- value cheats
+# Each takes (scene, meta, honest values) and returns the values a cheater would send: the
+# right shape and dtype, written with write_band, so only the pixel check can catch them.
+ValueCheat = Callable[[object, BandMeta, np.ndarray], np.ndarray]
+
+
+def _render(scene, row_start: int, row_stop: int) -> np.ndarray:
+    from fractal_app.render import render_band
+
+    return render_band(scene, row_start, row_stop)
+
+
+def _top(scene) -> int:
+    return 65535 if scene.bit_depth == 16 and scene.output == "image" else 255
+
+
+def blank(scene, meta, honest):
+    return np.zeros_like(honest)
+
+
+def single_colour(scene, meta, honest):
+    """Every pixel the colour (or count) of the band's middle pixel."""
+    flat = honest.reshape(-1, *honest.shape[2:])
+    return np.broadcast_to(flat[flat.shape[0] // 2], honest.shape).copy()
+
+
+def noise(scene, meta, honest):
+    rng = np.random.default_rng(1)
+    high = 1000 if scene.output == "counts" else _top(scene) + 1
+    return rng.integers(0, high, honest.shape).astype(honest.dtype)
+
+
+def other_rows(scene, meta, honest):
+    rows = meta.rows
+    start = meta.row_stop if meta.row_stop + rows <= scene.height_px else meta.row_start - rows
+    return _render(scene, start, start + rows)
+
+
+def other_scene(scene, meta, honest):
+    re, im = getattr(scene, "center", (0.0, 0.0))
+    if scene.is_3d:
+        position = scene.camera.position
+        camera = scene.camera.model_copy(update={"position": (position[0] + 0.3, *position[1:])})
+        return _render(scene.model_copy(update={"camera": camera}), meta.row_start, meta.row_stop)
+    moved = scene.model_copy(update={"center": (re + scene.width / 3, im - scene.width / 5)})
+    return _render(moved, meta.row_start, meta.row_stop)
+
+
+def shifted_row(scene, meta, honest):
+    start = meta.row_start + 1 if meta.row_stop < scene.height_px else meta.row_start - 1
+    return _render(scene, start, start + meta.rows)
+
+
+def shifted_column(scene, meta, honest):
+    return np.roll(honest, 1, axis=1)
+
+
+def flipped_vertically(scene, meta, honest):
+    return honest[::-1].copy()
+
+
+def flipped_horizontally(scene, meta, honest):
+    return honest[:, ::-1].copy()
+
+
+def lower_max_iter(scene, meta, honest):
+    if scene.is_3d:
+        cheap = scene.model_copy(update={"max_steps": max(1, scene.max_steps // 8)})
+    else:
+        cheap = scene.model_copy(update={"max_iter": max(1, scene.max_iter // 4)})
+    return _render(cheap, meta.row_start, meta.row_stop)
+
+
+def half_resolution(scene, meta, honest):
+    """Render at half the width and height and scale up (each pixel repeated 2x2)."""
+    w, h = scene.width_px, scene.height_px
+    small = scene.model_copy(update={"resolution": ((w + 1) // 2, (h + 1) // 2)})
+    r0, r1 = meta.row_start // 2, (meta.row_stop + 1) // 2
+    values = _render(small, r0, r1).repeat(2, axis=0).repeat(2, axis=1)
+    offset = meta.row_start - 2 * r0
+    return np.ascontiguousarray(values[offset:offset + meta.rows, :w])
+
+
+def float32(scene, meta, honest):
+    return _render(scene.model_copy(update={"precision": "float32"}), meta.row_start, meta.row_stop)
+
+
+def other_palette(scene, meta, honest):
+    palette = "fire" if scene.palette != "fire" else "ocean"
+    return _render(scene.model_copy(update={"palette": palette}), meta.row_start, meta.row_stop)
+
+
+def _corrupt(scene, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Values with the pixels in ``mask`` made clearly wrong (half the range away)."""
+    out = values.copy()
+    if scene.output == "counts":
+        out[mask] = out[mask] + 17
+    else:
+        half = (_top(scene) + 1) // 2
+        out[mask] = (out[mask].astype(np.int64) + half) % (2 * half)
+    return out
+
+
+def wrong_fraction(fraction: float, where: str) -> ValueCheat:
+    """Honest except a fraction of pixels: spread at random, or in one block at a corner."""
+
+    def cheat(scene, meta, honest):
+        rows, width = honest.shape[:2]
+        wrong = int(np.ceil(fraction * rows * width))
+        mask = np.zeros((rows, width), dtype=bool)
+        if where == "random":
+            mask.flat[np.random.default_rng(2).choice(rows * width, wrong, replace=False)] = True
+        else:
+            side = int(np.ceil(np.sqrt(wrong)))
+            height = min(rows, side)
+            mask[rows - height:, width - int(np.ceil(wrong / height)):] = True  # bottom right
+        return _corrupt(scene, honest, mask)
+
+    cheat.__name__ = f"wrong_{where}_{fraction:g}"
+    return cheat
+
+
+def skip_expensive(scene, meta, honest):
+    """Honest everywhere except where a pixel needs more than K iterations: the cheater stops
+    at K and calls the pixel inside. K is chosen so only ~2% of the escaping pixels are hit."""
+    counts = _render(scene.model_copy(update={"output": "counts", "supersample": 1}),
+                     meta.row_start, meta.row_stop)
+    escaping = counts[counts < scene.max_iter]
+    limit = np.quantile(escaping, 0.98) if escaping.size else scene.max_iter
+    mask = (counts > limit) & (counts < scene.max_iter)
+    out = honest.copy()
+    if scene.output == "counts":
+        out[mask] = scene.max_iter
+    else:
+        interior = np.array(scene.interior_color, dtype=np.int64)
+        out[mask] = (interior * (_top(scene) // 255)).astype(honest.dtype)
+    return out
+
+
+VALUE_CHEATS: dict[str, ValueCheat] = {
+    cheat.__name__: cheat
+    for cheat in [
+        blank, single_colour, noise, other_rows, other_scene, shifted_row, shifted_column,
+        flipped_vertically, flipped_horizontally, lower_max_iter, half_resolution, float32,
+        other_palette, skip_expensive,
+        *(wrong_fraction(f, where) for f in (0.01, 0.02, 0.05, 0.10)
+          for where in ("random", "corner")),
+    ]
 }
