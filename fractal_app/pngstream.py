@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -20,8 +22,18 @@ import numpy as np
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # zlib output is gathered into IDAT chunks of about this size.
 IDAT_CHUNK_BYTES = 1 << 20
-# Rows filtered and compressed per step, bounding the scratch memory of one step.
+# Rows filtered per step, bounding the scratch memory of one step.
 ROWS_PER_STEP = 64
+# Raw bytes deflated as one independent segment (on one thread).
+SEGMENT_BYTES = 4 << 20
+# zlib level of the final image: 6 is zlib's (and Pillow's) default balance of size and time.
+DEFAULT_COMPRESS_LEVEL = 6
+
+
+def _deflate_segment(data: bytes, level: int) -> bytes:
+    """Raw deflate of one segment, ended by a sync flush (byte-aligned, not final)."""
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -49,6 +61,12 @@ class PngStreamWriter:
 
     ``write_rows`` takes (rows, W, 3) arrays of uint8 (bit_depth 8) or uint16 (bit_depth 16).
     ``close`` checks that exactly ``height`` rows were written, then ends the file.
+
+    Compression runs on ``threads`` threads (zlib releases the GIL), pigz-style: the rows are
+    cut into segments of about ``SEGMENT_BYTES``, each deflated on its own and ended with a
+    sync flush so the pieces concatenate into one valid zlib stream; the Adler-32 checksum is
+    computed over the raw bytes in order. At most ``2 * threads`` segments are in flight,
+    which bounds the memory.
     """
 
     def __init__(
@@ -57,17 +75,24 @@ class PngStreamWriter:
         width: int,
         height: int,
         bit_depth: int,
-        compress_level: int = 6,
+        compress_level: int = DEFAULT_COMPRESS_LEVEL,
         text: dict[str, str] | None = None,
+        threads: int | None = None,
     ) -> None:
         if bit_depth not in (8, 16):
             raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
         self.width, self.height, self.bit_depth = width, height, bit_depth
         self._dtype = np.dtype(">u2") if bit_depth == 16 else np.dtype(np.uint8)
         self._bytes_per_pixel = 3 * bit_depth // 8
+        self._level = compress_level
         self._rows_written = 0
         self._pending = bytearray()
-        self._zlib = zlib.compressobj(compress_level)
+        self._segment: list[np.ndarray] = []
+        self._segment_bytes = 0
+        self._adler = zlib.adler32(b"")
+        self._threads = max(1, threads or os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="deflate")
+        self._in_flight: deque[Future[bytes]] = deque()
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._file.write(PNG_SIGNATURE)
         ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
@@ -76,6 +101,8 @@ class PngStreamWriter:
             self._file.write(
                 _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
             )
+        # zlib header: deflate, 32 KiB window, no preset dictionary.
+        self._pending += b"\x78\x9c"
 
     def write_rows(self, values: np.ndarray) -> None:
         """Append rows (rows, W, 3) below those already written."""
@@ -91,9 +118,27 @@ class PngStreamWriter:
         for start in range(0, values.shape[0], ROWS_PER_STEP):
             block = np.ascontiguousarray(values[start : start + ROWS_PER_STEP], dtype=self._dtype)
             raw = block.view(np.uint8).reshape(block.shape[0], -1)
-            self._pending += self._zlib.compress(_sub_filter(raw, self._bytes_per_pixel))
-            self._flush(IDAT_CHUNK_BYTES)
+            filtered = _sub_filter(raw, self._bytes_per_pixel)
+            self._segment.append(filtered)
+            self._segment_bytes += filtered.nbytes
+            if self._segment_bytes >= SEGMENT_BYTES:
+                self._submit_segment()
         self._rows_written += values.shape[0]
+
+    def _submit_segment(self) -> None:
+        if not self._segment:
+            return
+        data = b"".join(part.tobytes() for part in self._segment)
+        self._segment.clear()
+        self._segment_bytes = 0
+        self._adler = zlib.adler32(data, self._adler)
+        self._in_flight.append(self._pool.submit(_deflate_segment, data, self._level))
+        while len(self._in_flight) > 2 * self._threads:
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        self._pending += self._in_flight.popleft().result()
+        self._flush(IDAT_CHUNK_BYTES)
 
     def _flush(self, at_least: int) -> None:
         if len(self._pending) >= at_least and self._pending:
@@ -107,16 +152,23 @@ class PngStreamWriter:
         try:
             if self._rows_written != self.height:
                 raise ValueError(f"{self._rows_written} of {self.height} rows were written")
-            self._pending += self._zlib.flush()
+            self._submit_segment()
+            while self._in_flight:
+                self._collect_one()
+            # The final (empty) deflate block, then the checksum of all raw bytes.
+            self._pending += zlib.compressobj(self._level, zlib.DEFLATED, -15).flush()
+            self._pending += struct.pack(">I", self._adler)
             self._flush(1)
             self._file.write(_chunk(b"IEND", b""))
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._file.close()
 
     def abandon(self) -> None:
         """Close without finishing (after an error); the caller deletes the file."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._file.close()
 
     def __enter__(self) -> PngStreamWriter:
