@@ -88,11 +88,14 @@ def decode_png_rgb(path):
 def test_png_streamed_in_uneven_blocks_reads_back_exactly(tmp_path, monkeypatch, bit_depth):
     monkeypatch.setattr(pngstream, "ROWS_PER_STEP", 7)  # several steps per block
     monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 100)  # several IDAT chunks
+    monkeypatch.setattr(pngstream, "SEGMENT_BYTES", 500)  # several deflate segments in flight
     rng = np.random.default_rng(5)
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     image = rng.integers(0, 2**bit_depth, (45, 31, 3)).astype(dtype)
     path = tmp_path / "out.png"
-    with PngStreamWriter(path, 31, 45, bit_depth, text={"Software": "fractal-app"}) as writer:
+    with PngStreamWriter(
+        path, 31, 45, bit_depth, text={"Software": "fractal-app"}, threads=3
+    ) as writer:
         for start, stop in [(0, 1), (1, 20), (20, 45)]:
             writer.write_rows(image[start:stop])
     np.testing.assert_array_equal(decode_png_rgb(path), image)
