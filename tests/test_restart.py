@@ -103,3 +103,42 @@ def _wrong(params):
 
     values = render.render_band(parse_scene(SCENE), params["row_start"], params["row_stop"])
     return 255 - values
+
+
+def test_reopened_task_makes_task_outputs_agree_with_the_store(tmp_path):
+    """Crash windows between a commit and a file operation, simulated on the stopped requestor's
+    folder: the result file missing though every band is accepted (it is written again), and a
+    result file left behind though a band is no longer accepted (it is removed)."""
+    import sqlite3
+
+    work = tmp_path / "req"
+    server = start_server("requestor", work)
+    create_task(server.requestor(), work, "t", SCENE, 2)
+    while (sub := next_subtask(server.requestor(), "t")) is not None:
+        write_result_here(work, "t", sub[0], sub[1], SCENE)
+        assert verify(server.requestor(), "t", sub[0]).result == pb.VerifyReply.SUCCESS
+    result = work / "t" / "task_outputs" / "result.png"
+    expected = read_result(result, SCENE)
+    server.kill()
+
+    result.unlink()
+    server = start_server("requestor", work)
+    try:
+        assert not has_pending(server.requestor(), "t")  # opens the task
+        np.testing.assert_array_equal(read_result(result, SCENE), expected)
+    finally:
+        server.kill()
+
+    database = sqlite3.connect(work / "t" / "app_state" / "state.sqlite3")
+    with database:
+        database.execute("UPDATE subtask SET state = 'discarded' WHERE band_index = 1")
+        database.execute(
+            "UPDATE band SET state = 'pending', subtask_id = NULL WHERE band_index = 1"
+        )
+    database.close()
+    server = start_server("requestor", work)
+    try:
+        assert has_pending(server.requestor(), "t")
+        assert not result.exists()
+    finally:
+        server.stop()
