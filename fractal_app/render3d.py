@@ -95,6 +95,9 @@ def kernel_inputs(scene) -> KernelInputs:
         power = float(scene.power)
         p[rm.P_POWER] = power
         ip[rm.I_FAST8] = 1 if power == 8.0 else 0
+        # (x^2 + z^2)^3.5 must stay a normal number: 1e-11 in float32, far less in float64;
+        # below that the point is within 3e-6 of the axis, where w^8 has no x or z part.
+        p[rm.P_AXIS_K3] = 1e-11 if dtype == np.float32 else 1e-80
         # An orbit that leaves radius 2^(1/(n-1)) escapes: that ball holds the whole set.
         bound = 1.1 * 2.0 ** (1.0 / (power - 1.0))
         # Escape radius as large as the precision allows, for an accurate estimate:

@@ -70,7 +70,8 @@ P_PALETTE_OFFSET = 47
 P_PALETTE = 48  # cosine palette a + b cos(2 pi (c t + d)): 12 numbers, a, b, c, d as RGB
 P_SHADOW_DARK = 60  # a penumbra below this is full shadow: stop marching
 P_OBJECT_SIZE = 61  # rough size of the fractal's features: scales the occlusion
-P_SIZE = 62
+P_AXIS_K3 = 62  # x^2 + z^2 below this counts as on the y axis (power-8 polynomial)
+P_SIZE = 63
 
 # ---- slots of the integer parameter vector ip ----
 I_KIND = 0
@@ -88,8 +89,7 @@ def mandelbulb_de(x, y, z, p, ip):
     """Distance estimate and orbit trap (min |w|^2) of the Mandelbulb at (x, y, z).
 
     Spherical coordinates with y up: theta from the y axis, phi = atan2(x, z). The power-8
-    case uses the equivalent polynomial (no acos/atan2/pow), rescaled so that points near
-    the y axis do not overflow.
+    case uses the equivalent polynomial (no acos/atan2/pow; Quilez's form).
     """
     one = p[P_ONE]
     power = p[P_POWER]
@@ -113,36 +113,28 @@ def mandelbulb_de(x, y, z, p, ip):
             y4 = y2 * y2
             z4 = z2 * z2
             k3 = x2 + z2
-            if k3 > p[P_ZERO]:
-                inv = one / math.sqrt(k3)
-                rk = k3 * inv
-                u = wx * inv
-                v = wz * inv
+            # 1 / k3^3.5 scales the x and z parts; it is computed beside the polynomials,
+            # not before them, so the square root and the division are off the critical path
+            if k3 > p[P_AXIS_K3]:
+                k2 = one / (k3 * k3 * k3 * math.sqrt(k3))
             else:
-                # on the y axis the x and z parts of w^8 vanish
-                rk = p[P_ZERO]
-                u = p[P_ZERO]
-                v = p[P_ZERO]
-            u2 = u * u
-            v2 = v * v
-            u4 = u2 * u2
-            v4 = v2 * v2
+                # (next to) the y axis the x and z parts of w^8 vanish; this also keeps
+                # k3^3.5 from underflowing to 0 in float32
+                k2 = p[P_ZERO]
             k1 = x4 + y4 + z4 - p[P_SIX] * y2 * z2 - p[P_SIX] * x2 * y2 + p[P_TWO] * z2 * x2
             k4 = x2 - y2 + z2
-            c = wy * k4 * k1 * rk
-            nx = p[P_SIXTY_FOUR] * c * u * v * (u2 - v2) * (u4 - p[P_SIX] * u2 * v2 + v4)
-            ny = k1 * k1 - p[P_SIXTEEN] * y2 * k3 * k4 * k4
-            nz = (
-                -p[P_EIGHT]
-                * c
-                * (
-                    u4 * u4
-                    - p[P_TWENTY_EIGHT] * u4 * u2 * v2
-                    + p[P_SEVENTY] * u4 * v4
-                    - p[P_TWENTY_EIGHT] * u2 * v2 * v4
-                    + v4 * v4
-                )
+            c = wy * k4 * k1
+            px = wx * wz * (x2 - z2) * (x4 - p[P_SIX] * x2 * z2 + z4)
+            pz = (
+                x4 * x4
+                - p[P_TWENTY_EIGHT] * x4 * x2 * z2
+                + p[P_SEVENTY] * x4 * z4
+                - p[P_TWENTY_EIGHT] * x2 * z2 * z4
+                + z4 * z4
             )
+            nx = p[P_SIXTY_FOUR] * c * px * k2
+            ny = k1 * k1 - p[P_SIXTEEN] * y2 * k3 * k4 * k4
+            nz = -p[P_EIGHT] * c * pz * k2
             wx = nx + x
             wy = ny + y
             wz = nz + z
