@@ -245,6 +245,19 @@ def weighted_indices(row_edges, col_edges, costs, width: int, count: int,
     return rows * width + cols
 
 
+def sample_indices(n_pixels: int, width: int, estimate, rng: np.random.Generator) -> np.ndarray:
+    """The pixels to recompute (band raster indices): UNIFORM_SAMPLES stratified uniform ones
+    first, then WEIGHTED_SAMPLES drawn by ``estimate`` = (row_edges, col_edges, costs)."""
+    uniform = stratified_indices(n_pixels, UNIFORM_SAMPLES, rng)
+    weighted = weighted_indices(*estimate, width, WEIGHTED_SAMPLES, rng)
+    return np.concatenate([uniform, weighted])
+
+
+def accepts(hard_mismatches: int, tolerance: int = HARD_TOLERANCE) -> bool:
+    """The decision: accepted when at most ``tolerance`` samples are hard mismatches."""
+    return hard_mismatches <= tolerance
+
+
 # --------------------------------------------------------------------------- comparing
 @dataclass
 class CheckReport:
@@ -263,7 +276,7 @@ class CheckReport:
 
     @property
     def accepted(self) -> bool:
-        return len(self.hard) <= self.tolerance
+        return accepts(len(self.hard), self.tolerance)
 
     def _where(self, items) -> str:
         def value(v):
@@ -392,11 +405,9 @@ def check_values(scene, meta: BandMeta, values: np.ndarray, rng: np.random.Gener
         report.full = True
         report.tolerance = full_check_tolerance(n_pixels)
     else:
-        uniform = stratified_indices(n_pixels, UNIFORM_SAMPLES, rng)
-        edges_r, edges_c, costs = estimate_costs(scene, meta)
+        estimate = estimate_costs(scene, meta)
         _check_cancel(cancel)
-        weighted = weighted_indices(edges_r, edges_c, costs, width, WEIGHTED_SAMPLES, rng)
-        index = np.concatenate([uniform, weighted])
+        index = sample_indices(n_pixels, width, estimate, rng)
         report.weighted = WEIGHTED_SAMPLES
     report.checked = index.size
     band_rows, cols = np.divmod(index, width)
