@@ -1,0 +1,155 @@
+"""The 2D CUDA kernels without a GPU: bit for bit against the CPU in Numba's CUDA simulator,
+and compiled to real PTX for sm_75 and sm_90 (checked by ptxas where it is installed).
+
+The simulator must be chosen before numba is imported, so those checks run in a child
+process that executes this file as a script (see the bottom).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FRACTALS = ("mandelbrot", "julia", "burning_ship", "multibrot")
+PRECISIONS = ("float64", "float32")
+PTXAS = shutil.which("ptxas") or (
+    "/usr/local/cuda/bin/ptxas" if Path("/usr/local/cuda/bin/ptxas").exists() else None
+)
+
+
+def test_cuda_kernels_match_the_cpu_bit_for_bit_in_the_simulator():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[-1] == f"checked={len(FRACTALS) * len(PRECISIONS)}"
+
+
+def _signature(kernel_name, precision):
+    from numba import types
+
+    fl = types.float64 if precision == "float64" else types.float32
+    if kernel_name == "grid_kernel":
+        outputs = (types.uint32[:, ::1], types.float64[:, ::1])
+    else:
+        outputs = (types.uint32[::1], types.float64[::1])
+    return (types.int64, fl[::1], fl[::1], fl, fl, types.int64, types.int64, fl, *outputs)
+
+
+@pytest.mark.parametrize("cc", [(7, 5), (9, 0)], ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("kernel_name", ["grid_kernel", "points_kernel"])
+def test_kernels_compile_to_ptx(kernel_name, precision, cc):
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("compile_ptx needs the real numba.cuda, not the simulator")
+    from numba import cuda
+
+    from fractal_app.kernels import cuda as cuda_kernels
+
+    kernel = getattr(cuda_kernels, kernel_name)
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, _signature(kernel_name, precision), cc=cc)
+    except Exception as exc:  # a missing libnvrtc/NVVM is an environment problem: say so
+        if "nvrtc" in str(exc).lower() or "nvvm" in str(exc).lower():
+            pytest.skip(f"NVVM/NVRTC not installed here ({exc})")
+        raise
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    assert ".entry" in ptx
+    if precision == "float32":
+        # Single precision all the way: no double-precision arithmetic or comparison (the
+        # only f64 is the conversion and store of |z|^2).
+        f64_math = re.findall(r"\b(?:add|sub|mul|fma|div|setp)\.[\w.]*f64\b", ptx)
+        assert f64_math == []
+    if PTXAS is None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.ptx"
+        path.write_text(ptx)
+        result = subprocess.run([PTXAS, f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o",
+                                 str(Path(folder) / "kernel.cubin")],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.gpu
+def test_gpu_counts_agree_with_the_cpu_except_at_fma_boundaries():
+    from fractal_app import render
+    from fractal_app.scene import parse_scene
+
+    if render._cuda_unavailable_reason() is not None:
+        pytest.skip(f"no CUDA GPU here: {render._cuda_unavailable_reason()}")
+    scene = parse_scene({"fractal": "mandelbrot", "resolution": [480, 270], "center": [-0.75, 0],
+                         "width": 3.5, "max_iter": 1000, "output": "counts"})
+    cpu = render.render_band(scene, 0, 270, "cpu")
+    gpu = render.render_band(scene, 0, 270, "cuda")
+    # FMA contraction on the GPU moves a few boundary pixels; measured ~0.02% on the CPU.
+    assert (cpu != gpu).mean() < 0.005
+
+
+# --- the simulator side (run as a script with NUMBA_ENABLE_CUDASIM=1) -------------------------
+
+
+def _simulator_checks():
+    from fractal_app import config
+
+    # Tiny blocks so that even these tiny images span several blocks in x and y.
+    config.CUDA_THREADS_PER_BLOCK = (4, 2)
+    from numba.cuda import is_available
+
+    from fractal_app import render
+    from fractal_app.kernels import cpu
+    from fractal_app.kernels import cuda as gpu
+    from fractal_app.scene import parse_scene
+
+    assert is_available() and render.resolve_backend("cuda", "docker_cpu") == "cuda"
+    views = {
+        "mandelbrot": {"center": [-0.745, 0.113], "width": 0.05},
+        "julia": {"center": [0.2, 0.1], "width": 1.6},
+        "burning_ship": {"center": [-1.76, -0.03], "width": 0.12},
+        "multibrot": {"center": [0.2, 0.3], "width": 1.4, "power": 5},
+    }
+    checked = 0
+    for fractal in FRACTALS:
+        for precision in PRECISIONS:
+            scene = parse_scene({"fractal": fractal, "resolution": [11, 5], "max_iter": 60,
+                                 "precision": precision, "supersample": 2, **views[fractal]})
+            args = render._escape_args(scene)
+            re = render._sample_coords(scene, np.arange(11), "re").reshape(-1).astype(args.dtype)
+            im = render._sample_coords(scene, np.arange(5), "im").reshape(-1).astype(args.dtype)
+            scalars = (args.jr, args.ji, args.power, args.max_iter, args.escape2)
+            results = []
+            for backend in (cpu, gpu):
+                counts = np.empty((im.size, re.size), np.uint32)
+                mag2 = np.empty(counts.shape)
+                backend.iterate_grid(args.kind, re, im, *scalars, counts, mag2)
+                results.append((counts, mag2))
+            (c_cpu, m_cpu), (c_gpu, m_gpu) = results
+            assert len(np.unique(c_cpu)) > 3, (fractal, "view too flat to tell anything")
+            assert (c_cpu == c_gpu).all() and (m_cpu == m_gpu).all(), (fractal, precision)
+            pts_re = np.ascontiguousarray(np.repeat(re[:7], 2))
+            pts_im = np.ascontiguousarray(np.tile(im[:7], 2))
+            point_results = []
+            for backend in (cpu, gpu):
+                counts = np.empty(14, np.uint32)
+                mag2 = np.empty(14)
+                backend.iterate_points(args.kind, pts_re, pts_im, *scalars, counts, mag2)
+                point_results.append((counts, mag2))
+            assert (point_results[0][0] == point_results[1][0]).all(), (fractal, precision)
+            assert (point_results[0][1] == point_results[1][1]).all(), (fractal, precision)
+            band_cuda = render.render_band(scene, 0, 5, "cuda")
+            assert (band_cuda == render.render_band(scene, 0, 5, "cpu")).all()
+            rows, cols = np.array([0, 4, 2]), np.array([10, 0, 5])
+            assert (render.render_pixels(scene, rows, cols, "cuda") == band_cuda[rows, cols]).all()
+            checked += 1
+    print(f"checked={checked}")
+
+
+if __name__ == "__main__":
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
+    _simulator_checks()

@@ -1,0 +1,64 @@
+"""The generated block kernels: committed source up to date, and really vectorised."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fractal_app.kernels._generated import generate
+
+
+@pytest.mark.parametrize("key", list(generate.BLOCK_KERNELS), ids="-".join)
+def test_committed_block_kernels_are_up_to_date(key):
+    fractal, precision = key
+    path = Path(generate.__file__).parent / f"{generate.module_name(fractal, precision)}.py"
+    expected = generate.kernel_source(fractal, precision, generate.BLOCK_KERNELS[key])
+    assert path.read_text() == expected, (
+        f"{path.name} is stale: run python -m fractal_app.kernels._generated.generate"
+    )
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+VECTORISED_CHECK = """
+import numpy as np
+from numba.core import config
+from fractal_app.kernels import cpu
+from fractal_app.kernels._generated import block_mandelbrot_f64 as block
+
+re = np.linspace(-2.0, 0.5, 40)
+im = np.linspace(-1.0, 1.0, 3)
+counts = np.empty((3, 40), np.uint32)
+mag2 = np.empty((3, 40))
+cpu.iterate_grid(0, re, im, 0.0, 0.0, 2, 50, 4.0, counts, mag2)
+assert config.SLP_VECTORIZE == 0, "SLP must be switched off again after the compile"
+(asm,) = block.iterate_grid.inspect_asm().values()
+print(asm.count("%zmm"), asm.count("%ymm"))
+"""
+
+
+def test_mandelbrot_block_kernel_compiles_to_vector_instructions(tmp_path):
+    """A fresh compile (empty cache: cached code cannot be inspected) uses 256/512-bit
+    registers: the SLP vectorizer packed the lanes."""
+    flags = _cpu_flags()
+    if "avx2" not in flags:
+        pytest.skip("this CPU has no AVX2/AVX-512, so there are no wide registers to look for")
+    env = {"NUMBA_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", VECTORISED_CHECK], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    zmm, ymm = map(int, result.stdout.split())
+    if "avx512f" in flags:
+        assert zmm > 50, f"expected AVX-512 code, found {zmm} zmm and {ymm} ymm references"
+    else:
+        assert ymm > 50, f"expected AVX2 code, found {ymm} ymm references"
