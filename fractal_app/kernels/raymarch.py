@@ -358,8 +358,8 @@ def sample_rgb(dx, dy, dz, p, ip):
     t, steps, hit, trap = march(ox, oy, oz, dx, dy, dz, p, ip)
     if not hit:
         # a ray that passed close to the surface took many steps: a faint glow around it
-        glow = min(steps / (0.25 * ip[I_MAX_STEPS] + 1.0), 1.0)
-        glow = 0.12 * glow * glow
+        glow = min(steps / (0.3 * ip[I_MAX_STEPS] + 1.0), 1.0)
+        glow = 0.12 * glow * glow * glow
         return bg_r + 0.35 * glow, bg_g + 0.55 * glow, bg_b + glow
     hx = ox + t * dx
     hy = oy + t * dy
