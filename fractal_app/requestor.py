@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-import numpy as np
 
 from fractal_app.bands import band_memory_mib, plan_bands
 from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
@@ -34,9 +34,11 @@ from fractal_app.images import image_for_env
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.protocol.constants import SUBTASK_OUTPUTS_DIR
-from fractal_app.scene import parse_scene
 from fractal_app.server import rpc_errors
 from fractal_app.store import BandRow, TaskPaths, TaskStore, check_name
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +161,8 @@ class Requestor:
                     f"unknown task {task_id!r}: CreateTask was not called for it (work dir"
                     f" {self.work_dir})"
                 )
-            task = _Task(paths, store, parse_scene(await self._db(lambda: store.scene_json)))
+            scene_json = await self._db(lambda: store.scene_json)
+            task = _Task(paths, store, _parse_scene(scene_json))
             recovered = await self._db(store.recover)
             if recovered:
                 logger.info("task %s: verifications %s cut off by a restart", task_id, recovered)
@@ -188,7 +191,7 @@ class Requestor:
                 f"max_subtasks_count must be between 1 and {MAX_SUBTASKS_COUNT:,}, got"
                 f" {max_subtasks_count}"
             )
-        scene = parse_scene(task_params_json)
+        scene = _parse_scene(task_params_json)
         async with self._open_lock:
             paths = TaskPaths.of(self.work_dir, task_id)
             if task_id in self._tasks or await self._db(_exists, paths.database, task_id):
@@ -324,6 +327,27 @@ class Requestor:
 # ---- files (run in worker threads) ----------------------------------------------------------
 
 
+def _parse_scene(params):
+    # Imported on first use: pydantic and NumPy would double the time to SERVING.
+    from fractal_app.scene import parse_scene
+
+    return parse_scene(params)
+
+
+def _preload() -> None:
+    """Import what CreateTask and Verify need, in the background once SERVING."""
+    try:
+        import numpy  # noqa: F401
+
+        import fractal_app.bandfile  # noqa: F401
+        import fractal_app.bandplan  # noqa: F401
+        import fractal_app.render  # noqa: F401
+        import fractal_app.scene  # noqa: F401
+        import fractal_app.verify  # noqa: F401
+    except Exception:  # the rpc that needs a module imports it again and reports the error
+        logger.debug("preloading failed", exc_info=True)
+
+
 def _exists(database: Path, task_id: str) -> bool:
     store = TaskStore.open(database, task_id)
     if store is None:
@@ -396,6 +420,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _save_values(path: Path, values: np.ndarray) -> None:
     """An accepted band's values, durable before the acceptance is committed."""
+    import numpy as np
+
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "wb") as out:
         np.save(out, np.ascontiguousarray(values), allow_pickle=False)
@@ -413,6 +439,8 @@ def _remove_results(task_outputs: Path) -> None:
 
 def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
     """Stream the accepted bands, top to bottom, into ``task_outputs``' one result file."""
+    import numpy as np
+
     from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
 
     width, height = scene.width_px, scene.height_px
@@ -517,7 +545,10 @@ class RequestorService:
         pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)
 
     def serving(self) -> None:
-        """Called once the server answers SERVING (nothing to do: tasks open on demand)."""
+        """Called once the server answers SERVING: import the heavy modules in the background,
+        so start-up is quick and the first CreateTask does not pay for them. (Tasks need no
+        loading: each is re-opened from its folder when an rpc first names it.)"""
+        threading.Thread(target=_preload, name="preload", daemon=True).start()
 
     def close(self) -> None:
         self.app.close()
