@@ -358,6 +358,11 @@ def _exists(database: Path, task_id: str) -> bool:
 
 def _prepare_folder(paths: TaskPaths, scene_json: bytes) -> None:
     """The task folder's own parts, and the scene every provider gets as a resource."""
+    if paths.root.exists() and not paths.root.is_dir():
+        raise FailedPrecondition(
+            f"{paths.root.name!r} in the work directory is a file, not a task folder; choose"
+            " another task_id"
+        )
     paths.make_folders()
     _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene_json)
 

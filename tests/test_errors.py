@@ -312,3 +312,16 @@ def test_abort_stops_a_running_verification_and_health_answers_meanwhile(shared_
     assert caught.value.code() == grpc.StatusCode.ABORTED
     assert has_pending(stub, task_id)
     assert not (work / task_id / "task_outputs" / "result.png").exists()
+
+
+def test_task_id_naming_a_file_in_the_work_dir(stub, work):
+    (work / "not-a-folder").write_text("x")
+    error = rpc_error(
+        stub.CreateTask,
+        pb.CreateTaskRequest(
+            task_id="not-a-folder", max_subtasks_count=1, task_params_json=json.dumps(SCENE)
+        ),
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not a task folder" in error.details()
+    assert (work / "not-a-folder").read_text() == "x"
