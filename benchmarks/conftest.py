@@ -1,0 +1,49 @@
+"""Benchmark fixtures: a JIT-warmed benchmark, and a summary printed at the end of the run.
+
+``warmed_benchmark`` calls the timed function once before pytest-benchmark times it, so
+Numba's compile (or cache load) never lands in a measurement (datashader's benchmarks do
+the same). ``summary`` collects one-line results (speed-ups, percentages of a reference)
+that are printed together after the run, so the figures an issue asks for appear in one
+place without ``-s``.
+"""
+
+import pytest
+
+_SUMMARY: list[str] = []
+
+
+class _Warmed:
+    """pytest-benchmark's fixture, with a first untimed call of the function."""
+
+    def __init__(self, benchmark):
+        self._benchmark = benchmark
+
+    def __call__(self, function, *args, **kwargs):
+        function(*args, **kwargs)
+        return self._benchmark(function, *args, **kwargs)
+
+    def pedantic(self, function, args=(), kwargs=None, **options):
+        function(*args, **(kwargs or {}))
+        return self._benchmark.pedantic(function, args=args, kwargs=kwargs, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._benchmark, name)
+
+
+@pytest.fixture
+def warmed_benchmark(benchmark):
+    """Like ``benchmark``, but the function runs once (compiling its kernels) untimed."""
+    return _Warmed(benchmark)
+
+
+@pytest.fixture
+def summary():
+    """Append a line here to have it printed in the run's closing summary."""
+    return _SUMMARY.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SUMMARY:
+        terminalreporter.section("benchmark summary")
+        for line in _SUMMARY:
+            terminalreporter.write_line(line)
