@@ -314,6 +314,14 @@ def _unfilter(raw: bytes, rows: int, stride: int, bpp: int) -> np.ndarray:
     if kinds.max(initial=0) > 4:
         bad = int(np.argmax(kinds > 4))
         raise BandFileError(f"PNG row {bad} has an unknown filter type {int(kinds[bad])}")
+    data = lines[:, 1:]
+    # Fast paths: every row with the same filter (ours always writes Sub) is one numpy call.
+    if (kinds == 0).all():
+        return data.copy()
+    if (kinds == 1).all():
+        return np.cumsum(data.reshape(rows, -1, bpp), axis=1, dtype=np.uint8).reshape(rows, stride)
+    if (kinds == 2).all():
+        return np.cumsum(data, axis=0, dtype=np.uint8)
     out = np.empty((rows, stride), dtype=np.uint8)
     prev = np.zeros(stride, dtype=np.uint8)
     for row in range(rows):

@@ -341,6 +341,19 @@ def _render_chunked(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.nda
     return np.concatenate(parts) if parts else render_pixels(scene, rows, cols)
 
 
+def _render_rows(scene, meta: BandMeta, cancel) -> np.ndarray:
+    """The whole band, a few rows per render_band call (cancel is checked between calls)."""
+    from fractal_app.render import render_band
+
+    step = max(1, chunk_size(scene) // scene.width_px)
+    parts = []
+    for start in range(meta.row_start, meta.row_stop, step):
+        _check_cancel(cancel)
+        parts.append(render_band(scene, start, min(meta.row_stop, start + step)))
+    _check_cancel(cancel)
+    return np.concatenate(parts)
+
+
 def perturbed_scenes(scene) -> list:
     """The scene with its view nudged by each of PERTURBATION_ULPS units in the last place,
     in four directions (2D: the centre; 3D: the camera position), in the scene's precision."""
@@ -413,7 +426,11 @@ def check_values(scene, meta: BandMeta, values: np.ndarray, rng: np.random.Gener
     band_rows, cols = np.divmod(index, width)
     rows = band_rows + meta.row_start
     got = values.reshape(n_pixels, -1)[index].reshape((index.size,) + values.shape[2:])
-    expected = _render_chunked(scene, rows, cols, cancel)
+    if report.full:
+        # The band kernels are the fast ones (render_pixels is a scalar loop); same values.
+        expected = _render_rows(scene, meta, cancel).reshape(got.shape)
+    else:
+        expected = _render_chunked(scene, rows, cols, cancel)
     tol = 0 if scene.output == "counts" else report.colour_tol
     differ = np.flatnonzero(_distance(got, expected) > tol)
     report.differing = differ.size
