@@ -24,7 +24,8 @@ CASES = [
     ("mandelbox", "float64", {"camera": {"position": [9.0, 8.0, -16.0]}}),
     ("mandelbulb", "float32", {"supersample": 2}),
 ]
-PIXELS = (np.array([0, 5, 2, 3, 3, 1, 4]), np.array([7, 0, 3, 4, 5, 6, 1]))
+# 10 pixels: two blocks of the 8-thread pixel-list grid
+PIXELS = (np.array([0, 5, 2, 3, 3, 1, 4, 5, 0, 2]), np.array([7, 0, 3, 4, 5, 6, 1, 7, 0, 2]))
 
 # Runs with NUMBA_ENABLE_CUDASIM=1, set before numba is imported. Threads per block shrink
 # to 4x2 (and 8 for the pixel list) so that several blocks run on an 8x6 image.

@@ -132,9 +132,17 @@ def test_float32_scenes_march_in_float32(cpu_core):
 # ---- images ----
 
 
-@pytest.mark.parametrize("fractal", ["mandelbulb", "mandelbox"])
-def test_cpu_image_equals_the_pure_python_reference(fractal):
-    scene = tiny_scene(fractal)
+@pytest.mark.parametrize(
+    ("fractal", "extra"),
+    [
+        ("mandelbulb", {}),
+        ("mandelbulb", {"power": 5.5}),  # the trigonometric path
+        ("mandelbox", {}),
+        ("mandelbox", {"scale": -1.5, "camera": {"position": [0.0, 2.0, -5.0]}}),
+    ],
+)
+def test_cpu_image_equals_the_pure_python_reference(fractal, extra):
+    scene = tiny_scene(fractal, **extra)
     image = render3d.render_band_3d(scene, 0, scene.height_px)
     assert image.shape == (16, 24, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(image, reference_image(scene))

@@ -141,7 +141,8 @@ def mandelbulb_de(x, y, z, p, ip):
         elif r2 > p[P_ZERO]:
             rp = math.pow(r, power - one)
             dr = power * rp * dr + one
-            theta = math.acos(wy / r) * power
+            # rounding can put |wy / r| a hair above 1, where acos is NaN
+            theta = math.acos(min(max(wy / r, -one), one)) * power
             phi = math.atan2(wx, wz) * power
             rp = rp * r
             st = math.sin(theta)
