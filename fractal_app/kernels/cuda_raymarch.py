@@ -58,9 +58,18 @@ def _make_kernels(fingerprint):
     return band_kernel, pixels_kernel
 
 
+def _jit_kernel(kernel):
+    """cuda.jit with the disk cache where a cache folder is usable, without it elsewhere
+    (Numba refuses to decorate a cache=True kernel when it finds no writable folder)."""
+    try:
+        return cuda.jit(cache=True)(kernel)
+    except RuntimeError:
+        return cuda.jit(kernel)
+
+
 band_kernel, pixels_kernel = _make_kernels(raymarch.source_fingerprint())
-_band = cuda.jit(cache=True)(band_kernel)
-_pixels = cuda.jit(cache=True)(pixels_kernel)
+_band = _jit_kernel(band_kernel)
+_pixels = _jit_kernel(pixels_kernel)
 
 
 def render_band(out: np.ndarray, row_start: int, us, vs, p, ip) -> None:
