@@ -123,3 +123,58 @@ def test_no_result_yet_is_a_failed_precondition(tmp_path):
     nothing(folder, meta, scene.width_px, scene.bit_depth, honest)
     with pytest.raises(errors.FailedPrecondition, match="empty"):
         verify.verify_band(scene, meta, folder, threading.Event())
+
+
+# --------------------------------------------------------------------------- over real gRPC
+GRPC_SCENE = {"fractal": "mandelbrot", "resolution": [128, 96], "center": [-0.75, 0.12],
+              "width": 2.8, "max_iter": 300}
+GRPC_VALUE_CHEATS = ["noise", "other_rows", "wrong_random_0.05", "skip_expensive",
+                     "flipped_horizontally"]
+GRPC_FILE_CHEATS = ["symlink", "extra_file", "header_bomb", "truncated", "wrong_meta_subtask"]
+
+
+def test_cheaters_through_the_real_requestor(shared_requestor, tmp_path, monkeypatch):
+    """A requestor process (python -m fractal_app requestor) answers FAILURE with the reason
+    for each cheat, hands the band out again, and accepts the honest band after all."""
+    import uuid
+
+    from grpc_helpers import create_task, next_subtask
+    from grpc_helpers import verify as verify_rpc
+
+    from fractal_app.protocol import golem_task_api_pb2 as pb
+
+    monkeypatch.undo()  # the requestor process draws its own samples from its CSPRNG
+    stub, work = shared_requestor.requestor(), shared_requestor.work_dir
+    task_id = f"cheat-{uuid.uuid4().hex[:8]}"
+    create_task(stub, work, task_id, GRPC_SCENE, 4)
+    scene = parse_scene(GRPC_SCENE)
+    cheats = [("value", c) for c in GRPC_VALUE_CHEATS] + [("file", c) for c in GRPC_FILE_CHEATS]
+    for kind, name in cheats:
+        sub = next_subtask(stub, task_id)
+        assert sub is not None, "a rejected band must be handed out again"
+        subtask_id, params, _ = sub
+        meta = BandMeta(task_id, subtask_id, params["row_start"], params["row_stop"],
+                        scene.output)
+        honest = render_band(scene, meta.row_start, meta.row_stop)
+        folder = work / task_id / "subtask_outputs" / subtask_id
+        folder.mkdir(parents=True, exist_ok=True)
+        if kind == "value":
+            write_band(folder / RESULT_NAME, VALUE_CHEATS[name](scene, meta, honest), meta)
+            words = "differ"
+        else:
+            cheat, words = FILE_CHEATS[name]
+            cheat(folder, meta, scene.width_px, scene.bit_depth, honest)
+        reply = verify_rpc(stub, task_id, subtask_id)
+        assert reply.result == pb.VerifyReply.FAILURE, f"{name}: {reply.reason}"
+        assert reply.reason.startswith("rejected: ") and words in reply.reason, reply.reason
+    # every band honestly now: all accepted
+    while (sub := next_subtask(stub, task_id)) is not None:
+        subtask_id, params, _ = sub
+        meta = BandMeta(task_id, subtask_id, params["row_start"], params["row_stop"],
+                        scene.output)
+        folder = work / task_id / "subtask_outputs" / subtask_id
+        folder.mkdir(parents=True, exist_ok=True)
+        write_band(folder / RESULT_NAME, render_band(scene, meta.row_start, meta.row_stop), meta)
+        reply = verify_rpc(stub, task_id, subtask_id)
+        assert reply.result == pb.VerifyReply.SUCCESS, reply.reason
+        assert reply.reason.startswith("accepted: ")
