@@ -36,6 +36,8 @@ _PALETTES = {
 # overshoots.
 _MANDELBULB_LOOK = (1.0, 1.0, 1.0)
 _MANDELBOX_LOOK = (2.0, 0.8, 1.0)
+# Over-relaxation of the march's steps (raymarch.march); 1 turns it off.
+RELAX = 1.3
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def kernel_inputs(scene) -> KernelInputs:
     p[rm.P_EPSILON] = scene.epsilon
     p[rm.P_MAX_DISTANCE] = scene.max_distance
     p[rm.P_STEP_FACTOR] = step_factor
+    p[rm.P_RELAX] = RELAX
     ip[rm.I_ITERATIONS] = scene.iterations
     ip[rm.I_MAX_STEPS] = scene.max_steps
 

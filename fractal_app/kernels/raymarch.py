@@ -71,7 +71,8 @@ P_PALETTE = 48  # cosine palette a + b cos(2 pi (c t + d)): 12 numbers, a, b, c,
 P_SHADOW_DARK = 60  # a penumbra below this is full shadow: stop marching
 P_OBJECT_SIZE = 61  # rough size of the fractal's features: scales the occlusion
 P_AXIS_K3 = 62  # x^2 + z^2 below this counts as on the y axis (power-8 polynomial)
-P_SIZE = 63
+P_RELAX = 63  # over-relaxation factor of the march's steps (1 = plain sphere tracing)
+P_SIZE = 64
 
 # ---- slots of the integer parameter vector ip ----
 I_KIND = 0
@@ -235,6 +236,7 @@ def march(ox, oy, oz, dx, dy, dz, p, ip):
     hit: such rays graze the surface through deep crevices).
     """
     zero = p[P_ZERO]
+    one = p[P_ONE]
     b = ox * dx + oy * dy + oz * dz
     c = ox * ox + oy * oy + oz * oz - p[P_BOUND_R2]
     disc = b * b - c
@@ -248,12 +250,24 @@ def march(ox, oy, oz, dx, dy, dz, p, ip):
     eps = p[P_EPSILON]
     step_factor = p[P_STEP_FACTOR]
     max_steps = ip[I_MAX_STEPS]
+    # Over-relaxed steps (Keinert et al. 2014): step relax * d while consecutive unbounding
+    # spheres overlap; once they do not, the long step may have crossed the surface, so go
+    # back to the last safe point and continue with plain sphere tracing.
+    relax = p[P_RELAX]
+    last_t = t
+    last_d = zero
     trap = zero
     for step in range(max_steps):
         d, trap = distance(ox + t * dx, oy + t * dy, oz + t * dz, p, ip)
+        if relax > one and d + last_d < t - last_t:
+            t = last_t + last_d * step_factor
+            relax = one
+            continue
         if d < eps * t:
             return t, step, True, trap
-        t = t + d * step_factor
+        last_t = t
+        last_d = d
+        t = t + d * relax * step_factor
         if t > t_max:
             return t, step, False, trap
     return t, max_steps, True, trap
