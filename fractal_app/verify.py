@@ -10,7 +10,7 @@ kernels, :func:`fractal_app.render.render_pixels`) and compares. Steps, cheapest
    them: ``UNIFORM_SAMPLES`` stratified uniformly over the band, plus ``WEIGHTED_SAMPLES``
    drawn in proportion to the requestor's own cheap low-resolution estimate of each region's
    cost (a provider that skips only the expensive pixels is sampled where it cheated). A band
-   of at most ``UNIFORM_SAMPLES + WEIGHTED_SAMPLES`` pixels is checked in full.
+   of at most ``FULL_CHECK_PIXELS`` pixels is checked in full (with the fast band kernels).
 3. Recompute and compare: escape counts exactly, colours to within ``colour_tolerance``
    (a few quantisation steps, measured).
 4. Excuse honest floating-point differences. A GPU contracts multiply-adds (FMA), and that
@@ -20,10 +20,11 @@ kernels, :func:`fractal_app.render.render_pixels`) and compares. Steps, cheapest
    a float32 Julia set. A differing sample is *floating-point sensitive*, and excused, when
    the requestor's own recomputation shows that its value is not pinned down by the input:
    nudging the view by ``PERTURBATION_ULPS`` units in the last place (four directions, two
-   sizes) moves it by more than half the tolerance, or (2D) it sits at the set's edge (its
-   3x3 neighbourhood holds points that escape and points that do not), or it looks inside
-   but escapes within ``SLOW_ESCAPE_FACTOR`` times max_iter (a wandering orbit). Any other
-   difference is a *hard* mismatch. Only differing samples are re-rendered for this.
+   sizes) moves it by more than half the tolerance; or (2D) it looks inside the set but is
+   at its edge: a neighbour escapes, or it escapes itself within ``SLOW_ESCAPE_FACTOR``
+   times max_iter (a wandering orbit, whose escape time rounding decides). A pixel the
+   recompute sees escape must be matched, so "inside" never excuses skipped iterations.
+   Any other difference is a *hard* mismatch. Only differing samples are re-rendered here.
 5. Accept when at most ``HARD_TOLERANCE`` samples are hard mismatches.
 
 The guarantee (:func:`pass_probability`): call a pixel *wrong* when its value differs from
