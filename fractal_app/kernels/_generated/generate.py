@@ -89,7 +89,10 @@ def kernel_source(fractal: str, precision: str, lanes: int) -> str:
         lines += _lanes("zr{l} = c{l} - c{l}", lanes, ind)
         lines += _lanes("zi{l} = ci - ci", lanes, ind)
         add_re, add_im = "c{l}", "ci"
-    lines += _lanes("n{l} = 0", lanes, ind)
+    # Counts as wide as the floats (int32 beside float32), so that recording a running
+    # lane's count is one masked broadcast of the iteration number per vector.
+    int_type = "numba.int32" if precision == "f32" else "numba.int64"
+    lines += _lanes(f"n{{l}} = {int_type}(0)", lanes, ind)
     lines += [ind + "it = 0", ind + "while it < max_iter:"]
     lines += _lanes("rr{l} = zr{l} * zr{l}", lanes, body)
     lines += _lanes("ii{l} = zi{l} * zi{l}", lanes, body)
@@ -106,7 +109,8 @@ def kernel_source(fractal: str, precision: str, lanes: int) -> str:
     new_zr = "rr{l} - ii{l} + " + add_re
     lines += _lanes(f"zi{{l}} = select(run{{l}}, {new_zi}, zi{{l}})", lanes, body)
     lines += _lanes(f"zr{{l}} = select(run{{l}}, {new_zr}, zr{{l}})", lanes, body)
-    lines += _lanes("n{l} += run{l}", lanes, body)
+    lines += [body + f"done = {int_type}(it + 1)"]
+    lines += _lanes("n{l} = select(run{l}, done, n{l})", lanes, body)
     lines += [body + "it += 1"]
     for lane in range(lanes):
         lines += [
