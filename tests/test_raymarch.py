@@ -136,15 +136,18 @@ def test_float32_scenes_march_in_float32(cpu_core):
     ("fractal", "extra"),
     [
         ("mandelbulb", {}),
-        ("mandelbulb", {"power": 5.5}),  # the trigonometric path
+        ("mandelbulb", {"power": 5.5, "resolution": [12, 8]}),  # the trigonometric path
         ("mandelbox", {}),
-        ("mandelbox", {"scale": -1.5, "camera": {"position": [0.0, 2.0, -5.0]}}),
+        (
+            "mandelbox",
+            {"scale": -1.5, "camera": {"position": [0.0, 2.0, -5.0]}, "resolution": [12, 8]},
+        ),
     ],
 )
 def test_cpu_image_equals_the_pure_python_reference(fractal, extra):
     scene = tiny_scene(fractal, **extra)
     image = render3d.render_band_3d(scene, 0, scene.height_px)
-    assert image.shape == (16, 24, 3) and image.dtype == np.uint8
+    assert image.shape == (scene.height_px, scene.width_px, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(image, reference_image(scene))
 
 
@@ -201,13 +204,14 @@ def test_band_equals_the_same_rows_of_the_whole_image(start, stop):
 @pytest.mark.parametrize("fractal", ["mandelbulb", "mandelbox"])
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_pixels_equal_band_values(fractal, precision):
-    scene = tiny_scene(fractal, precision=precision, bit_depth=16)
+    # float64 in 8 bits, float32 in 16: each output type once, fewer kernels to compile
+    scene = tiny_scene(fractal, precision=precision, bit_depth=8 if precision == "float64" else 16)
     whole = render3d.render_band_3d(scene, 0, scene.height_px)
     rng = np.random.default_rng(11)
     rows = rng.integers(0, scene.height_px, 60)
     cols = rng.integers(0, scene.width_px, 60)
     values = render3d.render_pixels_3d(scene, rows, cols)
-    assert values.shape == (60, 3) and values.dtype == np.uint16
+    assert values.shape == (60, 3) and values.dtype == whole.dtype
     np.testing.assert_array_equal(values, whole[rows, cols])
 
 
@@ -244,9 +248,10 @@ def test_supersample_1_is_the_pixel_centre_ray_and_2_averages_four_in_linear_lig
 
 
 def test_float32_image_is_close_to_float64():
-    f64 = render3d.render_band_3d(tiny_scene(), 0, 16).astype(int)
-    f32 = render3d.render_band_3d(tiny_scene(precision="float32"), 0, 16).astype(int)
-    close = np.abs(f64 - f32).max(axis=-1) <= 8
+    # 16-bit: the kernel signatures other tests compile anyway
+    f64 = render3d.render_band_3d(tiny_scene(bit_depth=16), 0, 16).astype(int)
+    f32 = render3d.render_band_3d(tiny_scene(precision="float32", bit_depth=16), 0, 16)
+    close = np.abs(f64 - f32.astype(int)).max(axis=-1) <= 8 * 257
     assert close.mean() > 0.85  # differences only where a ray grazes the surface
 
 
