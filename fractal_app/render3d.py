@@ -143,7 +143,7 @@ def kernel_inputs(scene) -> KernelInputs:
     p[rm.P_LIGHT : rm.P_LIGHT + 3] = _unit(scene.light_direction)
     p[rm.P_NORMAL_H] = 0.5
     p[rm.P_SHADOW_SOFTNESS] = 10.0
-    p[rm.P_SHADOW_MIN_STEP] = 0.005 * size
+    p[rm.P_SHADOW_MIN_STEP] = 0.01 * size
     p[rm.P_SHADOW_MAX_STEP] = 0.25 * size
     p[rm.P_SHADOW_MAX_T] = 4.0 * size
     p[rm.P_SHADOW_DARK] = 0.002
