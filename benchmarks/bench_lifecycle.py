@@ -16,6 +16,10 @@ One round is:
    SERVING, and to a loaded kernel), PNG encode (provider), file copies, verification
    (requestor: PNG decode + recompute), saving accepted bands, and the final merge + encode.
 
+CPU seconds (all processes) of each step are reported too: on a shared machine the ratio of
+CPU time is steadier than the ratio of wall time. The kept work directories give a per-band
+timeline (start, SERVING, rendered, returned, accepted; see :func:`timeline`).
+
 The image ``fractal-app render`` wrote must equal the bare render (checked). Run::
 
     .venv/bin/pytest benchmarks/bench_lifecycle.py --benchmark-autosave -s
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import compute_request, provider_work_dir, start_server
+from harness import compute_request, provider_work_dir, start_server, task_plan
 
 HEAVY_SCENE = {
     "fractal": "mandelbrot",
@@ -96,14 +101,43 @@ def lifecycle_render(scene_path: Path, out: Path, keep: Path) -> float:
     return time.perf_counter() - started
 
 
-def task_plan(keep: Path) -> list[tuple[int, int]]:
-    """The bands the requestor planned, read back from its task database."""
-    import sqlite3
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every finished child (and their waited-for children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
-    (database,) = keep.glob("requestor/*/app_state/state.sqlite3")
-    with sqlite3.connect(database) as db:
-        rows = db.execute("SELECT row_start, row_stop FROM band ORDER BY row_start").fetchall()
-    return [(int(a), int(b)) for a, b in rows]
+
+def timeline(keep: Path) -> dict:
+    """Per-band phases of the lifecycle, from the kept work directories' modification times.
+
+    start: the node made the provider's work dir; serving: the provider wrote its port file;
+    rendered: band.png written (render + encode done); returned: the result copied to the
+    requestor (Compute answered, provider exited); accepted: the requestor saved the band.
+    Sums over bands, in seconds, and the idle tail (last band accepted -> result written).
+    """
+    providers = keep / "providers"
+    (task,) = (keep / "requestor").glob("*/subtask_outputs")
+    sums = dict.fromkeys(("start_to_serving", "serving_to_rendered", "rendered_to_returned",
+                          "returned_to_accepted"), 0.0)
+    accepted_times = sorted(p.stat().st_mtime for p in task.parent.glob("app_state/bands/*"))
+    first = None
+    for work in sorted(p for p in providers.iterdir() if p.is_dir()):
+        band = next(work.glob("*/band.png"), None)
+        returned = task / work.name / "band.png"
+        port = providers / f"{work.name}.port"
+        if band is None or not returned.exists() or not port.exists():
+            continue
+        t = [(work / "subtask_inputs").stat().st_mtime, port.stat().st_mtime,
+             band.stat().st_mtime, returned.stat().st_mtime]
+        first = t[0] if first is None else min(first, t[0])
+        for name, a, b in zip(sums, t, t[1:], strict=False):
+            sums[name] += b - a
+    results = list(task.parent.glob("task_outputs/*"))
+    if results and accepted_times:
+        sums["last_accept_to_result"] = results[0].stat().st_mtime - accepted_times[-1]
+    if first is not None and accepted_times:
+        sums["first_start_to_last_accept"] = accepted_times[-1] - first
+    return {k: round(v, 3) for k, v in sums.items()}
 
 
 def _timed(func, *args):
@@ -186,9 +220,13 @@ def test_render_overhead_over_bare_kernels(benchmark, tmp_path):
     def one_round():
         if keep.exists():
             shutil.rmtree(keep)
+        cpu = children_cpu_s()
         figures["bare_before_s"] = bare_render(scene_path, bare_values)
+        cpu, figures["bare_before_cpu_s"] = children_cpu_s(), children_cpu_s() - cpu
         figures["lifecycle_s"] = lifecycle_render(scene_path, out, keep)
+        cpu, figures["lifecycle_cpu_s"] = children_cpu_s(), children_cpu_s() - cpu
         figures["bare_after_s"] = bare_render(scene_path, tmp_path / "bare2.npy")
+        figures["bare_after_cpu_s"] = children_cpu_s() - cpu
 
     benchmark.pedantic(one_round, rounds=1, iterations=1)
     bare = (figures["bare_before_s"] + figures["bare_after_s"]) / 2
@@ -200,6 +238,7 @@ def test_render_overhead_over_bare_kernels(benchmark, tmp_path):
         assert np.array_equal(np.asarray(png.convert("RGB")), values), "images differ"
 
     plan = task_plan(keep)
+    figures["timeline_sums_s"] = timeline(keep)
     parts = breakdown(scene, values, plan, tmp_path / "breakdown")
     figures.update(
         scene=scene,
@@ -207,6 +246,8 @@ def test_render_overhead_over_bare_kernels(benchmark, tmp_path):
         band_heights=[b - a for a, b in plan],
         bare_mean_s=bare,
         ratio=figures["lifecycle_s"] / bare,
+        cpu_ratio=figures["lifecycle_cpu_s"]
+        / ((figures["bare_before_cpu_s"] + figures["bare_after_cpu_s"]) / 2),
         target_ratio=TARGET_RATIO,
         overhead_s=figures["lifecycle_s"] - bare,
         breakdown_cpu_s=parts,

@@ -174,6 +174,17 @@ def compute_request(task_id: str, row_start: int, row_stop: int) -> pb.ComputeRe
     )
 
 
+def task_plan(keep: Path) -> list[tuple[int, int]]:
+    """The bands the requestor planned, read back from the task database of a
+    ``fractal-app render --keep KEEP`` run."""
+    import sqlite3
+
+    (database,) = keep.glob("requestor/*/app_state/state.sqlite3")
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT row_start, row_stop FROM band ORDER BY row_start").fetchall()
+    return [(int(a), int(b)) for a, b in rows]
+
+
 # ---- memory ------------------------------------------------------------------------------
 
 # benchmarks/rss_probe/sitecustomize.py: with this folder on PYTHONPATH and RSS_DIR_ENV set,
