@@ -92,7 +92,7 @@ def test_float32_really_iterates_in_float32(fractal):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("fractal", ["mandelbrot", "julia", "burning_ship"])
+@pytest.mark.parametrize("fractal", FRACTALS)
 def test_block_kernels_equal_the_scalar_kernel(fractal, precision):
     """The generated 32/64-pixel block kernels against the scalar core, 100x40 samples."""
     scene = make_scene(fractal, precision, (100, 40))

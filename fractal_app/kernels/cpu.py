@@ -6,10 +6,10 @@ colouring (float64, transcendental, scalar) are each compiled once and shared by
 and the pixel-list paths, which therefore give bit-identical numbers for the same pixel:
 
 1. ``iterate_grid`` / ``iterate_points``: escape count (uint32) and |z|^2 (float64) per
-   sample, sample coordinates given (already rounded to the scene's precision). Grids of
-   Mandelbrot, Julia and burning-ship samples run the generated block kernels of
-   ``_generated/`` (32 float64 or 64 float32 pixels iterated together, vectorised by
-   LLVM's SLP pass), bit-identical to the scalar cores; the rest run the scalar cores.
+   sample, sample coordinates given (already rounded to the scene's precision). Grids
+   run the generated block kernels of ``_generated/`` (32 float64 or 64 float32 pixels
+   iterated together, vectorised by LLVM's SLP pass), bit-identical to the scalar cores;
+   lists of pixels (and any fractal without a block kernel) run the scalar cores.
 2. ``colour_pixels``: average the s x s samples of each pixel in linear light, encode
    to sRGB once, quantise to 8 or 16 bits.
 """

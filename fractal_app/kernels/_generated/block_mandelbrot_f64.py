@@ -16,16 +16,16 @@ LANES = 32
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
-    """Same contract as kernels.cpu.iterate_grid (mandelbrot only; kind, power unused)."""
+    """Same contract as kernels.cpu.iterate_grid, for mandelbrot only (kind unused)."""
     # Rows differ in cost: kernels/cpu.py sets numba's parallel chunk size to 1 around
     # the call, so that threads take rows one at a time rather than in equal halves.
     for r in prange(im_rows.shape[0]):
-        iterate_row(re_cols, im_rows[r], jr, ji, max_iter, escape2, counts[r], mag2[r])
+        iterate_row(re_cols, im_rows[r], jr, ji, power, max_iter, escape2, counts[r], mag2[r])
 
 
 # A function of its own, so that Numba's parfor passes see one call, not a thousand lines.
 @numba.njit(nogil=True, cache=True)
-def iterate_row(re_cols, ci, jr, ji, max_iter, escape2, counts, mag2):
+def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2):
     """One row of samples: Re c (or z0) at re_cols[k], Im at ci."""
     n_cols = re_cols.shape[0]
     last = n_cols - 1
