@@ -213,6 +213,15 @@ def _image_dtype(scene):
 
 
 @functools.cache
+def _encode_table(bit_depth: int) -> np.ndarray:
+    from fractal_app.kernels.color import encode_table
+
+    table = encode_table(255 if bit_depth == 8 else 65535)
+    table.flags.writeable = False
+    return table
+
+
+@functools.cache
 def _palette(name: str) -> np.ndarray:
     from fractal_app.kernels.color import palette_table
 
@@ -232,7 +241,7 @@ def _colour(scene, counts: np.ndarray, mag2: np.ndarray, out: np.ndarray) -> Non
         counts, mag2, int(scene.max_iter), bool(scene.smooth), 1.0 / math.log(power),
         1.0 / math.log(1.0 + scene.max_iter), float(scene.palette_cycles),
         float(scene.palette_offset), _palette(scene.palette), interior,
-        255 if scene.bit_depth == 8 else 65535, out,
+        _encode_table(scene.bit_depth), 255 if scene.bit_depth == 8 else 65535, out,
     )
 
 

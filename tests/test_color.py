@@ -129,3 +129,22 @@ def test_supersample_one_equals_the_plain_render():
                 rgb = color.palette_lookup(table, t)
                 expected = [color.quantize(color.linear_to_srgb(v), 255) for v in rgb]
             assert list(image[row, col]) == expected
+
+
+@pytest.mark.parametrize("max_value", [255, 65535])
+def test_table_encoding_equals_quantised_transfer_curve(max_value):
+    """encode (a table and a short count) gives quantize(linear_to_srgb(x)) everywhere:
+    on a dense grid, at random points, just either side of every code step, and beyond
+    [0, 1]."""
+    table = color.encode_table(max_value)
+    rng = np.random.default_rng(3)
+    steps = table[:max_value]
+    xs = np.concatenate([
+        np.linspace(0.0, 1.0, 20001), rng.random(20000), rng.random(2000) ** 6,
+        steps * (1 - 1e-12), steps * (1 + 1e-12), [-0.5, -1e-300, 0.0, 1.0, 1.0 + 1e-9, 7.0],
+    ])
+    if max_value == 65535:  # every step for 8 bits; a sample of the 65535 for 16
+        xs = np.concatenate([xs[:42006], rng.choice(xs[42006:-6], 20000), xs[-6:]])
+    for x in xs:
+        expected = color.quantize(color.linear_to_srgb(float(x)), max_value)
+        assert color.encode(float(x), table, max_value) == expected, x

@@ -31,6 +31,50 @@ def quantize(x, max_value):
     return int(math.floor(x * max_value + 0.5))
 
 
+# --- Encoding: linear light to 8/16-bit sRGB codes without a pow per channel ---------------
+
+
+# Buckets of the encoding table: uniform in linear light, each knowing the code at its
+# lower edge, so an encode is one lookup and (almost always) zero or one step.
+ENCODE_BUCKETS = 1 << 16
+
+
+def encode_table(max_value):
+    """The table ``encode`` uses for codes 0..max_value (255 or 65535): a float64 array
+    of ``max_value`` thresholds followed by ``ENCODE_BUCKETS + 1`` bucket start codes.
+
+    ``quantize(linear_to_srgb(x), max_value)`` is the number of k in 1..max_value with
+    ``linear_to_srgb(x) >= (k - 0.5) / max_value``, that is with ``x >=
+    srgb_to_linear((k - 0.5) / max_value)`` (the curve is increasing): counting thresholds
+    gives the same code without a pow per channel, which cost as much as the Mandelbrot
+    iteration of a whole image.
+    """
+    import numpy as np
+
+    levels = (np.arange(1, max_value + 1, dtype=np.float64) - 0.5) / max_value
+    thresholds = np.array([srgb_to_linear(float(v)) for v in levels])
+    edges = np.arange(ENCODE_BUCKETS + 1, dtype=np.float64) / ENCODE_BUCKETS
+    starts = np.searchsorted(thresholds, edges, side="right").astype(np.float64)
+    return np.concatenate([thresholds, starts])
+
+
+def encode(x, table, max_value):
+    """The sRGB code 0..max_value of a linear-light channel value x (``encode_table``):
+    the number of thresholds at or below x, counted from x's bucket."""
+    buckets = table.shape[0] - max_value - 1
+    position = x * buckets
+    if position <= 0.0:
+        bucket = 0
+    elif position >= buckets:
+        bucket = buckets
+    else:
+        bucket = int(position)
+    code = int(table[max_value + bucket])
+    while code < max_value and table[code] <= x:
+        code += 1
+    return code
+
+
 # --- Palettes -------------------------------------------------------------------------------
 #
 # Each palette is a list of (position in [0, 1], sRGB hex) control points. The first and last
@@ -126,7 +170,7 @@ def compile_color(jit):
     numba.cuda.jit(device=True, inline="always")), plus ``sample_rgb``: the linear-light
     colour of one escape-time sample, the interior colour when it never escaped.
 
-    Returns a namespace with ``linear_to_srgb``, ``quantize``, ``palette_index``,
+    Returns a namespace with ``linear_to_srgb``, ``quantize``, ``encode``, ``palette_index``,
     ``palette_lookup`` and ``sample_rgb(count, mag2, max_iter, smooth, inv_log_power,
     inv_log_max_iter, cycles, offset, table, interior)`` (``interior``: a linear-light
     float64 array of 3).
@@ -148,6 +192,7 @@ def compile_color(jit):
     return SimpleNamespace(
         linear_to_srgb=jit(linear_to_srgb),
         quantize=jit(quantize),
+        encode=jit(encode),
         palette_index=index,
         palette_lookup=lookup,
         sample_rgb=jit(sample_rgb),

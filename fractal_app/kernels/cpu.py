@@ -11,7 +11,8 @@ and the pixel-list paths, which therefore give bit-identical numbers for the sam
    iterated together, vectorised by LLVM's SLP pass), bit-identical to the scalar cores;
    lists of pixels (and any fractal without a block kernel) run the scalar cores.
 2. ``colour_pixels``: average the s x s samples of each pixel in linear light, encode
-   to sRGB once, quantise to 8 or 16 bits.
+   to sRGB once, quantise to 8 or 16 bits (color.encode: the same codes as
+   quantize(linear_to_srgb(x)), by table).
 """
 
 import importlib
@@ -30,8 +31,7 @@ cores = escape.compile_cores(_inline)
 colours = color.compile_color(_inline)
 _escape = cores.escape
 _sample_rgb = colours.sample_rgb
-_linear_to_srgb = colours.linear_to_srgb
-_quantize = colours.quantize
+_encode = colours.encode
 
 
 def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
@@ -118,9 +118,10 @@ def iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts
 @numba.njit(parallel=True, nogil=True, cache=True)
 def colour_pixels(
     counts, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset, table,
-    interior, max_value, out,
+    interior, encoding, max_value, out,
 ):
-    """counts, mag2: (P, s, Q, s) samples of P x Q pixels; out: (P, Q, 3) uint8/uint16."""
+    """counts, mag2: (P, s, Q, s) samples of P x Q pixels; out: (P, Q, 3) uint8/uint16;
+    encoding: color.encode_table(max_value), max_value 255 or 65535."""
     s = counts.shape[1]
     n_samples = s * s
     for p in prange(counts.shape[0]):
@@ -137,6 +138,6 @@ def colour_pixels(
                     r += sr
                     g += sg
                     b += sb
-            out[p, q, 0] = _quantize(_linear_to_srgb(r / n_samples), max_value)
-            out[p, q, 1] = _quantize(_linear_to_srgb(g / n_samples), max_value)
-            out[p, q, 2] = _quantize(_linear_to_srgb(b / n_samples), max_value)
+            out[p, q, 0] = _encode(r / n_samples, encoding, max_value)
+            out[p, q, 1] = _encode(g / n_samples, encoding, max_value)
+            out[p, q, 2] = _encode(b / n_samples, encoding, max_value)
