@@ -77,6 +77,52 @@ def test_kernels_compile_to_ptx(kernel_name, precision, cc):
     assert result.returncode == 0, result.stderr
 
 
+def _single_fractal_kernel(fractal):
+    """A kernel running one core alone, so its PTX shows only that core's arithmetic."""
+    from numba import cuda
+
+    from fractal_app.kernels.cuda import cores
+
+    core = getattr(cores, fractal)
+    grid = cuda.grid
+
+    if fractal == "julia":
+        def kernel(re, im, max_iter, escape2, counts):
+            k = grid(1)
+            if k < re.shape[0]:
+                counts[k] = core(re[k], im[k], escape2, escape2, max_iter, escape2)[0]
+    else:
+        def kernel(re, im, max_iter, escape2, counts):
+            k = grid(1)
+            if k < re.shape[0]:
+                counts[k] = core(re[k], im[k], max_iter, escape2)[0]
+    return kernel
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fractal", ["mandelbrot", "julia", "burning_ship"])
+def test_gpu_fma_contraction_leaves_the_iteration_exact(fractal, precision):
+    """NVVM contracts multiply-adds into FMAs (a real GPU's default). For these cores the
+    only contraction it finds is xy + xy -> fma(x, y, x*y), which rounds exactly like
+    2 * (x*y) (the product's rounding error is below half an ulp of the doubled value),
+    so a GPU's counts equal the CPU's. (Multibrot's complex products do get contracted:
+    its GPU counts can differ at the set's boundary.)"""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("compile_ptx needs the real numba.cuda, not the simulator")
+    from numba import cuda, types
+
+    fl = types.float64 if precision == "float64" else types.float32
+    suffix = "f64" if precision == "float64" else "f32"
+    sig = (fl[::1], fl[::1], types.int64, fl, types.uint32[::1])
+    ptx, _ = cuda.compile_ptx(_single_fractal_kernel(fractal), sig, cc=(9, 0))
+    products = {}
+    for dest, a, b in re.findall(rf"mul(?:\.rn)?\.{suffix}\s+(%\w+), (%\w+), (%\w+);", ptx):
+        products[dest] = {a, b}
+    fmas = re.findall(rf"fma\.rn\.{suffix}\s+(%\w+), (%\w+), (%\w+), (%\w+);", ptx)
+    for _, a, b, c in fmas:
+        assert products.get(c) == {a, b}, f"contracted multiply-add fma({a}, {b}, {c})"
+
+
 @pytest.mark.gpu
 def test_gpu_counts_agree_with_the_cpu_except_at_fma_boundaries():
     from fractal_app import render
