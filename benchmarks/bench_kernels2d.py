@@ -227,3 +227,33 @@ def test_fma_contraction(summary, c_program, tmp_path):
         if mode == "f64nvvm":
             assert differ == 0
     summary("FMA-contracted Mandelbrot f64 vs exact, 1920x1080 max_iter 1000: " + "; ".join(lines))
+
+
+@pytest.mark.gpu
+@pytest.mark.benchmark(group="kernels2d-cuda")
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_mandelbrot_cuda(warmed_benchmark, summary, precision):
+    """The issue's GPU figure: Mandelbrot 7680x4320, max_iter 10,000, and the fraction of
+    pixels whose count differs from the CPU's (expected 0: see tests/test_cuda2d.py)."""
+    reason = render._cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no CUDA GPU here: {reason}")
+    from fractal_app.kernels import cuda as gpu
+
+    scene = parse_scene({"fractal": "mandelbrot", "resolution": [7680, 4320], "max_iter": 10_000,
+                         "precision": precision, "output": "counts", **MANDELBROT_VIEW})
+    grid = _Grid(scene)
+    a = grid.args
+
+    def run():
+        gpu.iterate_grid(a.kind, grid.re, grid.im, a.jr, a.ji, a.power, a.max_iter, a.escape2,
+                         grid.counts, grid.mag2)
+        return grid.counts
+
+    counts = warmed_benchmark.pedantic(run, rounds=3).copy()
+    rate = int(counts.sum(dtype=np.int64)) / warmed_benchmark.stats.stats.min / 1e9
+    differ = float((grid.run() != counts).mean())
+    warmed_benchmark.extra_info.update({"giga_iterations_per_s": round(rate, 2),
+                                        "fraction_differing_from_cpu": differ})
+    summary(f"mandelbrot CUDA {precision} 7680x4320 max_iter 10000: {rate:.1f} G it/s, "
+            f"{100 * differ:.4f}% of pixels differ from the CPU")
