@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -136,9 +135,10 @@ def serve(args: tuple[str, ...]) -> None:
 
     The same as ``python -m fractal_app ...``; see ``fractal-app serve -- --help``.
     """
+    from fractal_app.__main__ import exit_without_finalizing
     from fractal_app.__main__ import main as serve_main
 
-    sys.exit(serve_main(list(args)))
+    exit_without_finalizing(serve_main(list(args)))
 
 
 if __name__ == "__main__":
