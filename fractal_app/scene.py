@@ -233,14 +233,15 @@ class _RaymarchScene(_SceneBase):
 class MandelbulbScene(_RaymarchScene):
     fractal: Literal["mandelbulb"]
     power: Annotated[Real, Field(ge=2, le=32)] = 8.0
-    camera: Camera = Camera(position=(0.0, 0.4, -2.6), look_at=(0.0, 0.0, 0.0))
+    camera: Camera = Camera(position=(0.5, 0.9, -2.8), look_at=(0.0, -0.02, 0.0))
 
 
 class MandelboxScene(_RaymarchScene):
     fractal: Literal["mandelbox"]
     scale: Annotated[Real, Field(ge=-4, le=4)] = 2.0
-    camera: Camera = Camera(position=(0.0, 3.0, -9.0), look_at=(0.0, 0.0, 0.0))
-    max_distance: Annotated[Real, Field(gt=0, le=1e4)] = 40.0
+    # Far enough back to frame the whole box (about 6 units across at scale 2).
+    camera: Camera = Camera(position=(10.5, 8.5, -18.0), look_at=(0.0, -0.5, 0.0))
+    max_distance: Annotated[Real, Field(gt=0, le=1e4)] = 60.0
 
     @field_validator("scale")
     @classmethod
