@@ -42,6 +42,11 @@ NOT_FOR = {
 }
 NOT_FOR["counts"] |= {"other_palette"}  # counts have no colours
 NOT_FOR["bulb"] |= {"skip_expensive"}  # a 2D cheat: it needs escape counts
+# In the deep view the skipped pixels are only 0.66% of the band and ~1% of its cost: below
+# what sampling promises (verify.pass_probability(0.0066) = 0.12 from the uniform samples
+# alone); measured, 2 of 30 unseeded checks accepted it. In the other views it changes
+# 1-2% of the pixels and no check in 30 accepted it.
+NOT_FOR["deep"] = NOT_FOR.get("deep", set()) | {"skip_expensive"}
 
 
 @pytest.fixture(autouse=True)
