@@ -190,14 +190,17 @@ def _the_one_file(result_dir: Path) -> Path:
         ) from None
     if not stat.S_ISDIR(info.st_mode):
         raise BandFileError("the result folder is not a directory")
-    entries = sorted(os.listdir(result_dir))
+    # Read at most a few names: a folder stuffed with files costs no more than one with two.
+    with os.scandir(result_dir) as scan:
+        entries = sorted(entry.name for entry in itertools.islice(scan, 6))
     if not entries:
         raise errors.FailedPrecondition(f"no result yet: {result_dir.name}/ is empty")
     if len(entries) != 1:
         shown = ", ".join(repr(e[:40]) for e in entries[:5])
+        count = f"{len(entries)}" if len(entries) < 6 else "6 or more"
         raise BandFileError(
             f"the result folder must hold exactly one file (the band PNG); it holds "
-            f"{len(entries)}: {shown}"
+            f"{count}: {shown}"
         )
     return result_dir / entries[0]
 

@@ -285,3 +285,33 @@ def test_counts_band_with_blue_channel_is_rejected(tmp_path):
 
 def test_counts_band_must_be_16_bit(tmp_path):
     _reject(tmp_path, craft_png(WIDTH, 6, bit_depth=8, text=_text(COUNTS)), "8-bit", meta=COUNTS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
+                  max_size=4),
+    mode=st.sampled_from(["flip", "insert", "delete", "truncate"]),
+)
+def test_mangled_files_never_raise_anything_but_band_file_error(tmp_path_factory, cuts, mode):
+    """Whatever is done to a valid band file, the reader answers with values of the band's
+    exact shape or with BandFileError, never another exception."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    write_band(folder / "b.png", _rgb(), META)
+    data = bytearray((folder / "b.png").read_bytes())
+    for position, byte in cuts:
+        position %= len(data) + 1
+        if mode == "flip" and position < len(data):
+            data[position] ^= byte or 1
+        elif mode == "insert":
+            data[position:position] = bytes([byte])
+        elif mode == "delete":
+            del data[position:position + 1 + byte % 8]
+        else:
+            del data[position:]
+    (folder / "m.png").write_bytes(bytes(data))
+    try:
+        values = read_band(folder / "m.png", META, WIDTH, 8)
+    except BandFileError:
+        return
+    assert values.shape == (6, WIDTH, 3) and values.dtype == np.uint8
