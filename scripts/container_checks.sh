@@ -12,13 +12,18 @@
 #    Compute in a fresh container compiling nothing, mutual TLS, the GPU image's kernels
 #    compiling to PTX, and the GPU image saying clearly that there is no GPU.
 #
-# Environment: FRACTAL_APP_CONTAINER_SH (default ../shared/tools/container.sh beside the
-# checkout), PYTHON (default .venv/bin/python), FRACTAL_APP_TEST_TAG (default "ci").
+# Environment: FRACTAL_APP_CONTAINER_SH (default shared/tools/container.sh in the checkout or
+# beside it), PYTHON (default .venv/bin/python), FRACTAL_APP_TEST_TAG (default "ci").
 # Needs root (podman as root, and the tests hand work dirs to the containers' uid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-container_sh=${FRACTAL_APP_CONTAINER_SH:-$(cd "$root/.." && pwd)/shared/tools/container.sh}
+if [[ -z ${FRACTAL_APP_CONTAINER_SH:-} ]]; then
+  for candidate in "$root/shared/tools/container.sh" "$(cd "$root/.." && pwd)/shared/tools/container.sh"; do
+    [[ -f $candidate ]] && { FRACTAL_APP_CONTAINER_SH=$candidate; break; }
+  done
+fi
+container_sh=${FRACTAL_APP_CONTAINER_SH:-}
 python=${PYTHON:-$root/.venv/bin/python}
 tag=${FRACTAL_APP_TEST_TAG:-ci}
 cpu_image=localhost/fractal-app-cpu:$tag
@@ -29,7 +34,8 @@ started=$SECONDS
 say() { printf '[container_checks %4ds] %s\n' "$((SECONDS - started))" "$*"; }
 fail_with_log() { say "FAILED: $1 (last lines of $2)"; tail -n 40 "$2"; exit 1; }
 
-[[ -f $container_sh ]] || { say "no container.sh at $container_sh (set FRACTAL_APP_CONTAINER_SH)"; exit 1; }
+[[ -n $container_sh && -f $container_sh ]] ||
+  { say "no shared/tools/container.sh in or beside the checkout: set FRACTAL_APP_CONTAINER_SH"; exit 1; }
 
 say "hadolint Dockerfile.cpu Dockerfile.gpu"
 "$(dirname "$python")/hadolint" Dockerfile.cpu Dockerfile.gpu

@@ -387,6 +387,22 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
     )
 
 
+def test_provider_benchmark_in_a_fresh_container(cpu_image, node_dir, containers):
+    """RunBenchmark, the provider's other one request, also runs on the baked cache."""
+    provider = start(cpu_image, "provider", node_dir)
+    containers.append(provider)
+    wait_serving(provider)
+    with channel(provider) as chan:
+        began = time.monotonic()
+        reply = pb_grpc.ProviderAppStub(chan).RunBenchmark(
+            pb.RunBenchmarkRequest(), timeout=RPC_TIMEOUT_S
+        )
+        seconds = time.monotonic() - began
+    assert reply.score > 0
+    assert provider.wait_exit(30) == 0, provider.logs()
+    print(f"\nRunBenchmark in a fresh container: score {reply.score:.1f} in {seconds:.2f} s")
+
+
 def test_tls_with_the_three_pem_files(cpu_image, node_dir, containers):
     from certs import write_certs
 
