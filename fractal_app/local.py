@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -38,9 +39,13 @@ START_TIMEOUT_S = 60.0
 POLL_S = 0.01
 # A band is given up after this many failed attempts (rejected result or provider error).
 MAX_ATTEMPTS_PER_BAND = 3
-# Default band size: about this many pixels, so a provider's memory stays small.
-PIXELS_PER_BAND = 1 << 22
-BANDS_PER_PROVIDER = 4
+# Default band size: at most about this many pixels (48 MiB of 8-bit RGB), so that a
+# provider's memory stays bounded.
+PIXELS_PER_BAND = 1 << 24
+# The requestor cuts bands of equal estimated cost (bandplan.py), so two per provider keep
+# every provider busy to the end; each more costs a provider start (about half a CPU-second
+# of imports and kernel loading), which is most of the lifecycle's overhead on one machine.
+BANDS_PER_PROVIDER = 2
 
 
 class LocalRenderError(AppError):
@@ -166,20 +171,36 @@ class LocalNode:
         # Counts finished subtasks, so a worker that found nothing to do knows when to look again.
         self.generation = 0
         self.children: set[_Process] = set()
+        # Copy-and-verify of finished subtasks, running while the workers go on.
+        self.deliveries: set[asyncio.Task] = set()
+        self.failure: Exception | None = None
 
     async def run(self) -> None:
         workers = [asyncio.create_task(self._worker()) for _ in range(self.providers)]
         try:
             await asyncio.gather(*workers)
+            await asyncio.gather(*list(self.deliveries))
+            self._raise_failure()
         finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            for task in (*workers, *self.deliveries):
+                task.cancel()
+            await asyncio.gather(*workers, *self.deliveries, return_exceptions=True)
             for child in list(self.children):
                 child.kill()
 
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def _bump(self) -> None:
+        """A subtask finished (accepted, rejected or failed): wake the idle workers."""
+        async with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+
     async def _worker(self) -> None:
         while self.accepted < self.total:
+            self._raise_failure()
             generation = self.generation
             subtask_id = uuid.uuid4().hex
             reply = await self.requestor.NextSubtask(
@@ -188,46 +209,55 @@ class LocalNode:
                 )
             )
             if not reply.HasField("subtask"):
-                # Nothing to hand out now: the rest is with other providers. Wait until one
-                # of them finishes (a rejected band comes back as pending).
+                # Nothing to hand out now: the rest is with other providers or being
+                # verified. Wait until one of them finishes (a rejected band comes back as
+                # pending).
                 async with self.changed:
                     await self.changed.wait_for(
                         lambda seen=generation: self.generation != seen
                         or self.accepted >= self.total
+                        or self.failure is not None
                     )
                 continue
+            band = int(json.loads(reply.subtask.subtask_params_json)["band_index"])
             try:
-                await self._run_subtask(subtask_id, reply.subtask)
-            finally:
-                async with self.changed:
-                    self.generation += 1
-                    self.changed.notify_all()
+                result = await self._compute(subtask_id, reply.subtask)
+            except LocalRenderError as error:
+                self.provider_errors += 1
+                await self.requestor.AbortSubtask(
+                    pb.AbortSubtaskRequest(task_id=self.task_id, subtask_id=subtask_id)
+                )
+                await self._bump()
+                self._count_attempt(band, f"the provider failed: {error}")
+                continue
+            # The result goes back and is verified while this worker already starts the next
+            # provider: verification (decode + recompute) is requestor work, and waiting for
+            # it would leave this provider slot idle.
+            delivery = asyncio.create_task(self._deliver(subtask_id, band, result))
+            self.deliveries.add(delivery)
+            delivery.add_done_callback(self.deliveries.discard)
 
-    async def _run_subtask(self, subtask_id: str, subtask: pb.SubtaskReply) -> None:
-        params = json.loads(subtask.subtask_params_json)
-        band = int(params["band_index"])
+    async def _deliver(self, subtask_id: str, band: int, result: Path) -> None:
+        """Copy a result to the requestor (as a node does) and have it verified."""
         try:
-            result = await self._compute(subtask_id, subtask)
-        except LocalRenderError as error:
-            self.provider_errors += 1
-            await self.requestor.AbortSubtask(
-                pb.AbortSubtaskRequest(task_id=self.task_id, subtask_id=subtask_id)
+            target = self.task_dir / "subtask_outputs" / subtask_id
+            target.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(shutil.copyfile, result, target / result.name)
+            verdict = await self.requestor.Verify(
+                pb.VerifyRequest(task_id=self.task_id, subtask_id=subtask_id)
             )
-            self._count_attempt(band, f"the provider failed: {error}")
-            return
-        target = self.task_dir / "subtask_outputs" / subtask_id
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result, target / result.name)
-        verdict = await self.requestor.Verify(
-            pb.VerifyRequest(task_id=self.task_id, subtask_id=subtask_id)
-        )
-        if verdict.result == pb.VerifyReply.SUCCESS:
-            self.accepted += 1
-            self.progress.update(1)
-        else:
-            self.rejected += 1
-            logger.warning("band %d rejected: %s", band, verdict.reason)
-            self._count_attempt(band, f"its result was rejected: {verdict.reason}")
+            if verdict.result == pb.VerifyReply.SUCCESS:
+                self.accepted += 1
+                self.progress.update(1)
+            else:
+                self.rejected += 1
+                logger.warning("band %d rejected: %s", band, verdict.reason)
+                self._count_attempt(band, f"its result was rejected: {verdict.reason}")
+        except Exception as error:  # reported by run(), which stops every worker
+            if self.failure is None:
+                self.failure = error
+        finally:
+            await self._bump()
 
     def _count_attempt(self, band: int, why: str) -> None:
         self.attempts[band] += 1
@@ -275,6 +305,20 @@ class LocalNode:
         if result.is_symlink() or not result.is_file():
             raise LocalRenderError(f"the provider's result {reply.output_filepath!r} is not a file")
         return result
+
+
+def _deliver_output(result: Path, output: Path, may_move: bool) -> None:
+    """Put the final file at ``output`` atomically: a rename, or a copy and a rename."""
+    if may_move:
+        try:
+            os.replace(result, output)
+            return
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    shutil.copyfile(result, tmp)
+    os.replace(tmp, output)
 
 
 async def render_locally(
@@ -354,9 +398,9 @@ async def render_locally(
                         f"task_outputs holds {[p.name for p in results]}, expected one file"
                     )
                 output.parent.mkdir(parents=True, exist_ok=True)
-                tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
-                shutil.copyfile(results[0], tmp)
-                os.replace(tmp, output)
+                # The work directory is thrown away: move the result out when it can be
+                # renamed (same file system), copy it otherwise.
+                await asyncio.to_thread(_deliver_output, results[0], output, keep is None)
                 await stub.Shutdown(pb.ShutdownRequest())
             await requestor.wait(timeout=30)
         finally:

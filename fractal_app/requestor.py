@@ -344,8 +344,26 @@ def _preload() -> None:
         import fractal_app.render  # noqa: F401
         import fractal_app.scene  # noqa: F401
         import fractal_app.verify  # noqa: F401
+
+        _warm_kernels()
     except Exception:  # the rpc that needs a module imports it again and reports the error
         logger.debug("preloading failed", exc_info=True)
+
+
+def _warm_kernels() -> None:
+    """Load the pixel kernels CreateTask's cost estimate and Verify's recompute run.
+
+    Numba's first kernel call in a process sets up its compiler contexts and loads the kernel
+    from the on-disk cache: about a second of CPU here, which would otherwise land on the
+    first CreateTask (its cost estimate) of a requestor that has just started.
+    """
+    import numpy as np
+
+    from fractal_app import render
+    from fractal_app.scene import parse_scene
+
+    probe = parse_scene({"fractal": "mandelbrot", "resolution": [2, 2], "max_iter": 8})
+    render.render_pixels(probe, np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
 def _exists(database: Path, task_id: str) -> bool:
