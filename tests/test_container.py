@@ -36,9 +36,11 @@ from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.container
 
-CONTAINER_SH = os.environ.get(
-    "FRACTAL_APP_CONTAINER_SH",
-    str(Path(__file__).resolve().parents[2] / "shared" / "tools" / "container.sh"),
+_CHECKOUT = Path(__file__).resolve().parents[1]
+_CANDIDATES = (_CHECKOUT / "shared", _CHECKOUT.parent / "shared")
+CONTAINER_SH = os.environ.get("FRACTAL_APP_CONTAINER_SH") or next(
+    (str(d / "tools/container.sh") for d in _CANDIDATES if (d / "tools/container.sh").is_file()),
+    "container.sh (set FRACTAL_APP_CONTAINER_SH)",
 )
 NODE_UID = 4321
 READY_WITHIN_S = 15.0  # the node's readiness budget
