@@ -9,39 +9,71 @@ Imported only when the cuda backend is chosen (render.resolve_backend), so a CPU
 process never loads numba.cuda. Under NUMBA_ENABLE_CUDASIM=1 the same kernels run in
 Numba's simulator, which is how the tests check them bit for bit against the CPU.
 
-A real GPU contracts multiply-adds into FMAs (NVVM's default), so its counts can differ
-from the CPU's at the set's boundary; verification tolerates that (see NUMBA-FACTS.md).
+A real GPU contracts multiply-adds into FMAs (NVVM's default), which would move escape
+counts at the sets' boundaries. Here it does not: the Mandelbrot, Julia and burning-ship
+cores contract only into an FMA that rounds like the separate operations, and the
+Multibrot core's products are libdevice's __dmul_rn/__fmul_rn (correctly rounded, never
+fused); pixel coordinates come from the host. tests/test_cuda2d.py checks the PTX.
 """
 
 import numpy as np
 from numba import cuda
+from numba.core import config as numba_config
 
 from fractal_app.kernels import escape
 from fractal_app.kernels.launch import grid_for
 
 # inline="always": compile_ptx (PTX without a driver) requires device functions inlined.
-cores = escape.compile_cores(cuda.jit(device=True, inline="always"))
-_escape = cores.escape
+_device = cuda.jit(device=True, inline="always")
+
+if numba_config.ENABLE_CUDASIM:
+    # The simulator runs Python: nothing is fused (and libdevice is only stubs there).
+    _exact_mul = {np.float64: escape.mul, np.float32: escape.mul}
+else:
+    from numba.cuda import libdevice
+
+    def _mul_rn_f64(a, b):
+        return libdevice.dmul_rn(a, b)
+
+    def _mul_rn_f32(a, b):
+        return libdevice.fmul_rn(a, b)
+
+    # Correctly rounded products that NVVM and ptxas never fuse into an FMA.
+    _exact_mul = {np.float64: _mul_rn_f64, np.float32: _mul_rn_f32}
+
+# One set of cores per precision: the products Multibrot needs exact differ by type.
+cores_by_dtype = {
+    dtype: escape.compile_cores(_device, exact_mul=_device(mul))
+    for dtype, mul in _exact_mul.items()
+}
+cores = cores_by_dtype[np.float64]
 
 
-@cuda.jit
-def grid_kernel(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
-    """Thread (x, y) = sample (row y, column x) of a grid."""
-    k, r = cuda.grid(2)
-    if r < im_rows.shape[0] and k < re_cols.shape[0]:
-        n, m = _escape(kind, re_cols[k], im_rows[r], jr, ji, power, max_iter, escape2)
-        counts[r, k] = n
-        mag2[r, k] = m
+def _make_kernels(escape_core):
+    def grid_kernel(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
+        """Thread (x, y) = sample (row y, column x) of a grid."""
+        k, r = cuda.grid(2)
+        if r < im_rows.shape[0] and k < re_cols.shape[0]:
+            n, m = escape_core(kind, re_cols[k], im_rows[r], jr, ji, power, max_iter, escape2)
+            counts[r, k] = n
+            mag2[r, k] = m
+
+    def points_kernel(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
+        """Thread x = sample k at (re[k], im[k])."""
+        k, _ = cuda.grid(2)
+        if k < re.shape[0]:
+            n, m = escape_core(kind, re[k], im[k], jr, ji, power, max_iter, escape2)
+            counts[k] = n
+            mag2[k] = m
+
+    return grid_kernel, points_kernel
 
 
-@cuda.jit
-def points_kernel(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
-    """Thread x = sample k at (re[k], im[k])."""
-    k, _ = cuda.grid(2)
-    if k < re.shape[0]:
-        n, m = _escape(kind, re[k], im[k], jr, ji, power, max_iter, escape2)
-        counts[k] = n
-        mag2[k] = m
+# The kernels' Python functions (for compile_ptx) and launchable kernels, per precision.
+python_kernels = {dtype: _make_kernels(c.escape) for dtype, c in cores_by_dtype.items()}
+_kernels = {
+    dtype: tuple(cuda.jit(k) for k in pair) for dtype, pair in python_kernels.items()
+}
 
 
 def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
@@ -49,6 +81,7 @@ def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, count
     d_counts = cuda.device_array(counts.shape, dtype=np.uint32)
     d_mag2 = cuda.device_array(mag2.shape, dtype=np.float64)
     blocks, threads = grid_for(counts.shape[0], counts.shape[1])
+    grid_kernel = _kernels[re_cols.dtype.type][0]
     grid_kernel[blocks, threads](
         kind, cuda.to_device(re_cols), cuda.to_device(im_rows), jr, ji, power, max_iter,
         escape2, d_counts, d_mag2,
@@ -62,6 +95,7 @@ def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2)
     d_counts = cuda.device_array(counts.shape, dtype=np.uint32)
     d_mag2 = cuda.device_array(mag2.shape, dtype=np.float64)
     blocks, threads = grid_for(1, re.shape[0])
+    points_kernel = _kernels[re.dtype.type][1]
     points_kernel[blocks, threads](
         kind, cuda.to_device(re), cuda.to_device(im), jr, ji, power, max_iter, escape2,
         d_counts, d_mag2,

@@ -16,7 +16,7 @@ the whole iteration stays in float32. That is why no bare float literal appears 
 and why ``2xy`` is written ``xy + xy`` (exactly equal to ``2 * (x * y)`` in IEEE).
 """
 
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 MANDELBROT = 0
 JULIA = 1
@@ -82,30 +82,42 @@ def burning_ship(cr, ci, max_iter, escape2):
     return n, x2 + y2
 
 
+def mul(a, b):
+    """a * b. A GPU build swaps in a product that is never fused into an FMA (see
+    compile_cores); the cores use it wherever a GPU would fuse a product into a sum."""
+    return a * b
+
+
 def multibrot(cr, ci, power, max_iter, escape2):
     """z <- z^power + c from z = 0, power an integer >= 2 (repeated complex products)."""
     x = cr - cr
     y = ci - ci
-    mag2 = x * x + y * y
+    mag2 = mul(x, x) + mul(y, y)
     n = 0
     while n < max_iter and mag2 <= escape2:
         pr = x
         pi = y
         for _ in range(power - 1):
-            t = pr * x - pi * y
-            pi = pr * y + pi * x
+            t = mul(pr, x) - mul(pi, y)
+            pi = mul(pr, y) + mul(pi, x)
             pr = t
         x = pr + cr
         y = pi + ci
-        mag2 = x * x + y * y
+        mag2 = mul(x, x) + mul(y, y)
         n += 1
     return n, mag2
 
 
-def compile_cores(jit):
+def compile_cores(jit, exact_mul=None):
     """The cores compiled by ``jit`` (a decorator: numba.njit(inline="always") or
     numba.cuda.jit(device=True, inline="always")), plus ``escape``, which dispatches on
     the fractal kind (a constant above) so one kernel serves every 2D fractal.
+
+    ``exact_mul``: a target function standing in for ``mul`` (default: ``jit(mul)``). The
+    CUDA build passes a correctly rounded product that NVVM and ptxas cannot contract,
+    which keeps the GPU's Multibrot bit-identical to the CPU's. (The other cores need
+    none: the only contraction NVVM finds there, xy + xy -> fma(x, y, x*y), rounds exactly
+    like 2 * (x*y); tests/test_cuda2d.py checks the PTX.)
 
     Returns a namespace with ``mandelbrot``, ``julia``, ``burning_ship``, ``multibrot``
     and ``escape(kind, cr, ci, jr, ji, power, max_iter, escape2)``, where ``jr, ji`` is
@@ -114,7 +126,7 @@ def compile_cores(jit):
     m = jit(mandelbrot)
     j = jit(julia)
     b = jit(burning_ship)
-    p = jit(multibrot)
+    p = jit(_with_globals(multibrot, mul=exact_mul if exact_mul is not None else jit(mul)))
 
     def escape(kind, cr, ci, jr, ji, power, max_iter, escape2):
         if kind == JULIA:
@@ -126,3 +138,14 @@ def compile_cores(jit):
         return m(cr, ci, max_iter, escape2)
 
     return SimpleNamespace(mandelbrot=m, julia=j, burning_ship=b, multibrot=p, escape=jit(escape))
+
+
+def _with_globals(function, **names):
+    """A copy of a plain function whose global names ``names`` resolve to other objects
+    (Numba resolves a core's callees from its globals when it compiles it)."""
+    scope = dict(function.__globals__, **names)
+    copy = FunctionType(function.__code__, scope, function.__name__, function.__defaults__,
+                        function.__closure__)
+    copy.__qualname__ = function.__qualname__
+    copy.__doc__ = function.__doc__
+    return copy
