@@ -109,7 +109,13 @@ def _to_rgb(values: np.ndarray, meta: BandMeta) -> np.ndarray:
     return rgb
 
 
-def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = 6) -> bytes:
+# zlib level for band files: measured on half a 1080p Mandelbrot frame, level 3 encodes in
+# about half the time of level 6 (63 vs 138 ms at 8 bits) for files 23% larger (428 vs 348
+# KiB); the provider pays the encode on every band, the network barely notices the size.
+COMPRESS_LEVEL = 3
+
+
+def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = COMPRESS_LEVEL) -> bytes:
     """A PNG of (rows, W, 3) uint8/uint16 samples with one tEXt chunk ``fractal-app``.
 
     Every scanline uses PNG filter 1 (Sub): cheap to compute with numpy and it compresses
