@@ -208,6 +208,7 @@ def _verify(tmp_path, scene, meta, values):
     return verify.verify_band(scene, meta, folder, threading.Event())
 
 
+@pytest.mark.slow
 def test_two_hundred_honest_bands_are_all_accepted(tmp_path):
     """One test, so the tally of differences can be checked and reported as a whole."""
     rejected, soft, differing, sampled = [], 0, 0, 0
