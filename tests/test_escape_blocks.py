@@ -62,3 +62,35 @@ def test_mandelbrot_block_kernel_compiles_to_vector_instructions(tmp_path):
         assert zmm > 50, f"expected AVX-512 code, found {zmm} zmm and {ymm} ymm references"
     else:
         assert ymm > 50, f"expected AVX2 code, found {ymm} ymm references"
+
+
+CACHE_CHECK = """
+import sys
+import numpy as np
+from fractal_app.kernels import cpu
+
+kernel = cpu.block_kernel(0, np.float64)
+args = (0, np.linspace(-2.0, 0.5, 40), np.linspace(-1.0, 1.0, 3), 0.0, 0.0, 2, 50, 4.0,
+        np.empty((3, 40), np.uint32), np.empty((3, 40)))
+if sys.argv[1] == "careless":
+    kernel(*args)  # straight to the kernel: compiled with Numba's default, SLP off
+else:
+    cpu.iterate_grid(*args)
+print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
+"""
+
+
+def test_a_copy_compiled_without_the_vectorizer_is_never_loaded_in_its_place(tmp_path):
+    """The on-disk cache of the block kernels keys on the SLP setting: a process that
+    compiled one with SLP off must not hand its slow copy to the next (it did, once)."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def run(how):
+        result = subprocess.run([sys.executable, "-c", CACHE_CHECK, how], capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return tuple(map(int, result.stdout.split()))
+
+    assert run("careless") == (0, 1)  # compiled (SLP off) and saved
+    assert run("vectorized") == (0, 1)  # the SLP-off copy is not a hit: compiled again
+    assert run("vectorized") == (1, 0)  # and now the vectorised copy is loaded

@@ -1,8 +1,8 @@
 """CPU kernels: the scalar cores of escape.py and color.py compiled with numba.njit.
 
 Pure: arrays and numbers in, results written into caller-allocated arrays. Two steps, so
-that the iteration (the hot part, vectorised for some fractals in ``_generated/``) and the
-colouring (float64, transcendental, scalar) are each compiled once and shared by the band
+that the iteration (the hot part, vectorised in ``_generated/``) and the
+colouring (float64, logarithms, scalar) are each compiled once and shared by the band
 and the pixel-list paths, which therefore give bit-identical numbers for the same pixel:
 
 1. ``iterate_grid`` / ``iterate_points``: escape count (uint32) and |z|^2 (float64) per
@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba import prange
 from numba.core import config as numba_config
+from numba.core.caching import FunctionCache
 
 from fractal_app.kernels import color, escape
 from fractal_app.kernels._generated.generate import BLOCK_KERNELS, module_name
@@ -61,8 +62,25 @@ def block_kernel(kind, dtype):
             module = importlib.import_module(
                 f"fractal_app.kernels._generated.{module_name(fractal, precision)}"
             )
-            return module.iterate_grid
+            kernel = module.iterate_grid
+            if not isinstance(kernel._cache, _VectorizerAwareCache):
+                kernel._cache = _VectorizerAwareCache(kernel.py_func)
+            return kernel
     return None
+
+
+class _VectorizerAwareCache(FunctionCache):
+    """Numba's on-disk function cache, with the optimiser settings in the index key.
+
+    Numba keys cached code by signature, CPU and bytecode, not by SLP_VECTORIZE or OPT, so
+    one process that compiled a block kernel with the vectorizer off (or unoptimised) left
+    a copy 10x slower that every later process loaded. (This happened here.) With the
+    settings in the key such a copy is stored beside the vectorised one, never instead.
+    """
+
+    def _index_key(self, sig, codegen):
+        settings = ("SLP_VECTORIZE", numba_config.SLP_VECTORIZE, "OPT", str(numba_config.OPT))
+        return (*super()._index_key(sig, codegen), settings)
 
 
 _SLP_LOCK = threading.Lock()
@@ -70,8 +88,8 @@ _SLP_LOCK = threading.Lock()
 
 def _call_vectorized(kernel, args):
     """Call a block kernel, compiling it (or loading it from the cache) with LLVM's SLP
-    vectorizer on. Numba leaves SLP off by default and its on-disk cache key ignores the
-    setting, so each block kernel lives in its own module and is only ever compiled here."""
+    vectorizer on: Numba leaves SLP off by default, and switching it on for the whole
+    process would slow every other compile."""
     signature = tuple(numba.typeof(a) for a in args)
     if signature not in kernel.overloads:
         with _SLP_LOCK:

@@ -14,7 +14,9 @@ from fractal_app.kernels._generated.select import select
 LANES = 32
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+# Cached on disk by kernels/cpu.py (block_kernel), under a key that records the vectorizer
+# settings: Numba's own key ignores them, and a copy compiled without SLP would be slow.
+@numba.njit(parallel=True, nogil=True)
 def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
     """Same contract as kernels.cpu.iterate_grid, for burning_ship only (kind unused)."""
     # Rows differ in cost: kernels/cpu.py sets numba's parallel chunk size to 1 around
@@ -24,7 +26,8 @@ def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, count
 
 
 # A function of its own, so that Numba's parfor passes see one call, not a thousand lines.
-@numba.njit(nogil=True, cache=True)
+# Not cached by itself: it is compiled into iterate_grid, under iterate_grid's settings.
+@numba.njit(nogil=True)
 def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2):
     """One row of samples: Re c (or z0) at re_cols[k], Im at ci."""
     n_cols = re_cols.shape[0]

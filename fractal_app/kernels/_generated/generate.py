@@ -5,8 +5,9 @@ instructions, and it only finds them when each pixel of a block lives in its own
 variable (per-lane state in small arrays did not vectorize; see shared NUMBA-FACTS.md).
 Writing 32 or 64 copies of the update by hand would be unreadable, so this script writes
 them. The kernels live in real module files, not ``exec()``'d strings, because Numba's
-on-disk cache cannot reload exec'd functions; each (fractal, precision) gets its own
-module so its cache entry is compiled with SLP on (the cache key ignores that setting).
+on-disk cache cannot reload exec'd functions. Numba's cache key ignores the SLP setting,
+so kernels/cpu.py caches these kernels under a key that includes it (and each (fractal,
+precision) has its own module).
 
 The lanes compute exactly the scalar cores of ``kernels/escape.py`` (same operations in
 the same order, no fastmath), so the counts and |z|^2 are bit-identical to them: a lane
@@ -46,7 +47,9 @@ from fractal_app.kernels._generated.select import select
 LANES = {lanes}
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+# Cached on disk by kernels/cpu.py (block_kernel), under a key that records the vectorizer
+# settings: Numba's own key ignores them, and a copy compiled without SLP would be slow.
+@numba.njit(parallel=True, nogil=True)
 def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
     """Same contract as kernels.cpu.iterate_grid, for {fractal} only (kind unused)."""
     # Rows differ in cost: kernels/cpu.py sets numba's parallel chunk size to 1 around
@@ -56,7 +59,8 @@ def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, count
 
 
 # A function of its own, so that Numba's parfor passes see one call, not a thousand lines.
-@numba.njit(nogil=True, cache=True)
+# Not cached by itself: it is compiled into iterate_grid, under iterate_grid's settings.
+@numba.njit(nogil=True)
 def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2):
     """One row of samples: Re c (or z0) at re_cols[k], Im at ci."""
     n_cols = re_cols.shape[0]
