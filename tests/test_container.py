@@ -61,6 +61,25 @@ SCENE_3D = {
 }
 
 
+# The provider's own entry point under a recorder of Numba compilations (cache loads are not
+# compilations); reported at exit (the app ends with os._exit after the atexit handlers).
+RECORD_COMPILES = """
+import atexit, runpy, sys
+from numba.core import event
+
+compiles = event.RecordingListener()
+event.register("numba:compile", compiles)
+
+def report():
+    names = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in compiles.buffer})
+    print("numba compiles:", sum(e.is_start for _, e in compiles.buffer), names, flush=True)
+
+atexit.register(report)
+sys.argv[0] = "fractal_app"
+runpy.run_module("fractal_app", run_name="__main__", alter_sys=True)
+"""
+
+
 def _image(variable: str) -> str:
     image = os.environ.get(variable)
     if not image:
@@ -167,19 +186,22 @@ class Container:
 
 
 def start(image: str, role: str, work_dir: Path, env: dict[str, str] | None = None,
-          tmp: bool = False) -> Container:
+          tmp: bool = False, wrapper: str | None = None) -> Container:
     """`ROLE PORT`, exactly what a node passes the ENTRYPOINT, on a fresh free port.
 
     Read-only image; with ``tmp`` a scratch /tmp (the GPU image compiles its CUDA kernels,
     for the GPU it finds, into a cache there), else no writable place but /golem/work.
+    ``wrapper``: Python code run as ``python -c CODE ROLE PORT`` instead of the ENTRYPOINT.
     """
     port = free_port()
     env_args = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
+    entry = ["--entrypoint", "python"] if wrapper else []
+    code = ["-c", wrapper] if wrapper else []
     started_at = time.monotonic()
     result = _container_sh(
         "run", "-d", "--user", f"{NODE_UID}:{NODE_UID}", "--read-only",
         f"--read-only-tmpfs={'true' if tmp else 'false'}", "-v", f"{work_dir}:/golem/work",
-        *env_args, image, role, str(port),
+        *env_args, *entry, image, *code, role, str(port),
     )
     return Container(result.stdout.strip().splitlines()[-1], port, started_at)
 
@@ -282,14 +304,14 @@ def run_task(image, requestor: Container, requestor_work: Path, node_dir: Path, 
 
 
 def compute_in_container(image, provider_work: Path, task_root: Path, containers, task_id,
-                         subtask_id, subtask, env=None) -> tuple[ProviderRun, Path]:
+                         subtask_id, subtask, env=None, wrapper=None) -> tuple[ProviderRun, Path]:
     """A fresh provider container on its own work dir: ship the resources, Compute once, and
     check it then shuts itself down."""
     (provider_work / "subtask_inputs").mkdir(parents=True)
     for name in subtask.resources:
         shutil.copy(task_root / "subtask_inputs" / name, provider_work / "subtask_inputs" / name)
     hand_to_node_user(provider_work)
-    provider = start(image, "provider", provider_work, env)
+    provider = start(image, "provider", provider_work, env, wrapper=wrapper)
     containers.append(provider)
     serving_s = wait_serving(provider)
     with channel(provider) as chan:
@@ -359,7 +381,9 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
                 f"Compute {run.compute_s:.3f} s"
             )
 
-    # One more provider, with Numba's cache log, on a fresh container: loads, never saves.
+    # One more provider on a fresh container, with Numba's cache log and a record of every
+    # compilation (also of kernels without cache=True, which no cache log shows): it loads
+    # from the image's cache and compiles nothing.
     probe_work = node_dir / "probe"
     root = requestor_work / "task-probe"
     for name in TASK_FOLDERS:
@@ -378,8 +402,12 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
             timeout=RPC_TIMEOUT_S,
         )
     run, _ = compute_in_container(
-        cpu_image, probe_work, root, containers, "task-probe", "s1", reply.subtask, env=debug
+        cpu_image, probe_work, root, containers, "task-probe", "s1", reply.subtask, env=debug,
+        wrapper=RECORD_COMPILES,
     )
+    compiled = re.search(r"numba compiles: (\d+) (.*)", run.log)
+    assert compiled, f"the provider did not report its compilations:\n{run.log[-3000:]}"
+    assert compiled.group(1) == "0", f"compiled at run time: {compiled.group(2)}"
     loaded = re.findall(r"\[cache\] data loaded from", run.log)
     assert loaded, f"no kernel came from the image's cache:\n{run.log[-3000:]}"
     assert not re.search(r"\[cache\] (data|index) saved", run.log), run.log[-3000:]
