@@ -356,11 +356,11 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
     requestor_work = node_dir / "requestor"
     requestor_work.mkdir()
     hand_to_node_user(requestor_work)
-    requestor = start(cpu_image, "requestor", requestor_work)
+    # The requestor records its Numba compilations too (band planning, verification).
+    requestor = start(cpu_image, "requestor", requestor_work, wrapper=RECORD_COMPILES)
     containers.append(requestor)
     wait_serving(requestor)
 
-    # Providers report Numba's cache traffic, to show the first Compute compiles nothing.
     debug = {"NUMBA_DEBUG_CACHE": "1"}
     for task_id, scene, subtasks in (("task-2d", SCENE_2D, 3), ("task-3d", SCENE_3D, 2)):
         image_runs = run_task(
@@ -415,6 +415,14 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
         f"\nfirst Compute in a fresh container: {run.compute_s:.3f} s "
         f"({len(loaded)} kernels loaded from the image cache, none compiled)"
     )
+
+    # The requestor, asked to shut down, exits by itself and reports: it compiled nothing.
+    with channel(requestor) as chan:
+        pb_grpc.RequestorAppStub(chan).Shutdown(pb.ShutdownRequest(), timeout=RPC_TIMEOUT_S)
+    assert requestor.wait_exit(30) == 0, requestor.logs()
+    compiled = re.search(r"numba compiles: (\d+) (.*)", requestor.logs())
+    assert compiled, f"the requestor did not report its compilations:\n{requestor.logs()[-3000:]}"
+    assert compiled.group(1) == "0", f"the requestor compiled at run time: {compiled.group(2)}"
 
 
 def test_provider_benchmark_in_a_fresh_container(cpu_image, node_dir, containers):
