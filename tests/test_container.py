@@ -56,6 +56,10 @@ SCENE_2D = {
     "palette": "twilight",
     "supersample": 2,
 }
+SCENE_COUNTS = {
+    "fractal": "julia", "resolution": [96, 64], "max_iter": 300, "output": "counts",
+    "precision": "float32",
+}
 SCENE_3D = {
     "fractal": "mandelbulb", "resolution": [48, 32], "max_steps": 96, "precision": "float32",
 }
@@ -362,18 +366,20 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
     wait_serving(requestor)
 
     debug = {"NUMBA_DEBUG_CACHE": "1"}
-    for task_id, scene, subtasks in (("task-2d", SCENE_2D, 3), ("task-3d", SCENE_3D, 2)):
+    tasks = (("task-2d", SCENE_2D, 3), ("task-counts", SCENE_COUNTS, 2), ("task-3d", SCENE_3D, 2))
+    for task_id, scene, subtasks in tasks:
         image_runs = run_task(
             cpu_image, requestor, requestor_work, node_dir, containers, task_id, scene, subtasks
         )
         assert len(image_runs) >= 2
         outputs = sorted(p.name for p in (requestor_work / task_id / "task_outputs").iterdir())
-        assert outputs == ["result.png"]
-        final = read_final_image(requestor_work / task_id / "task_outputs" / "result.png", scene)
+        result_name = "result.tiff" if scene.get("output") == "counts" else "result.png"
+        assert outputs == [result_name]
+        final = read_final_image(requestor_work / task_id / "task_outputs" / result_name, scene)
         parsed = parse_scene(scene)
         expected = render.render_band(parsed, 0, parsed.height_px)
         assert final.shape == expected.shape
-        differ = int(np.any(final != expected, axis=-1).sum())
+        differ = int((final != expected).reshape(final.shape[0], final.shape[1], -1).any(-1).sum())
         assert differ == 0, f"{task_id}: {differ} pixels differ from the render outside"
         for run in image_runs:
             print(
