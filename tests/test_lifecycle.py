@@ -152,3 +152,23 @@ def test_requestor_shutdown_rpc_stops_it(tmp_path):
     requestor = start_server("requestor", tmp_path / "requestor")
     requestor.requestor().Shutdown(pb.ShutdownRequest(), timeout=30)
     assert requestor.wait() == 0
+
+
+@pytest.mark.parametrize(
+    "scene",
+    [
+        {"fractal": "mandelbrot", "resolution": [40, 30], "max_iter": 50},
+        {"fractal": "julia", "resolution": [24, 30], "max_iter": 50, "supersample": 2,
+         "bit_depth": 16},
+        {"fractal": "mandelbrot", "resolution": [40, 30], "max_iter": 50, "output": "counts"},
+    ],
+)
+def test_provider_renders_a_band_in_blocks_with_the_same_values(scene, monkeypatch):
+    from fractal_app import provider
+
+    parsed = parse_scene(scene)
+    monkeypatch.setattr(provider, "RENDER_BLOCK_SAMPLES", 7 * parsed.width_px)
+    blocks = provider.render_in_blocks(parsed, 3, 29, "cpu")
+    whole = render.render_band(parsed, 3, 29)
+    assert blocks.dtype == whole.dtype
+    np.testing.assert_array_equal(blocks, whole)

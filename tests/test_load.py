@@ -16,7 +16,7 @@ from load_driver import BANDS_PER_TASK, TASKS, HealthProbe, LoadClient
 pytestmark = pytest.mark.timeout(180)
 
 # Generous: a loaded CI machine with two shared cores, not the benchmark's 100 ms.
-HEALTH_LATENCY_BOUND_S = 2.0
+HEALTH_LATENCY_BOUND_S = 5.0
 
 
 def test_fifty_tasks_two_hundred_rpcs_in_flight(tmp_path):
