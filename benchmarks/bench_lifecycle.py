@@ -120,6 +120,7 @@ def timeline(keep: Path) -> dict:
     sums = dict.fromkeys(("start_to_serving", "serving_to_rendered", "rendered_to_returned",
                           "returned_to_accepted"), 0.0)
     accepted_times = sorted(p.stat().st_mtime for p in task.parent.glob("app_state/bands/*"))
+    band_of = _accepted_bands(task.parent / "app_state" / "state.sqlite3")
     first = None
     for work in sorted(p for p in providers.iterdir() if p.is_dir()):
         band = next(work.glob("*/band.png"), None)
@@ -129,6 +130,9 @@ def timeline(keep: Path) -> dict:
             continue
         t = [(work / "subtask_inputs").stat().st_mtime, port.stat().st_mtime,
              band.stat().st_mtime, returned.stat().st_mtime]
+        if work.name in band_of:
+            t.append((task.parent / "app_state" / "bands" / f"{band_of[work.name]}.npy")
+                     .stat().st_mtime)
         first = t[0] if first is None else min(first, t[0])
         for name, a, b in zip(sums, t, t[1:], strict=False):
             sums[name] += b - a
@@ -138,6 +142,17 @@ def timeline(keep: Path) -> dict:
     if first is not None and accepted_times:
         sums["first_start_to_last_accept"] = accepted_times[-1] - first
     return {k: round(v, 3) for k, v in sums.items()}
+
+
+def _accepted_bands(database: Path) -> dict[str, int]:
+    """subtask id -> band index, for the accepted subtasks."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT subtask_id, band_index FROM subtask WHERE state = 'accepted'"
+        ).fetchall()
+    return {str(a): int(b) for a, b in rows}
 
 
 def _timed(func, *args):
