@@ -13,10 +13,11 @@ APP_NAME = "fractal-app"
 # RunBenchmark reports millions of escape-time iterations per second (render.run_benchmark),
 # in float64, on the CPU or a GPU. The node caps providers' scores at this value, so it must
 # sit above any honest machine yet stay finite (an unbounded score lets a lying provider
-# claim any speed). Measured here: a 2-core Zen 5 reaches about 1,000 (scalar kernel) to
-# 15,000 (vectorised) per 2 cores, so a 192-core server stays under 1.5e6; the fastest
-# float64 GPU today (H100/H200, ~67 TFLOP/s float64 at ~8 flops an iteration) peaks near
-# 8e6. 1e7 leaves headroom for both without being open-ended.
+# claim any speed). Measured: about 670 on this shared 2-core Zen 5 (250 inside a container
+# under heavy load); the fastest exact float64 CPU kernels reach about 7,500 per core
+# (NUMBA-FACTS.md), so a 192-core server stays under 1.5e6; the fastest float64 GPU today
+# (H100/H200, ~67 TFLOP/s float64 at ~8 flops an iteration) peaks near 8e6. 1e7 leaves
+# headroom for both without being open-ended.
 MAX_BENCHMARK_SCORE = 1.0e7
 
 DESCRIPTION = (
