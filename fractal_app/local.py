@@ -139,6 +139,13 @@ class _Process:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
+    async def kill_and_reap(self) -> None:
+        """SIGKILL if still running, and wait for the exit, so no process outlives us."""
+        self.kill()
+        if self.process is not None:
+            with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
+                await asyncio.wait_for(self.process.wait(), 10)
+
 
 class LocalNode:
     """The node's side of one task: hands bands to providers until every band is accepted."""
@@ -186,7 +193,7 @@ class LocalNode:
                 task.cancel()
             await asyncio.gather(*workers, *self.deliveries, return_exceptions=True)
             for child in list(self.children):
-                child.kill()
+                await child.kill_and_reap()
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
@@ -404,7 +411,7 @@ async def render_locally(
                 await stub.Shutdown(pb.ShutdownRequest())
             await requestor.wait(timeout=30)
         finally:
-            requestor.kill()
+            await requestor.kill_and_reap()
     return LocalRenderReport(
         output, total, time.monotonic() - started, node.rejected, node.provider_errors
     )
