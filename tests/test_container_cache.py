@@ -4,6 +4,7 @@ level, and loading kernels from a cache folder the process cannot write.
 Each cache test runs small Python processes on a one-line kernel, so it takes seconds.
 """
 
+import functools
 import os
 import shutil
 import subprocess
@@ -106,6 +107,24 @@ def scratch_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@functools.cache
+def _read_only_mounts_work() -> bool:
+    """Whether this (root) process may make a private read-only bind mount."""
+    if shutil.which("unshare") is None:
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = subprocess.run(
+            _read_only(["true"], [Path(folder)]), capture_output=True, check=False
+        )
+    return probe.returncode == 0
+
+
+def _need_read_only_folders() -> None:
+    if os.geteuid() == 0 and not _read_only_mounts_work():
+        pytest.skip("root ignores permission bits, and `unshare --mount` (for a read-only bind "
+                    "mount) is not permitted here")
+
+
 def _read_only(command: list[str], paths: list[Path]) -> list[str]:
     """``command`` with ``paths`` read-only for it: a read-only bind mount in a private mount
     namespace when we are root (root ignores permission bits), else chmod has done it."""
@@ -148,6 +167,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the images target x86-64 levels")
 def test_kernels_load_from_a_cache_the_process_cannot_write(scratch_dir):
+    _need_read_only_folders()
     folder = scratch_dir
     (folder / "tiny_kernel.py").write_text(textwrap.dedent(KERNEL_MODULE))
     cache = folder / "cache"
@@ -178,6 +198,7 @@ def test_numba_alone_refuses_a_cache_it_cannot_write(scratch_dir):
     """Why the locator exists: with Numba's own locators and nothing writable (cache folder,
     the module's __pycache__, a home directory), a cache=True kernel cannot even be defined:
     the situation of a foreign uid on a read-only image."""
+    _need_read_only_folders()
     folder = scratch_dir
     (folder / "tiny_kernel.py").write_text(textwrap.dedent(KERNEL_MODULE))
     cache = folder / "cache"
