@@ -189,7 +189,7 @@ def test_escape_time_cpu(warmed_benchmark, summary, fractal, precision):
     grid = _Grid(_scene(fractal, precision))
     counts = warmed_benchmark.pedantic(grid.run, rounds=3)
     rate = int(counts.sum(dtype=np.int64)) / warmed_benchmark.stats.stats.min / 1e9
-    block = cpu.block_kernel(grid.args.kind, grid.args.dtype) is not None
+    block = cpu.block_module(grid.args.kind, grid.args.dtype) is not None
     warmed_benchmark.extra_info.update({
         "resolution": f"{WIDTH}x{HEIGHT}", "max_iter": MAX_ITER,
         "giga_iterations_per_s": round(rate, 3), "block_kernel": block,

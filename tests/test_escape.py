@@ -97,7 +97,7 @@ def test_block_kernels_equal_the_scalar_kernel(fractal, precision):
     """The generated 32/64-pixel block kernels against the scalar core, 100x40 samples."""
     scene = make_scene(fractal, precision, (100, 40))
     args = render._escape_args(scene)
-    assert cpu.block_kernel(args.kind, args.dtype) is not None
+    assert cpu.block_module(args.kind, args.dtype) is not None
     counts, mag2 = kernel_samples(scene)
     re = render._sample_coords(scene, np.arange(100), "re").reshape(-1).astype(args.dtype)
     im = render._sample_coords(scene, np.arange(40), "im").reshape(-1).astype(args.dtype)
@@ -109,6 +109,20 @@ def test_block_kernels_equal_the_scalar_kernel(fractal, precision):
     )
     np.testing.assert_array_equal(counts, scalar_counts)
     np.testing.assert_array_equal(mag2, scalar_mag2)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fractal", FRACTALS)
+def test_many_short_passes_give_the_same_counts(fractal, precision, monkeypatch):
+    """The block kernels run in passes (each continuing the samples still running);
+    with tiny passes, many of them, the counts and |z|^2 are still the scalar core's."""
+    scene = make_scene(fractal, precision, (100, 40))
+    expected = kernel_samples(scene)
+    monkeypatch.setattr(cpu, "FIRST_PASS_ITERATIONS", 1)
+    monkeypatch.setattr(cpu, "PASS_GROWTH", 2)
+    counts, mag2 = kernel_samples(scene)
+    np.testing.assert_array_equal(counts, expected[0])
+    np.testing.assert_array_equal(mag2, expected[1])
 
 
 def test_max_iter_one_and_escape_at_the_start():

@@ -69,13 +69,14 @@ import sys
 import numpy as np
 from fractal_app.kernels import cpu
 
-kernel = cpu.block_kernel(0, np.float64)
-args = (0, np.linspace(-2.0, 0.5, 40), np.linspace(-1.0, 1.0, 3), 0.0, 0.0, 2, 50, 4.0,
-        np.empty((3, 40), np.uint32), np.empty((3, 40)))
+kernel = cpu.block_module(0, np.float64).iterate_grid
+re, im = np.linspace(-2.0, 0.5, 40), np.linspace(-1.0, 1.0, 3)
+outputs = (np.empty((3, 40), np.uint32), np.empty((3, 40)), np.empty((3, 40)), np.empty((3, 40)))
 if sys.argv[1] == "careless":
-    kernel(*args)  # straight to the kernel: compiled with Numba's default, SLP off
+    # straight to the kernel: compiled with Numba's default, SLP off
+    kernel(re, im, 0.0, 0.0, 2, 20, 4.0, *outputs)
 else:
-    cpu.iterate_grid(*args)
+    cpu.iterate_grid(0, re, im, 0.0, 0.0, 2, 20, 4.0, *outputs[:2])  # one pass (20 < 32)
 print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
 """
 

@@ -39,13 +39,53 @@ def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, count
     """Escape counts and |z|^2 of the samples on a grid: row r at im_rows[r], column k at
     re_cols[k], into counts[r, k] (uint32) and mag2[r, k] (float64). The coordinate arrays'
     dtype (float32 or float64, like jr, ji, escape2) is the iteration's precision."""
-    args = (kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2)
-    block = block_kernel(kind, re_cols.dtype)
+    module = block_module(kind, re_cols.dtype)
     with _rows_one_at_a_time():
-        if block is None:
-            iterate_grid_scalar(*args)
+        if module is None:
+            iterate_grid_scalar(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2,
+                                counts, mag2)
         else:
-            _call_vectorized(block, args)
+            _iterate_grid_in_passes(module, re_cols, im_rows, jr, ji, power, max_iter, escape2,
+                                    counts, mag2)
+
+
+# The block kernels run in passes. A block of lanes iterates until its slowest lane
+# stops, so one long-running pixel among quick ones wastes the rest of its block (at a
+# Julia set's dendrites most blocks are like that). The first pass stops every sample at
+# FIRST_PASS_ITERATIONS; each later pass packs the samples still running into full blocks
+# and continues them from where they stopped, PASS_GROWTH times further. The result is
+# the same, bit for bit: a sample's iteration simply resumes.
+FIRST_PASS_ITERATIONS = 32
+PASS_GROWTH = 4
+
+
+def _iterate_grid_in_passes(module, re_cols, im_rows, jr, ji, power, max_iter, escape2,
+                            counts, mag2):
+    dtype = re_cols.dtype
+    cap = min(max_iter, FIRST_PASS_ITERATIONS)
+    zr = np.empty(counts.shape, dtype=dtype)
+    zi = np.empty(counts.shape, dtype=dtype)
+    _call_vectorized(module.iterate_grid, (re_cols, im_rows, jr, ji, power, cap, escape2,
+                                           counts, mag2, zr, zi))
+    all_counts = counts.reshape(-1)  # views: the arrays are C-contiguous
+    all_mag2 = mag2.reshape(-1)
+    running = np.flatnonzero(all_counts == cap)
+    rows, cols = np.divmod(running, re_cols.shape[0])
+    re, im = re_cols[cols], im_rows[rows]
+    zr, zi = zr.reshape(-1)[running], zi.reshape(-1)[running]
+    while cap < max_iter and running.size:
+        done, cap = cap, min(max_iter, cap * PASS_GROWTH)
+        n = running.size
+        pass_counts = np.empty(n, dtype=np.uint32)
+        pass_mag2 = np.empty(n)
+        zr_end = np.empty(n, dtype=dtype)
+        zi_end = np.empty(n, dtype=dtype)
+        _call_vectorized(module.resume_points, (re, im, zr, zi, done, jr, ji, power, cap,
+                                                escape2, pass_counts, pass_mag2, zr_end, zi_end))
+        all_counts[running] = pass_counts
+        all_mag2[running] = pass_mag2
+        still = pass_counts == cap
+        running, re, im, zr, zi = (a[still] for a in (running, re, im, zr_end, zi_end))
 
 
 def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
@@ -54,18 +94,19 @@ def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2)
         iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2)
 
 
-def block_kernel(kind, dtype):
-    """The generated block kernel for a fractal kind and precision, or None if it has none."""
+def block_module(kind, dtype):
+    """The generated block-kernel module for a fractal kind and precision (its kernels
+    cached on disk under a key with the vectorizer settings), or None if it has none."""
     precision = "f32" if np.dtype(dtype) == np.float32 else "f64"
     for fractal, number in escape.KIND_OF_FRACTAL.items():
         if number == kind and (fractal, precision) in BLOCK_KERNELS:
             module = importlib.import_module(
                 f"fractal_app.kernels._generated.{module_name(fractal, precision)}"
             )
-            kernel = module.iterate_grid
-            if not isinstance(kernel._cache, _VectorizerAwareCache):
-                kernel._cache = _VectorizerAwareCache(kernel.py_func)
-            return kernel
+            for kernel in (module.iterate_grid, module.resume_points):
+                if not isinstance(kernel._cache, _VectorizerAwareCache):
+                    kernel._cache = _VectorizerAwareCache(kernel.py_func)
+            return module
     return None
 
 
