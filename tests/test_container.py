@@ -517,6 +517,7 @@ def test_parallel_kernels_may_run_in_several_threads_at_once(cpu_image):
 # architectures, with NVVM from the image's CUDA 12 wheels and no GPU or driver.
 PTX_CHECK = r'''
 import numba.cuda.dispatcher
+import numpy as np
 from numba import cuda, types
 
 from fractal_app.kernels import cuda as k2d, cuda_raymarch as k3d
@@ -533,12 +534,13 @@ numba.cuda.dispatcher.get_current_device = current_device
 i64, u16, u32, f64 = types.int64, types.uint16, types.uint32, types.float64
 for cc in ((7, 5), (9, 0)):
     FakeDevice.compute_capability = cc
-    for f in (types.float64, types.float32):
+    for f, dtype in ((types.float64, np.float64), (types.float32, np.float32)):
         vec, ivec = types.Array(f, 1, "C"), types.Array(i64, 1, "C")
         scalars = (i64, vec, vec, f, f, i64, i64, f)
+        grid_kernel, points_kernel = k2d.python_kernels[dtype]  # per-precision 2D kernels
         kernels = {
-            "grid": (k2d.grid_kernel, (*scalars, u32[:, ::1], f64[:, ::1])),
-            "points": (k2d.points_kernel, (*scalars, u32[::1], f64[::1])),
+            "grid": (grid_kernel, (*scalars, u32[:, ::1], f64[:, ::1])),
+            "points": (points_kernel, (*scalars, u32[::1], f64[::1])),
             "band3d": (k3d.band_kernel, (types.uint8[:, :, ::1], i64, vec, vec, vec, ivec)),
             "pixels3d": (k3d.pixels_kernel, (u16[:, ::1], ivec, ivec, vec, vec, vec, ivec)),
         }
