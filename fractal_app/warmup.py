@@ -47,10 +47,13 @@ X86_64_LEVELS: dict[str, frozenset[str]] = {
     "x86-64": frozenset(),
 }
 
-# Tiny pictures: the point is compiling every kernel signature, not rendering.
-_WARM_RESOLUTION = (6, 4)
-_WARM_2D = {"max_iter": 16}
-_WARM_3D = {"max_steps": 8, "iterations": 4}
+# Small pictures with the default views and iteration limits: the point is compiling every
+# kernel, and some run only when the picture needs them (the 2D block kernels resume, in
+# later passes, the samples still running after the first 32 iterations), so each view
+# holds points inside its set. The default Julia c (-0.8 + 0.156i) has no interior; this one
+# (in the Mandelbrot set's main cardioid) has.
+_WARM_RESOLUTION = (48, 32)
+_WARM_OVERRIDES = {"julia": {"c": [-0.4, 0.3]}}
 
 
 def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -155,16 +158,15 @@ def _image_cache_locator_class():
 
 
 def warm_scenes() -> Iterator:
-    """One tiny scene per kernel variant: fractal x precision x output kind x bit depth x
+    """One small scene per kernel variant: fractal x precision x output kind x bit depth x
     supersampling (the combinations that change the types the kernels are compiled for)."""
     from fractal_app.scene import FRACTALS, parse_scene
 
     for fractal in FRACTALS:
         for precision in ("float64", "float32"):
             base = {"fractal": fractal, "resolution": list(_WARM_RESOLUTION)}
-            base["precision"] = precision
+            base.update(precision=precision, **_WARM_OVERRIDES.get(fractal, {}))
             is_3d = parse_scene(base).is_3d
-            base.update(_WARM_3D if is_3d else _WARM_2D)
             for bit_depth in (8, 16):
                 for supersample in (1, 2):
                     image = {"output": "image", "bit_depth": bit_depth, "supersample": supersample}

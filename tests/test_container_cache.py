@@ -77,6 +77,20 @@ def test_warm_scenes_cover_every_fractal_precision_and_output():
     }
 
 
+def test_warm_views_hold_samples_that_never_escape():
+    """Some kernels run only for samples still iterating after a first pass (the 2D block
+    kernels resume them later): each warm view must contain such samples, so that those
+    kernels are compiled into the image too."""
+    from fractal_app import render
+
+    for scene in warmup.warm_scenes():
+        if scene.is_3d or scene.output != "counts":
+            continue
+        counts = render.render_band(scene, 0, scene.height_px)
+        assert (counts == scene.max_iter).sum() >= 10, (scene.fractal, scene.precision)
+        assert scene.max_iter >= 1000
+
+
 # ---- the read-only cache -------------------------------------------------------------------
 
 KERNEL_MODULE = '''
