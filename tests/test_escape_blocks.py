@@ -71,12 +71,12 @@ from fractal_app.kernels import cpu
 
 kernel = cpu.block_module(0, np.float64).iterate_grid
 re, im = np.linspace(-2.0, 0.5, 40), np.linspace(-1.0, 1.0, 3)
-outputs = (np.empty((3, 40), np.uint32), np.empty((3, 40)), np.empty((3, 40)), np.empty((3, 40)))
+counts, mag2, no_z = np.empty((3, 40), np.uint32), np.empty((3, 40)), np.empty((3, 0))
 if sys.argv[1] == "careless":
     # straight to the kernel: compiled with Numba's default, SLP off
-    kernel(re, im, 0.0, 0.0, 2, 20, 4.0, *outputs)
+    kernel(re, im, 0.0, 0.0, 2, 20, 4.0, counts, mag2, False, no_z, no_z)
 else:
-    cpu.iterate_grid(0, re, im, 0.0, 0.0, 2, 20, 4.0, *outputs[:2])  # one pass (20 < 32)
+    cpu.iterate_grid(0, re, im, 0.0, 0.0, 2, 20, 4.0, counts, mag2)
 print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
 """
 

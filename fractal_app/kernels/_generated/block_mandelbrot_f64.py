@@ -22,15 +22,16 @@ POINTS_PER_TASK = LANES * 4
 # Cached on disk by kernels/cpu.py (block_kernel), under a key that records the vectorizer
 # settings: Numba's own key ignores them, and a copy compiled without SLP would be slow.
 @numba.njit(parallel=True, nogil=True)
-def iterate_grid(re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2, zr_end,
-                 zi_end):
+def iterate_grid(re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2, keep_z,
+                 zr_end, zi_end):
     """Samples at (re_cols[k], im_rows[r]) from the start, up to max_iter iterations:
-    counts, |z|^2 and z (zr_end, zi_end: where a sample still running resumes)."""
+    counts, |z|^2 and, if keep_z, z (zr_end, zi_end: where a sample still running would
+    resume; without keep_z they may have no columns)."""
     # Rows differ in cost: kernels/cpu.py sets numba's parallel chunk size to 1 around
     # the call, so that threads take rows one at a time rather than in equal halves.
     for r in prange(im_rows.shape[0]):
         iterate_row(re_cols, im_rows[r], jr, ji, power, max_iter, escape2, counts[r], mag2[r],
-                    zr_end[r], zi_end[r])
+                    keep_z, zr_end[r], zi_end[r])
 
 
 @numba.njit(parallel=True, nogil=True)
@@ -43,8 +44,8 @@ def resume_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter, 
         lo = task * POINTS_PER_TASK
         hi = min(lo + POINTS_PER_TASK, n)
         iterate_points(re[lo:hi], im[lo:hi], zr_start[lo:hi], zi_start[lo:hi], n_start, jr, ji,
-                       power, max_iter, escape2, counts[lo:hi], mag2[lo:hi], zr_end[lo:hi],
-                       zi_end[lo:hi])
+                       power, max_iter, escape2, counts[lo:hi], mag2[lo:hi], True,
+                       zr_end[lo:hi], zi_end[lo:hi])
 
 
 # Functions of their own, so that Numba's parfor passes see one call, not a thousand
@@ -52,7 +53,8 @@ def resume_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter, 
 
 
 @numba.njit(nogil=True)
-def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, zr_end, zi_end):
+def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, keep_z, zr_end,
+                zi_end):
     """One row of samples from the start: Re at re_cols[k], Im at ci."""
     last = re_cols.shape[0] - 1
     for k0 in range(0, last + 1, LANES):
@@ -449,137 +451,138 @@ def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, zr_
             it += 1
         counts[min(k0 + 0, last)] = n0
         mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
-        zr_end[min(k0 + 0, last)] = zr0
-        zi_end[min(k0 + 0, last)] = zi0
         counts[min(k0 + 1, last)] = n1
         mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
-        zr_end[min(k0 + 1, last)] = zr1
-        zi_end[min(k0 + 1, last)] = zi1
         counts[min(k0 + 2, last)] = n2
         mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
-        zr_end[min(k0 + 2, last)] = zr2
-        zi_end[min(k0 + 2, last)] = zi2
         counts[min(k0 + 3, last)] = n3
         mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
-        zr_end[min(k0 + 3, last)] = zr3
-        zi_end[min(k0 + 3, last)] = zi3
         counts[min(k0 + 4, last)] = n4
         mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
-        zr_end[min(k0 + 4, last)] = zr4
-        zi_end[min(k0 + 4, last)] = zi4
         counts[min(k0 + 5, last)] = n5
         mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
-        zr_end[min(k0 + 5, last)] = zr5
-        zi_end[min(k0 + 5, last)] = zi5
         counts[min(k0 + 6, last)] = n6
         mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
-        zr_end[min(k0 + 6, last)] = zr6
-        zi_end[min(k0 + 6, last)] = zi6
         counts[min(k0 + 7, last)] = n7
         mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
-        zr_end[min(k0 + 7, last)] = zr7
-        zi_end[min(k0 + 7, last)] = zi7
         counts[min(k0 + 8, last)] = n8
         mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
-        zr_end[min(k0 + 8, last)] = zr8
-        zi_end[min(k0 + 8, last)] = zi8
         counts[min(k0 + 9, last)] = n9
         mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
-        zr_end[min(k0 + 9, last)] = zr9
-        zi_end[min(k0 + 9, last)] = zi9
         counts[min(k0 + 10, last)] = n10
         mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
-        zr_end[min(k0 + 10, last)] = zr10
-        zi_end[min(k0 + 10, last)] = zi10
         counts[min(k0 + 11, last)] = n11
         mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
-        zr_end[min(k0 + 11, last)] = zr11
-        zi_end[min(k0 + 11, last)] = zi11
         counts[min(k0 + 12, last)] = n12
         mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
-        zr_end[min(k0 + 12, last)] = zr12
-        zi_end[min(k0 + 12, last)] = zi12
         counts[min(k0 + 13, last)] = n13
         mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
-        zr_end[min(k0 + 13, last)] = zr13
-        zi_end[min(k0 + 13, last)] = zi13
         counts[min(k0 + 14, last)] = n14
         mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
-        zr_end[min(k0 + 14, last)] = zr14
-        zi_end[min(k0 + 14, last)] = zi14
         counts[min(k0 + 15, last)] = n15
         mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
-        zr_end[min(k0 + 15, last)] = zr15
-        zi_end[min(k0 + 15, last)] = zi15
         counts[min(k0 + 16, last)] = n16
         mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
-        zr_end[min(k0 + 16, last)] = zr16
-        zi_end[min(k0 + 16, last)] = zi16
         counts[min(k0 + 17, last)] = n17
         mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
-        zr_end[min(k0 + 17, last)] = zr17
-        zi_end[min(k0 + 17, last)] = zi17
         counts[min(k0 + 18, last)] = n18
         mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
-        zr_end[min(k0 + 18, last)] = zr18
-        zi_end[min(k0 + 18, last)] = zi18
         counts[min(k0 + 19, last)] = n19
         mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
-        zr_end[min(k0 + 19, last)] = zr19
-        zi_end[min(k0 + 19, last)] = zi19
         counts[min(k0 + 20, last)] = n20
         mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
-        zr_end[min(k0 + 20, last)] = zr20
-        zi_end[min(k0 + 20, last)] = zi20
         counts[min(k0 + 21, last)] = n21
         mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
-        zr_end[min(k0 + 21, last)] = zr21
-        zi_end[min(k0 + 21, last)] = zi21
         counts[min(k0 + 22, last)] = n22
         mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
-        zr_end[min(k0 + 22, last)] = zr22
-        zi_end[min(k0 + 22, last)] = zi22
         counts[min(k0 + 23, last)] = n23
         mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
-        zr_end[min(k0 + 23, last)] = zr23
-        zi_end[min(k0 + 23, last)] = zi23
         counts[min(k0 + 24, last)] = n24
         mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
-        zr_end[min(k0 + 24, last)] = zr24
-        zi_end[min(k0 + 24, last)] = zi24
         counts[min(k0 + 25, last)] = n25
         mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
-        zr_end[min(k0 + 25, last)] = zr25
-        zi_end[min(k0 + 25, last)] = zi25
         counts[min(k0 + 26, last)] = n26
         mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
-        zr_end[min(k0 + 26, last)] = zr26
-        zi_end[min(k0 + 26, last)] = zi26
         counts[min(k0 + 27, last)] = n27
         mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
-        zr_end[min(k0 + 27, last)] = zr27
-        zi_end[min(k0 + 27, last)] = zi27
         counts[min(k0 + 28, last)] = n28
         mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
-        zr_end[min(k0 + 28, last)] = zr28
-        zi_end[min(k0 + 28, last)] = zi28
         counts[min(k0 + 29, last)] = n29
         mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
-        zr_end[min(k0 + 29, last)] = zr29
-        zi_end[min(k0 + 29, last)] = zi29
         counts[min(k0 + 30, last)] = n30
         mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
-        zr_end[min(k0 + 30, last)] = zr30
-        zi_end[min(k0 + 30, last)] = zi30
         counts[min(k0 + 31, last)] = n31
         mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
-        zr_end[min(k0 + 31, last)] = zr31
-        zi_end[min(k0 + 31, last)] = zi31
+        if keep_z:
+            zr_end[min(k0 + 0, last)] = zr0
+            zi_end[min(k0 + 0, last)] = zi0
+            zr_end[min(k0 + 1, last)] = zr1
+            zi_end[min(k0 + 1, last)] = zi1
+            zr_end[min(k0 + 2, last)] = zr2
+            zi_end[min(k0 + 2, last)] = zi2
+            zr_end[min(k0 + 3, last)] = zr3
+            zi_end[min(k0 + 3, last)] = zi3
+            zr_end[min(k0 + 4, last)] = zr4
+            zi_end[min(k0 + 4, last)] = zi4
+            zr_end[min(k0 + 5, last)] = zr5
+            zi_end[min(k0 + 5, last)] = zi5
+            zr_end[min(k0 + 6, last)] = zr6
+            zi_end[min(k0 + 6, last)] = zi6
+            zr_end[min(k0 + 7, last)] = zr7
+            zi_end[min(k0 + 7, last)] = zi7
+            zr_end[min(k0 + 8, last)] = zr8
+            zi_end[min(k0 + 8, last)] = zi8
+            zr_end[min(k0 + 9, last)] = zr9
+            zi_end[min(k0 + 9, last)] = zi9
+            zr_end[min(k0 + 10, last)] = zr10
+            zi_end[min(k0 + 10, last)] = zi10
+            zr_end[min(k0 + 11, last)] = zr11
+            zi_end[min(k0 + 11, last)] = zi11
+            zr_end[min(k0 + 12, last)] = zr12
+            zi_end[min(k0 + 12, last)] = zi12
+            zr_end[min(k0 + 13, last)] = zr13
+            zi_end[min(k0 + 13, last)] = zi13
+            zr_end[min(k0 + 14, last)] = zr14
+            zi_end[min(k0 + 14, last)] = zi14
+            zr_end[min(k0 + 15, last)] = zr15
+            zi_end[min(k0 + 15, last)] = zi15
+            zr_end[min(k0 + 16, last)] = zr16
+            zi_end[min(k0 + 16, last)] = zi16
+            zr_end[min(k0 + 17, last)] = zr17
+            zi_end[min(k0 + 17, last)] = zi17
+            zr_end[min(k0 + 18, last)] = zr18
+            zi_end[min(k0 + 18, last)] = zi18
+            zr_end[min(k0 + 19, last)] = zr19
+            zi_end[min(k0 + 19, last)] = zi19
+            zr_end[min(k0 + 20, last)] = zr20
+            zi_end[min(k0 + 20, last)] = zi20
+            zr_end[min(k0 + 21, last)] = zr21
+            zi_end[min(k0 + 21, last)] = zi21
+            zr_end[min(k0 + 22, last)] = zr22
+            zi_end[min(k0 + 22, last)] = zi22
+            zr_end[min(k0 + 23, last)] = zr23
+            zi_end[min(k0 + 23, last)] = zi23
+            zr_end[min(k0 + 24, last)] = zr24
+            zi_end[min(k0 + 24, last)] = zi24
+            zr_end[min(k0 + 25, last)] = zr25
+            zi_end[min(k0 + 25, last)] = zi25
+            zr_end[min(k0 + 26, last)] = zr26
+            zi_end[min(k0 + 26, last)] = zi26
+            zr_end[min(k0 + 27, last)] = zr27
+            zi_end[min(k0 + 27, last)] = zi27
+            zr_end[min(k0 + 28, last)] = zr28
+            zi_end[min(k0 + 28, last)] = zi28
+            zr_end[min(k0 + 29, last)] = zr29
+            zi_end[min(k0 + 29, last)] = zi29
+            zr_end[min(k0 + 30, last)] = zr30
+            zi_end[min(k0 + 30, last)] = zi30
+            zr_end[min(k0 + 31, last)] = zr31
+            zi_end[min(k0 + 31, last)] = zi31
 
 
 @numba.njit(nogil=True)
 def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter, escape2,
-                   counts, mag2, zr_end, zi_end):
+                   counts, mag2, keep_z, zr_end, zi_end):
     """A packed list of samples resumed after n_start iterations."""
     last = re.shape[0] - 1
     for k0 in range(0, last + 1, LANES):
@@ -1008,129 +1011,130 @@ def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter,
             it += 1
         counts[min(k0 + 0, last)] = n0
         mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
-        zr_end[min(k0 + 0, last)] = zr0
-        zi_end[min(k0 + 0, last)] = zi0
         counts[min(k0 + 1, last)] = n1
         mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
-        zr_end[min(k0 + 1, last)] = zr1
-        zi_end[min(k0 + 1, last)] = zi1
         counts[min(k0 + 2, last)] = n2
         mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
-        zr_end[min(k0 + 2, last)] = zr2
-        zi_end[min(k0 + 2, last)] = zi2
         counts[min(k0 + 3, last)] = n3
         mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
-        zr_end[min(k0 + 3, last)] = zr3
-        zi_end[min(k0 + 3, last)] = zi3
         counts[min(k0 + 4, last)] = n4
         mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
-        zr_end[min(k0 + 4, last)] = zr4
-        zi_end[min(k0 + 4, last)] = zi4
         counts[min(k0 + 5, last)] = n5
         mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
-        zr_end[min(k0 + 5, last)] = zr5
-        zi_end[min(k0 + 5, last)] = zi5
         counts[min(k0 + 6, last)] = n6
         mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
-        zr_end[min(k0 + 6, last)] = zr6
-        zi_end[min(k0 + 6, last)] = zi6
         counts[min(k0 + 7, last)] = n7
         mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
-        zr_end[min(k0 + 7, last)] = zr7
-        zi_end[min(k0 + 7, last)] = zi7
         counts[min(k0 + 8, last)] = n8
         mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
-        zr_end[min(k0 + 8, last)] = zr8
-        zi_end[min(k0 + 8, last)] = zi8
         counts[min(k0 + 9, last)] = n9
         mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
-        zr_end[min(k0 + 9, last)] = zr9
-        zi_end[min(k0 + 9, last)] = zi9
         counts[min(k0 + 10, last)] = n10
         mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
-        zr_end[min(k0 + 10, last)] = zr10
-        zi_end[min(k0 + 10, last)] = zi10
         counts[min(k0 + 11, last)] = n11
         mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
-        zr_end[min(k0 + 11, last)] = zr11
-        zi_end[min(k0 + 11, last)] = zi11
         counts[min(k0 + 12, last)] = n12
         mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
-        zr_end[min(k0 + 12, last)] = zr12
-        zi_end[min(k0 + 12, last)] = zi12
         counts[min(k0 + 13, last)] = n13
         mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
-        zr_end[min(k0 + 13, last)] = zr13
-        zi_end[min(k0 + 13, last)] = zi13
         counts[min(k0 + 14, last)] = n14
         mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
-        zr_end[min(k0 + 14, last)] = zr14
-        zi_end[min(k0 + 14, last)] = zi14
         counts[min(k0 + 15, last)] = n15
         mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
-        zr_end[min(k0 + 15, last)] = zr15
-        zi_end[min(k0 + 15, last)] = zi15
         counts[min(k0 + 16, last)] = n16
         mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
-        zr_end[min(k0 + 16, last)] = zr16
-        zi_end[min(k0 + 16, last)] = zi16
         counts[min(k0 + 17, last)] = n17
         mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
-        zr_end[min(k0 + 17, last)] = zr17
-        zi_end[min(k0 + 17, last)] = zi17
         counts[min(k0 + 18, last)] = n18
         mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
-        zr_end[min(k0 + 18, last)] = zr18
-        zi_end[min(k0 + 18, last)] = zi18
         counts[min(k0 + 19, last)] = n19
         mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
-        zr_end[min(k0 + 19, last)] = zr19
-        zi_end[min(k0 + 19, last)] = zi19
         counts[min(k0 + 20, last)] = n20
         mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
-        zr_end[min(k0 + 20, last)] = zr20
-        zi_end[min(k0 + 20, last)] = zi20
         counts[min(k0 + 21, last)] = n21
         mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
-        zr_end[min(k0 + 21, last)] = zr21
-        zi_end[min(k0 + 21, last)] = zi21
         counts[min(k0 + 22, last)] = n22
         mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
-        zr_end[min(k0 + 22, last)] = zr22
-        zi_end[min(k0 + 22, last)] = zi22
         counts[min(k0 + 23, last)] = n23
         mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
-        zr_end[min(k0 + 23, last)] = zr23
-        zi_end[min(k0 + 23, last)] = zi23
         counts[min(k0 + 24, last)] = n24
         mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
-        zr_end[min(k0 + 24, last)] = zr24
-        zi_end[min(k0 + 24, last)] = zi24
         counts[min(k0 + 25, last)] = n25
         mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
-        zr_end[min(k0 + 25, last)] = zr25
-        zi_end[min(k0 + 25, last)] = zi25
         counts[min(k0 + 26, last)] = n26
         mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
-        zr_end[min(k0 + 26, last)] = zr26
-        zi_end[min(k0 + 26, last)] = zi26
         counts[min(k0 + 27, last)] = n27
         mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
-        zr_end[min(k0 + 27, last)] = zr27
-        zi_end[min(k0 + 27, last)] = zi27
         counts[min(k0 + 28, last)] = n28
         mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
-        zr_end[min(k0 + 28, last)] = zr28
-        zi_end[min(k0 + 28, last)] = zi28
         counts[min(k0 + 29, last)] = n29
         mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
-        zr_end[min(k0 + 29, last)] = zr29
-        zi_end[min(k0 + 29, last)] = zi29
         counts[min(k0 + 30, last)] = n30
         mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
-        zr_end[min(k0 + 30, last)] = zr30
-        zi_end[min(k0 + 30, last)] = zi30
         counts[min(k0 + 31, last)] = n31
         mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
-        zr_end[min(k0 + 31, last)] = zr31
-        zi_end[min(k0 + 31, last)] = zi31
+        if keep_z:
+            zr_end[min(k0 + 0, last)] = zr0
+            zi_end[min(k0 + 0, last)] = zi0
+            zr_end[min(k0 + 1, last)] = zr1
+            zi_end[min(k0 + 1, last)] = zi1
+            zr_end[min(k0 + 2, last)] = zr2
+            zi_end[min(k0 + 2, last)] = zi2
+            zr_end[min(k0 + 3, last)] = zr3
+            zi_end[min(k0 + 3, last)] = zi3
+            zr_end[min(k0 + 4, last)] = zr4
+            zi_end[min(k0 + 4, last)] = zi4
+            zr_end[min(k0 + 5, last)] = zr5
+            zi_end[min(k0 + 5, last)] = zi5
+            zr_end[min(k0 + 6, last)] = zr6
+            zi_end[min(k0 + 6, last)] = zi6
+            zr_end[min(k0 + 7, last)] = zr7
+            zi_end[min(k0 + 7, last)] = zi7
+            zr_end[min(k0 + 8, last)] = zr8
+            zi_end[min(k0 + 8, last)] = zi8
+            zr_end[min(k0 + 9, last)] = zr9
+            zi_end[min(k0 + 9, last)] = zi9
+            zr_end[min(k0 + 10, last)] = zr10
+            zi_end[min(k0 + 10, last)] = zi10
+            zr_end[min(k0 + 11, last)] = zr11
+            zi_end[min(k0 + 11, last)] = zi11
+            zr_end[min(k0 + 12, last)] = zr12
+            zi_end[min(k0 + 12, last)] = zi12
+            zr_end[min(k0 + 13, last)] = zr13
+            zi_end[min(k0 + 13, last)] = zi13
+            zr_end[min(k0 + 14, last)] = zr14
+            zi_end[min(k0 + 14, last)] = zi14
+            zr_end[min(k0 + 15, last)] = zr15
+            zi_end[min(k0 + 15, last)] = zi15
+            zr_end[min(k0 + 16, last)] = zr16
+            zi_end[min(k0 + 16, last)] = zi16
+            zr_end[min(k0 + 17, last)] = zr17
+            zi_end[min(k0 + 17, last)] = zi17
+            zr_end[min(k0 + 18, last)] = zr18
+            zi_end[min(k0 + 18, last)] = zi18
+            zr_end[min(k0 + 19, last)] = zr19
+            zi_end[min(k0 + 19, last)] = zi19
+            zr_end[min(k0 + 20, last)] = zr20
+            zi_end[min(k0 + 20, last)] = zi20
+            zr_end[min(k0 + 21, last)] = zr21
+            zi_end[min(k0 + 21, last)] = zi21
+            zr_end[min(k0 + 22, last)] = zr22
+            zi_end[min(k0 + 22, last)] = zi22
+            zr_end[min(k0 + 23, last)] = zr23
+            zi_end[min(k0 + 23, last)] = zi23
+            zr_end[min(k0 + 24, last)] = zr24
+            zi_end[min(k0 + 24, last)] = zi24
+            zr_end[min(k0 + 25, last)] = zr25
+            zi_end[min(k0 + 25, last)] = zi25
+            zr_end[min(k0 + 26, last)] = zr26
+            zi_end[min(k0 + 26, last)] = zi26
+            zr_end[min(k0 + 27, last)] = zr27
+            zi_end[min(k0 + 27, last)] = zi27
+            zr_end[min(k0 + 28, last)] = zr28
+            zi_end[min(k0 + 28, last)] = zi28
+            zr_end[min(k0 + 29, last)] = zr29
+            zi_end[min(k0 + 29, last)] = zi29
+            zr_end[min(k0 + 30, last)] = zr30
+            zi_end[min(k0 + 30, last)] = zi30
+            zr_end[min(k0 + 31, last)] = zr31
+            zi_end[min(k0 + 31, last)] = zi31

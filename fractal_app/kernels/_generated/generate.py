@@ -58,15 +58,16 @@ POINTS_PER_TASK = LANES * 4
 # Cached on disk by kernels/cpu.py (block_kernel), under a key that records the vectorizer
 # settings: Numba's own key ignores them, and a copy compiled without SLP would be slow.
 @numba.njit(parallel=True, nogil=True)
-def iterate_grid(re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2, zr_end,
-                 zi_end):
+def iterate_grid(re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2, keep_z,
+                 zr_end, zi_end):
     """Samples at (re_cols[k], im_rows[r]) from the start, up to max_iter iterations:
-    counts, |z|^2 and z (zr_end, zi_end: where a sample still running resumes)."""
+    counts, |z|^2 and, if keep_z, z (zr_end, zi_end: where a sample still running would
+    resume; without keep_z they may have no columns)."""
     # Rows differ in cost: kernels/cpu.py sets numba's parallel chunk size to 1 around
     # the call, so that threads take rows one at a time rather than in equal halves.
     for r in prange(im_rows.shape[0]):
         iterate_row(re_cols, im_rows[r], jr, ji, power, max_iter, escape2, counts[r], mag2[r],
-                    zr_end[r], zi_end[r])
+                    keep_z, zr_end[r], zi_end[r])
 
 
 @numba.njit(parallel=True, nogil=True)
@@ -79,8 +80,8 @@ def resume_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter, 
         lo = task * POINTS_PER_TASK
         hi = min(lo + POINTS_PER_TASK, n)
         iterate_points(re[lo:hi], im[lo:hi], zr_start[lo:hi], zi_start[lo:hi], n_start, jr, ji,
-                       power, max_iter, escape2, counts[lo:hi], mag2[lo:hi], zr_end[lo:hi],
-                       zi_end[lo:hi])
+                       power, max_iter, escape2, counts[lo:hi], mag2[lo:hi], True,
+                       zr_end[lo:hi], zi_end[lo:hi])
 
 
 # Functions of their own, so that Numba's parfor passes see one call, not a thousand
@@ -90,7 +91,8 @@ def resume_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter, 
 ROW_HEADER = '''
 
 @numba.njit(nogil=True)
-def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, zr_end, zi_end):
+def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, keep_z, zr_end,
+                zi_end):
     """One row of samples from the start: Re at re_cols[k], Im at ci."""
     last = re_cols.shape[0] - 1
     for k0 in range(0, last + 1, LANES):
@@ -100,7 +102,7 @@ POINTS_HEADER = '''
 
 @numba.njit(nogil=True)
 def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter, escape2,
-                   counts, mag2, zr_end, zi_end):
+                   counts, mag2, keep_z, zr_end, zi_end):
     """A packed list of samples resumed after n_start iterations."""
     last = re.shape[0] - 1
     for k0 in range(0, last + 1, LANES):
@@ -185,9 +187,11 @@ def _block(fractal: str, precision: str, lanes: int, resume: bool) -> list[str]:
         lines += [
             ind + f"counts[{at}] = n{lane}",
             ind + f"mag2[{at}] = zr{lane} * zr{lane} + zi{lane} * zi{lane}",
-            ind + f"zr_end[{at}] = zr{lane}",
-            ind + f"zi_end[{at}] = zi{lane}",
         ]
+    lines += [ind + "if keep_z:"]
+    for lane in range(lanes):
+        at = sample.format(l=lane)
+        lines += [ind + f"    zr_end[{at}] = zr{lane}", ind + f"    zi_end[{at}] = zi{lane}"]
     return lines
 
 
