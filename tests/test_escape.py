@@ -126,6 +126,17 @@ def test_many_short_passes_give_the_same_counts(fractal, precision, monkeypatch)
     np.testing.assert_array_equal(mag2, expected[1])
 
 
+def test_a_short_julia_render_compiles_both_pass_kernels():
+    """An image's cache warm-up renders tiny scenes with a small max_iter; Julia's second
+    kernel (resuming the samples still running) must be compiled by that too."""
+    scene = parse_scene({"fractal": "julia", "resolution": [6, 4], "max_iter": 16,
+                         "width": 0.01, "output": "counts"})  # all inside: nothing escapes
+    counts = render.render_band(scene, 0, 4)
+    np.testing.assert_array_equal(counts, reference.counts_image(scene))
+    module = cpu.block_module(render._escape_args(scene).kind, np.float64)
+    assert module.resume_points.signatures
+
+
 def test_max_iter_one_and_escape_at_the_start():
     """Edge cases of the count: max_iter 1, and Julia pixels that start outside |z| = 2."""
     scene = make_scene("mandelbrot", resolution=(40, 3), max_iter=1, output="counts")

@@ -65,7 +65,10 @@ PASS_GROWTH = 4
 def _iterate_grid_in_passes(module, kind, re_cols, im_rows, jr, ji, power, max_iter, escape2,
                             counts, mag2):
     dtype = re_cols.dtype
-    cap = min(max_iter, FIRST_PASS_ITERATIONS.get(kind, max_iter))
+    first = FIRST_PASS_ITERATIONS.get(kind)
+    # Even a short render (max_iter >= 2: an image build's cache warm-up) runs both
+    # kernels of a kind with passes, so both get compiled into the cache.
+    cap = max_iter if first is None else max(1, min(first, max_iter // 2))
     keep_z = cap < max_iter
     z_shape = counts.shape if keep_z else (counts.shape[0], 0)
     zr = np.empty(z_shape, dtype=dtype)
@@ -80,7 +83,7 @@ def _iterate_grid_in_passes(module, kind, re_cols, im_rows, jr, ji, power, max_i
     rows, cols = np.divmod(running, re_cols.shape[0])
     re, im = re_cols[cols], im_rows[rows]
     zr, zi = zr.reshape(-1)[running], zi.reshape(-1)[running]
-    while cap < max_iter and running.size:
+    while True:  # at least once, also with nothing left running (see above)
         done, cap = cap, min(max_iter, cap * PASS_GROWTH)
         n = running.size
         pass_counts = np.empty(n, dtype=np.uint32)
@@ -93,6 +96,8 @@ def _iterate_grid_in_passes(module, kind, re_cols, im_rows, jr, ji, power, max_i
         all_mag2[running] = pass_mag2
         still = pass_counts == cap
         running, re, im, zr, zi = (a[still] for a in (running, re, im, zr_end, zi_end))
+        if cap >= max_iter or not running.size:
+            return
 
 
 def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
