@@ -9,8 +9,9 @@ extra_info holds ``render_s``, ``fixed_s`` (listing the folder and reading/check
 compare; both best of 5),
 ``sampling_pct_of_render`` and ``total_pct_of_render``. The summary at the end prints them.
 
-Verification recomputes a fixed number of pixels (1,200) with the scalar pixel kernel, so its
-share falls as the band's pixel count grows: the cases are a quarter of a 1080p frame (the
+Verification recomputes a fixed number of pixels (1,200) with the block kernels (through
+``render.render_pixels``, on one thread at these sizes), so its share falls as the band's
+pixel count grows: the cases are a quarter of a 1080p frame (the
 band a 4-provider render hands out), a whole 4K band, and a thin strip of very expensive
 pixels, the worst case (reported, not a target: see the final note in verify.py's report).
 """

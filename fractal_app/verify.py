@@ -86,6 +86,11 @@ MAX_CHUNK = 4096
 # A render call with less work than this (inner-loop steps, an upper estimate) runs on one
 # thread.
 SERIAL_STEPS = 1 << 23
+# The same for a 2D pixel list: render_pixels runs the block kernels there (about 8x more
+# steps a second than the scalar loop SERIAL_STEPS was set with, 2.8 G steps/s on one core
+# measured for verification's samples), so a call is worth a second thread only when it is
+# this large; smaller ones lost more to waking the threads (10-30 ms a call when loaded).
+SERIAL_STEPS_2D = 1 << 27
 # Differing samples tested for sensitivity per round (stops once the verdict is certain).
 CLASSIFY_BATCH = 64
 # The low-resolution cost estimate: at most this grid of points per band, iterations capped.
@@ -247,7 +252,7 @@ def estimate_costs(scene, meta: BandMeta) -> tuple[np.ndarray, np.ndarray, np.nd
     cheap = scene.model_copy(update={
         "output": "counts", "supersample": 1, "max_iter": min(scene.max_iter, ESTIMATE_MAX_ITER),
     })
-    with _threads_for(grid_rows.size * cheap.max_iter):
+    with _threads_for(grid_rows.size * cheap.max_iter, SERIAL_STEPS_2D):
         counts = render_pixels(cheap, grid_rows.ravel(), grid_cols.ravel())
     return row_edges, col_edges, counts.reshape(n_rows, n_cols).astype(np.float64) + 1.0
 
@@ -350,14 +355,14 @@ def chunk_size(scene) -> int:
 
 
 @contextlib.contextmanager
-def _threads_for(steps: int):
+def _threads_for(steps: int, serial_steps: int = SERIAL_STEPS):
     """One thread for a small call: waking the kernel's thread team costs more than it
     saves there (measured: 30 ms a call on this loaded 2-core machine, 0.4 ms with one
     thread). Numba's thread count is per calling thread, so this touches no one else."""
     import numba
 
     previous = numba.get_num_threads()
-    if steps < SERIAL_STEPS:
+    if steps < serial_steps:
         numba.set_num_threads(1)
     try:
         yield
@@ -370,10 +375,11 @@ def _render_chunked(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.nda
 
     parts = []
     chunk = chunk_size(scene)
+    serial_steps = SERIAL_STEPS if scene.is_3d else SERIAL_STEPS_2D
     for start in range(0, rows.size, chunk):
         _check_cancel(cancel)
         some_rows, some_cols = rows[start:start + chunk], cols[start:start + chunk]
-        with _threads_for(some_rows.size * worst_pixel_cost(scene)):
+        with _threads_for(some_rows.size * worst_pixel_cost(scene), serial_steps):
             parts.append(render_pixels(scene, some_rows, some_cols))
     _check_cancel(cancel)
     return np.concatenate(parts) if parts else render_pixels(scene, rows, cols)
@@ -467,7 +473,7 @@ def check_values(scene, meta: BandMeta, values: np.ndarray, rng: np.random.Gener
     rows = band_rows + meta.row_start
     got = values.reshape(n_pixels, -1)[index].reshape((index.size,) + values.shape[2:])
     if report.full:
-        # The band kernels are the fast ones (render_pixels is a scalar loop); same values.
+        # The band kernels: whole rows, no passes or gathering; the same values.
         expected = _render_rows(scene, meta, cancel).reshape(got.shape)
     else:
         expected = _render_chunked(scene, rows, cols, cancel)

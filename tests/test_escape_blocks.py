@@ -4,9 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import reference
 
+from fractal_app import render
+from fractal_app.kernels import cpu
 from fractal_app.kernels._generated import generate
+from fractal_app.scene import parse_scene
 
 
 @pytest.mark.parametrize("key", list(generate.BLOCK_KERNELS), ids="-".join)
@@ -95,3 +100,104 @@ def test_a_copy_compiled_without_the_vectorizer_is_never_loaded_in_its_place(tmp
     assert run("careless") == (0, 1)  # compiled (SLP off) and saved
     assert run("vectorized") == (0, 1)  # the SLP-off copy is not a hit: compiled again
     assert run("vectorized") == (1, 0)  # and now the vectorised copy is loaded
+
+
+# --- pixel lists (the verification's samples) on the block kernels -------------------------
+
+# Views through each set's boundary, max_iter high enough for several passes of a list.
+POINT_VIEWS = {
+    "mandelbrot": {"center": [-0.745, 0.113], "width": 0.05, "max_iter": 700},
+    "julia": {"center": [0.1, 0.05], "width": 1.8, "max_iter": 600, "c": [-0.8, 0.156]},
+    "burning_ship": {"center": [-1.76, -0.03], "width": 0.12, "max_iter": 500},
+    "multibrot": {"center": [0.2, 0.3], "width": 1.4, "max_iter": 300, "power": 5},
+}
+PRECISIONS = ["float64", "float32"]
+
+
+def _point_scene(fractal, precision, **extra):
+    return parse_scene({"fractal": fractal, "precision": precision, "resolution": [90, 40],
+                        "output": "counts", **POINT_VIEWS[fractal], **extra})
+
+
+def _scattered_pixels(scene, count=101, seed=3):
+    """Pixels in random order (neighbours in a block are not neighbours in the image); 101
+    leaves a partial block of 32 or 64 lanes."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, scene.height_px, count), rng.integers(0, scene.width_px, count)
+
+
+def _kernel_points(scene, rows, cols):
+    args = render._escape_args(scene)
+    re = render._sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
+    im = render._sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
+    counts = np.empty(re.size, np.uint32)
+    mag2 = np.empty(re.size)
+    cpu.iterate_points(args.kind, re, im, args.jr, args.ji, args.power, args.max_iter,
+                       args.escape2, counts, mag2)
+    return counts, mag2
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fractal", list(POINT_VIEWS))
+def test_pixel_lists_run_the_block_kernels_and_equal_the_reference(fractal, precision,
+                                                                   monkeypatch):
+    """render_pixels' kernel: scattered points through the block kernels in passes give the
+    pure-Python reference's counts and |z|^2, never touching the scalar loop."""
+    scene = _point_scene(fractal, precision)
+    rows, cols = _scattered_pixels(scene)
+
+    def no_scalar(*args):
+        raise AssertionError("a pixel list ran the scalar loop")
+
+    monkeypatch.setattr(cpu, "iterate_points_scalar", no_scalar)
+    passes = []
+    real_call = cpu._call_vectorized
+    monkeypatch.setattr(cpu, "_call_vectorized",
+                        lambda kernel, args: passes.append(args[4]) or real_call(kernel, args))
+    counts, mag2 = _kernel_points(scene, rows, cols)
+    expected = [reference.escape(scene, *reference.pixel_coordinate(scene, r, c))
+                for r, c in zip(rows, cols, strict=True)]
+    assert 0 < (counts == scene.max_iter).sum() < counts.size  # inside and outside both
+    assert len(passes) >= 3 and passes[0] == 0  # from the start, then passes of survivors
+    np.testing.assert_array_equal(counts, [n for n, _ in expected])
+    np.testing.assert_array_equal(mag2, [m for _, m in expected])
+    band = render.render_band(scene, 0, scene.height_px)
+    np.testing.assert_array_equal(render.render_pixels(scene, rows, cols), band[rows, cols])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fractal", list(POINT_VIEWS))
+def test_pixel_lists_in_many_tiny_passes_give_the_same_counts(fractal, precision, monkeypatch):
+    scene = _point_scene(fractal, precision, max_iter=150)
+    rows, cols = _scattered_pixels(scene, 300, seed=5)
+    expected = _kernel_points(scene, rows, cols)
+    monkeypatch.setattr(cpu, "POINTS_FIRST_PASS", 1)
+    monkeypatch.setattr(cpu, "PASS_GROWTH", 2)
+    counts, mag2 = _kernel_points(scene, rows, cols)
+    np.testing.assert_array_equal(counts, expected[0])
+    np.testing.assert_array_equal(mag2, expected[1])
+
+
+def _all_signatures():
+    """Every compiled signature of every CPU kernel dispatcher."""
+    dispatchers = [cpu.iterate_grid_scalar, cpu.iterate_points_scalar, cpu.colour_pixels]
+    for kind in range(4):
+        for dtype in (np.float32, np.float64):
+            module = cpu.block_module(kind, dtype)
+            dispatchers += [module.iterate_grid, module.resume_points]
+    return [tuple(d.signatures) for d in dispatchers]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fractal", list(POINT_VIEWS))
+def test_a_tiny_pixel_call_compiles_every_kernel_a_big_one_runs(fractal, precision):
+    """An image's cache warm-up asks for a few pixels; the read-only cache must then hold
+    all that verifying a big band runs (many points, many passes)."""
+    scene = _point_scene(fractal, precision, output="image", max_iter=2000)
+    render.render_pixels(scene, np.array([0]), np.array([0]))
+    args = render._escape_args(scene)
+    assert cpu.block_module(args.kind, args.dtype).resume_points.signatures
+    compiled = _all_signatures()
+    rows, cols = _scattered_pixels(scene, 2000, seed=11)
+    render.render_pixels(scene, rows, cols)
+    assert _all_signatures() == compiled

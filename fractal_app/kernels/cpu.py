@@ -6,10 +6,11 @@ colouring (float64, logarithms, scalar) are each compiled once and shared by the
 and the pixel-list paths, which therefore give bit-identical numbers for the same pixel:
 
 1. ``iterate_grid`` / ``iterate_points``: escape count (uint32) and |z|^2 (float64) per
-   sample, sample coordinates given (already rounded to the scene's precision). Grids
+   sample, sample coordinates given (already rounded to the scene's precision). Both
    run the generated block kernels of ``_generated/`` (32 float64 or 64 float32 pixels
-   iterated together, vectorised by LLVM's SLP pass), bit-identical to the scalar cores;
-   lists of pixels (and any fractal without a block kernel) run the scalar cores.
+   iterated together, vectorised by LLVM's SLP pass), bit-identical to the scalar cores:
+   grids by rows, lists of pixels (verification's samples) packed into blocks, in passes;
+   any fractal without a block kernel runs the scalar cores.
 2. ``colour_pixels``: average the s x s samples of each pixel in linear light, encode
    to sRGB once, quantise to 8 or 16 bits (color.encode: the same codes as
    quantize(linear_to_srgb(x)), by table).
@@ -78,32 +79,66 @@ def _iterate_grid_in_passes(module, kind, re_cols, im_rows, jr, ji, power, max_i
     if not keep_z:
         return
     all_counts = counts.reshape(-1)  # views: the arrays are C-contiguous
-    all_mag2 = mag2.reshape(-1)
     running = np.flatnonzero(all_counts == cap)
     rows, cols = np.divmod(running, re_cols.shape[0])
-    re, im = re_cols[cols], im_rows[rows]
-    zr, zi = zr.reshape(-1)[running], zi.reshape(-1)[running]
-    while True:  # at least once, also with nothing left running (see above)
-        done, cap = cap, min(max_iter, cap * PASS_GROWTH)
+    _resume_in_passes(module, running, re_cols[cols], im_rows[rows], zr.reshape(-1)[running],
+                      zi.reshape(-1)[running], cap, min(max_iter, cap * PASS_GROWTH), jr, ji,
+                      power, max_iter, escape2, all_counts, mag2.reshape(-1))
+
+
+def _resume_in_passes(module, running, re, im, zr, zi, done, cap, jr, ji, power, max_iter,
+                      escape2, all_counts, all_mag2):
+    """Continue the samples ``running`` (indices into all_counts and all_mag2; at (re, im),
+    z = (zr, zi) after ``done`` iterations without escaping) up to ``cap`` iterations, then
+    the samples still running PASS_GROWTH times further, packed into full blocks, and so on
+    up to max_iter. Runs one pass at least, also with nothing running."""
+    while True:
         n = running.size
         pass_counts = np.empty(n, dtype=np.uint32)
         pass_mag2 = np.empty(n)
-        zr_end = np.empty(n, dtype=dtype)
-        zi_end = np.empty(n, dtype=dtype)
-        _call_vectorized(module.resume_points, (re, im, zr, zi, done, jr, ji, power, cap,
-                                                escape2, pass_counts, pass_mag2, zr_end, zi_end))
+        zr_end = np.empty(n, dtype=zr.dtype)
+        zi_end = np.empty(n, dtype=zr.dtype)
+        with _one_thread_if(n <= module.POINTS_PER_TASK):
+            _call_vectorized(module.resume_points, (re, im, zr, zi, done, jr, ji, power, cap,
+                                                    escape2, pass_counts, pass_mag2, zr_end,
+                                                    zi_end))
         all_counts[running] = pass_counts
         all_mag2[running] = pass_mag2
+        if cap >= max_iter:
+            return
         still = pass_counts == cap
         running, re, im, zr, zi = (a[still] for a in (running, re, im, zr_end, zi_end))
-        if cap >= max_iter or not running.size:
+        if not running.size:
             return
+        done, cap = cap, min(max_iter, cap * PASS_GROWTH)
+
+
+# Lists of points (the verification's samples) are scattered, so the counts inside a block
+# of them spread as widely as the whole image's: every list runs in passes, the first
+# stopping each sample at POINTS_FIRST_PASS iterations. Every pass runs one kernel,
+# resume_points (the first resumes from z's start after 0 iterations), so a call with one
+# point compiles all that a call with thousands runs (an image's cache warm-up).
+POINTS_FIRST_PASS = 32
 
 
 def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
-    """Escape counts and |z|^2 of samples at arbitrary points (re[k], im[k]), 1-D arrays."""
+    """Escape counts and |z|^2 of samples at arbitrary points (re[k], im[k]), 1-D arrays:
+    the block kernels in passes, bit-identical to iterate_grid at the same coordinates."""
+    module = block_module(kind, re.dtype)
     with _rows_one_at_a_time():
-        iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2)
+        if module is None:
+            iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2)
+            return
+        # One layout for every call: the kernel's signature, so one compile serves them all.
+        re = np.ascontiguousarray(re)
+        im = np.ascontiguousarray(im)
+        if kind == escape.JULIA:  # z starts at the sample, as in iterate_grid's lanes
+            zr, zi = re, im
+        else:  # z starts at 0: iterate_grid's c - c, which is +0.0 for every finite c
+            zr, zi = np.zeros_like(re), np.zeros_like(im)
+        _resume_in_passes(module, np.arange(re.shape[0]), re, im, zr, zi, 0,
+                          min(POINTS_FIRST_PASS, max_iter), jr, ji, power, max_iter, escape2,
+                          counts, mag2)
 
 
 def block_module(kind, dtype):
@@ -146,6 +181,11 @@ def _call_vectorized(kernel, args):
     signature = tuple(numba.typeof(a) for a in args)
     if signature not in kernel.overloads:
         with _SLP_LOCK:
+            # The compiler rereads Numba's settings from the environment when a NUMBA_*
+            # variable changed since the last read (fractal_app sets NUMBA_THREADING_LAYER
+            # on import; Numba may have been imported first), resetting SLP_VECTORIZE in
+            # the middle of this compile. Reread them now, so the compile keeps ours.
+            numba_config.reload_config()
             previous = numba_config.SLP_VECTORIZE
             numba_config.SLP_VECTORIZE = 1
             try:
@@ -153,6 +193,24 @@ def _call_vectorized(kernel, args):
             finally:
                 numba_config.SLP_VECTORIZE = previous
     kernel(*args)
+
+
+class _one_thread_if:
+    """Numba's thread count 1 for this thread while ``condition`` holds: for a call with
+    one parallel task, which another thread could not share anyway. Waking the thread team
+    for nothing cost milliseconds a call on a loaded machine, and passes make many calls."""
+
+    def __init__(self, condition):
+        self.condition = condition
+
+    def __enter__(self):
+        if self.condition:
+            self.previous = numba.get_num_threads()
+            numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.condition:
+            numba.set_num_threads(self.previous)
 
 
 class _rows_one_at_a_time:
