@@ -120,13 +120,18 @@ def test_float32_scenes_march_in_float32(cpu_core):
     assert k.p.dtype == np.float32 and k.us.dtype == np.float32
     f32 = np.float32
     cpu_core.distance(f32(0.5), f32(0.2), f32(-1.5), k.p, k.ip)
-    signature = cpu_core.distance.nopython_signatures[-1]
-    assert str(signature.return_type) == "UniTuple(float32 x 2)"
     cpu_core.march(f32(0), f32(0), f32(-3), f32(0), f32(0), f32(1), k.p, k.ip)
-    assert (
-        str(cpu_core.march.nopython_signatures[-1].return_type)
-        == "Tuple(float32, int64, bool, float32)"
-    )
+    # Other tests in the same process may have compiled other signatures too, in any order:
+    # look up the one whose arguments are float32.
+    assert _return_type(cpu_core.distance) == "UniTuple(float32 x 2)"
+    assert _return_type(cpu_core.march) == "Tuple(float32, int64, bool, float32)"
+
+
+def _return_type(dispatcher) -> str:
+    for signature in dispatcher.nopython_signatures:
+        if all(str(a) == "float32" for a in signature.args[:-2]):
+            return str(signature.return_type)
+    raise AssertionError(f"no float32 signature among {dispatcher.nopython_signatures}")
 
 
 # ---- images ----
