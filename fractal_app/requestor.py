@@ -563,15 +563,17 @@ class RequestorService:
     def __init__(self, work_dir: Path, stop: asyncio.Event) -> None:
         self.app = Requestor(work_dir)
         self.servicer = RequestorServicer(self.app, stop)
+        # The heavy modules and kernels load in the background from the start, beside the
+        # server's own start-up, so that a CreateTask sent the moment the server is SERVING
+        # waits as little as possible for them. (Tasks need no loading: each is re-opened
+        # from its folder when an rpc first names it.)
+        threading.Thread(target=_preload, name="preload", daemon=True).start()
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)
 
     def serving(self) -> None:
-        """Called once the server answers SERVING: import the heavy modules in the background,
-        so start-up is quick and the first CreateTask does not pay for them. (Tasks need no
-        loading: each is re-opened from its folder when an rpc first names it.)"""
-        threading.Thread(target=_preload, name="preload", daemon=True).start()
+        """Called once the server answers SERVING (the preload started in __init__)."""
 
     def close(self) -> None:
         self.app.close()
