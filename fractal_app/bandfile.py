@@ -22,6 +22,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,25 +88,31 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _to_rgb(values: np.ndarray, meta: BandMeta) -> np.ndarray:
-    """The PNG's (rows, W, 3) samples for the band values, validated against the meta."""
+def _check_values(values: np.ndarray, meta: BandMeta) -> None:
+    """Refuse band values whose shape or dtype does not fit the meta (a bug, not an attack)."""
     if meta.output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {meta.output!r}")
     if meta.output == "counts":
         if values.dtype != np.uint32 or values.ndim != 2:
             raise ValueError(f"counts band must be 2D uint32, got {values.ndim}D {values.dtype}")
-        rgb = np.zeros(values.shape + (3,), dtype=np.uint16)
-        rgb[..., 0] = values >> 16
-        rgb[..., 1] = values & 0xFFFF
-    else:
-        if values.dtype not in (np.uint8, np.uint16) or values.ndim != 3 or values.shape[2] != 3:
-            raise ValueError(
-                "image band must be (rows, W, 3) uint8 or uint16, "
-                f"got {values.shape} {values.dtype}"
-            )
-        rgb = values
-    if rgb.shape[0] != meta.rows or meta.rows < 1 or rgb.shape[1] < 1:
-        raise ValueError(f"band has {rgb.shape[0]} rows, meta says {meta.rows}")
+    elif values.dtype not in (np.uint8, np.uint16) or values.ndim != 3 or values.shape[2] != 3:
+        raise ValueError(
+            f"image band must be (rows, W, 3) uint8 or uint16, got {values.shape} {values.dtype}"
+        )
+    if values.shape[0] != meta.rows or meta.rows < 1 or values.shape[1] < 1:
+        raise ValueError(f"band has {values.shape[0]} rows, meta says {meta.rows}")
+
+
+def _rgb_rows(values: np.ndarray, output: str) -> np.ndarray:
+    """The PNG's (rows, W, 3) samples for some rows of band values.
+
+    Counts travel in a 16-bit RGB PNG: red holds the high 16 bits, green the low 16 bits.
+    """
+    if output != "counts":
+        return values
+    rgb = np.zeros(values.shape + (3,), dtype=np.uint16)
+    rgb[..., 0] = values >> 16
+    rgb[..., 1] = values & 0xFFFF
     return rgb
 
 
@@ -114,13 +121,13 @@ def _to_rgb(values: np.ndarray, meta: BandMeta) -> np.ndarray:
 # KiB); the provider pays the encode on every band, the network barely notices the size.
 COMPRESS_LEVEL = 3
 
+# Rows are filtered and compressed this many raw bytes at a time, so encoding a band needs
+# a few MiB beside the band itself, however large the band (poster bands are hundreds of MiB).
+_ENCODE_BLOCK_BYTES = 4 << 20
 
-def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = COMPRESS_LEVEL) -> bytes:
-    """A PNG of (rows, W, 3) uint8/uint16 samples with one tEXt chunk ``fractal-app``.
 
-    Every scanline uses PNG filter 1 (Sub): cheap to compute with numpy and it compresses
-    smooth colour gradients well.
-    """
+def _filtered(rgb: np.ndarray) -> np.ndarray:
+    """PNG scanlines with filter 1 (Sub): cheap in numpy, and it compresses gradients well."""
     rows, width, _ = rgb.shape
     bits = 8 if rgb.dtype == np.uint8 else 16
     raw = np.ascontiguousarray(rgb, dtype=">u2" if bits == 16 else np.uint8).view(np.uint8)
@@ -130,26 +137,51 @@ def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = COMPRESS_LEVE
     filtered[:, 0] = 1
     filtered[:, 1 : 1 + bpp] = raw[:, :bpp]
     filtered[:, 1 + bpp :] = raw[:, bpp:] - raw[:, :-bpp]  # uint8 arithmetic wraps mod 256
-    compressed = zlib.compress(filtered.tobytes(), compress_level)
+    return filtered
+
+
+def png_pieces(
+    values: np.ndarray, output: str, text: bytes, compress_level: int = COMPRESS_LEVEL
+) -> Iterator[bytes]:
+    """The band PNG as a stream of byte strings, encoded a block of rows at a time."""
+    rows, width = values.shape[:2]
+    bits = 8 if output == "image" and values.dtype == np.uint8 else 16
     header = struct.pack(">IIBBBBB", width, rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
-    parts = [PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"tEXt", TEXT_KEY + b"\0" + text)]
-    for start in range(0, len(compressed), _IDAT_CHUNK_BYTES):
-        parts.append(_chunk(b"IDAT", compressed[start : start + _IDAT_CHUNK_BYTES]))
-    parts.append(_chunk(b"IEND", b""))
-    return b"".join(parts)
+    yield PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"tEXt", TEXT_KEY + b"\0" + text)
+    compressor = zlib.compressobj(compress_level)
+    pending = bytearray()
+    block_rows = max(1, _ENCODE_BLOCK_BYTES // (width * 3 * bits // 8 + 1))
+    for start in range(0, rows, block_rows):
+        block = _rgb_rows(values[start : start + block_rows], output)
+        pending += compressor.compress(_filtered(block))
+        while len(pending) >= _IDAT_CHUNK_BYTES:
+            yield _chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
+            del pending[:_IDAT_CHUNK_BYTES]
+    pending += compressor.flush()
+    for start in range(0, len(pending), _IDAT_CHUNK_BYTES):
+        yield _chunk(b"IDAT", bytes(pending[start : start + _IDAT_CHUNK_BYTES]))
+    yield _chunk(b"IEND", b"")
+
+
+def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = COMPRESS_LEVEL) -> bytes:
+    """A whole PNG of (rows, W, 3) uint8/uint16 samples with one tEXt chunk ``fractal-app``."""
+    return b"".join(png_pieces(rgb, "image", text, compress_level))
 
 
 def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:
     """Write a band's values (render_band's shape and dtype) as the band PNG at ``path``.
 
+    Encoded and written a block of rows at a time (memory stays near the band's own size).
     The file appears atomically (written beside it, then renamed), so a reader never sees a
     half-written band.
     """
     path = Path(path)
-    data = encode_png(_to_rgb(values, meta), meta.to_json().encode("latin-1"))
+    _check_values(values, meta)
+    text = meta.to_json().encode("latin-1")
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "wb") as out:
-        out.write(data)
+        for piece in png_pieces(values, meta.output, text):
+            out.write(piece)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)

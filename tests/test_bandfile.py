@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
+from fractal_app import bandfile
 from fractal_app.bandfile import BandFileError, BandMeta, max_file_bytes, read_band, write_band
 
 META = BandMeta("task-1", "sub-3", 10, 16, "image")
@@ -50,6 +51,24 @@ def test_counts_band_round_trips_full_uint32_range(tmp_path):
     np.testing.assert_array_equal(back, values)
 
 
+@pytest.mark.parametrize(
+    "output,dtype,bits",
+    [("image", np.uint8, 8), ("image", np.uint16, 16), ("counts", np.uint32, 16)],
+)
+def test_bands_encode_a_block_of_rows_at_a_time(tmp_path, monkeypatch, output, dtype, bits):
+    """Poster bands are encoded in row blocks (and IDAT chunks) far smaller than the band."""
+    monkeypatch.setattr(bandfile, "_ENCODE_BLOCK_BYTES", 3 * WIDTH * 2 * 2)  # ~2 rows a block
+    monkeypatch.setattr(bandfile, "_IDAT_CHUNK_BYTES", 64)
+    meta = BandMeta("task-1", "sub-3", 0, 40, output)
+    rng = np.random.default_rng(7)
+    shape = (40, WIDTH) if output == "counts" else (40, WIDTH, 3)
+    values = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    write_band(tmp_path / "b.png", values, meta)
+    np.testing.assert_array_equal(read_band(tmp_path / "b.png", meta, WIDTH, bits), values)
+    with Image.open(tmp_path / "b.png") as image:  # and an ordinary PNG reader agrees
+        assert image.size == (WIDTH, 40)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 9),
@@ -72,7 +91,10 @@ def test_pillow_reads_what_we_write(tmp_path):
         assert image.mode == "RGB" and image.size == (WIDTH, 6)
         np.testing.assert_array_equal(np.asarray(image), values)
         assert json.loads(image.text["fractal-app"]) == {
-            "task_id": "task-1", "subtask_id": "sub-3", "row_start": 10, "row_stop": 16,
+            "task_id": "task-1",
+            "subtask_id": "sub-3",
+            "row_start": 10,
+            "row_stop": 16,
             "output": "image",
         }
 
@@ -119,15 +141,19 @@ def _reject(tmp_path, data: bytes, match: str, meta=META, bits=8):
         read_band(path, meta, WIDTH, bits)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in FILE_CHEATS if n not in
-                                        ("extra_file", "two_bands", "subdirectory")))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in FILE_CHEATS if n not in ("extra_file", "two_bands", "subdirectory"))
+)
 @pytest.mark.parametrize("meta", [META, COUNTS], ids=["image", "counts"])
 def test_file_cheats_are_rejected_by_the_reader(tmp_path, name, meta):
     cheat, words = FILE_CHEATS[name]
     folder = tmp_path / "out"
     folder.mkdir()
-    honest = (np.arange(6 * WIDTH, dtype=np.uint32).reshape(6, WIDTH) * 99991
-              if meta.output == "counts" else _rgb())
+    honest = (
+        np.arange(6 * WIDTH, dtype=np.uint32).reshape(6, WIDTH) * 99991
+        if meta.output == "counts"
+        else _rgb()
+    )
     cheat(folder, meta, WIDTH, 8, honest)
     with pytest.raises(BandFileError, match=words):
         read_band(folder / "band.png", meta, WIDTH, 8)
@@ -187,8 +213,9 @@ def test_an_honest_incompressible_band_fits_the_size_bound(tmp_path):
     np.testing.assert_array_equal(read_band(tmp_path / "n.png", meta, 512, 16), values)
 
 
-@pytest.mark.parametrize("color_type,name", [(0, "greyscale"), (3, "palette"), (4, "alpha"),
-                                             (6, "RGBA")])
+@pytest.mark.parametrize(
+    "color_type,name", [(0, "greyscale"), (3, "palette"), (4, "alpha"), (6, "RGBA")]
+)
 def test_wrong_colour_types(tmp_path, color_type, name):
     _reject(tmp_path, craft_png(WIDTH, 6, color_type=color_type, text=_text()), name)
 
@@ -209,8 +236,7 @@ def test_data_bomb_stops_at_the_band_size(tmp_path):
 
 
 def test_short_and_corrupt_pixel_data(tmp_path):
-    _reject(tmp_path, craft_png(WIDTH, 6, text=_text(), idat=zlib.compress(bytes(10))),
-            "truncated")
+    _reject(tmp_path, craft_png(WIDTH, 6, text=_text(), idat=zlib.compress(bytes(10))), "truncated")
     _reject(tmp_path, craft_png(WIDTH, 6, text=_text(), idat=b"\x78\x9c\xff\xff"), "corrupt")
     stream = zlib.compress(bytes(6 * (1 + WIDTH * 3)))
     _reject(tmp_path, craft_png(WIDTH, 6, text=_text(), idat=stream[:-6]), "truncated")
@@ -219,8 +245,11 @@ def test_short_and_corrupt_pixel_data(tmp_path):
 def test_unknown_filter_type(tmp_path):
     raw = bytearray(6 * (1 + WIDTH * 3))
     raw[(1 + WIDTH * 3) * 2] = 9
-    _reject(tmp_path, craft_png(WIDTH, 6, text=_text(), idat=zlib.compress(bytes(raw))),
-            "row 2 has an unknown filter type 9")
+    _reject(
+        tmp_path,
+        craft_png(WIDTH, 6, text=_text(), idat=zlib.compress(bytes(raw))),
+        "row 2 has an unknown filter type 9",
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,8 +267,13 @@ def test_unknown_filter_type(tmp_path):
     ],
 )
 def test_text_chunk_must_match_exactly(tmp_path, change, match):
-    meta = {"task_id": "task-1", "subtask_id": "sub-3", "row_start": 10, "row_stop": 16,
-            "output": "image"}
+    meta = {
+        "task_id": "task-1",
+        "subtask_id": "sub-3",
+        "row_start": 10,
+        "row_stop": 16,
+        "output": "image",
+    }
     meta.update(change)
     _reject(tmp_path, craft_png(WIDTH, 6, text=json.dumps(meta).encode()), match)
 
@@ -256,8 +290,13 @@ def test_text_chunk_missing_key_bad_json_and_duplicates(tmp_path):
 
 def test_harmless_ancillary_chunks_are_allowed_but_bounded(tmp_path):
     values = _rgb()
-    ok = craft_png(WIDTH, 6, text=_text(), pixels=values,
-                   extra_chunks=[chunk(b"gAMA", b"\0\0\xb1\x8f"), chunk(b"tEXt", b"Author\0me")])
+    ok = craft_png(
+        WIDTH,
+        6,
+        text=_text(),
+        pixels=values,
+        extra_chunks=[chunk(b"gAMA", b"\0\0\xb1\x8f"), chunk(b"tEXt", b"Author\0me")],
+    )
     (tmp_path / "ok.png").write_bytes(ok)
     np.testing.assert_array_equal(read_band(tmp_path / "ok.png", META, WIDTH, 8), values)
     bulky = [chunk(b"zzZz", bytes(30_000)) for _ in range(3)]
@@ -272,8 +311,9 @@ def test_structure_errors(tmp_path):
     plte = chunk(b"PLTE", bytes(3))
     _reject(tmp_path, craft_png(WIDTH, 6, text=_text(), extra_chunks=[plte]), "critical chunk PLTE")
     header_end = 8 + 25
-    _reject(tmp_path, good[:header_end] + chunk(b"IDAT", b"") + good[header_end:],
-            "not consecutive")
+    _reject(
+        tmp_path, good[:header_end] + chunk(b"IDAT", b"") + good[header_end:], "not consecutive"
+    )
 
 
 def test_counts_band_with_blue_channel_is_rejected(tmp_path):
@@ -289,8 +329,7 @@ def test_counts_band_must_be_16_bit(tmp_path):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
-                  max_size=4),
+    cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
     mode=st.sampled_from(["flip", "insert", "delete", "truncate"]),
 )
 def test_mangled_files_never_raise_anything_but_band_file_error(tmp_path_factory, cuts, mode):
@@ -306,7 +345,7 @@ def test_mangled_files_never_raise_anything_but_band_file_error(tmp_path_factory
         elif mode == "insert":
             data[position:position] = bytes([byte])
         elif mode == "delete":
-            del data[position:position + 1 + byte % 8]
+            del data[position : position + 1 + byte % 8]
         else:
             del data[position:]
     (folder / "m.png").write_bytes(bytes(data))
