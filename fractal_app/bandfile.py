@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from fractal_app.pngstream import PNG_SIGNATURE, png_chunk, sub_filter
+
 TEXT_KEY = b"fractal-app"
 OUTPUTS = ("image", "counts")
 
@@ -84,10 +85,6 @@ def _raw_bytes(rows: int, width: int, bits: int) -> int:
 # --------------------------------------------------------------------------- writing
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def _check_values(values: np.ndarray, meta: BandMeta) -> None:
     """Refuse band values whose shape or dtype does not fit the meta (a bug, not an attack)."""
     if meta.output not in OUTPUTS:
@@ -131,13 +128,7 @@ def _filtered(rgb: np.ndarray) -> np.ndarray:
     rows, width, _ = rgb.shape
     bits = 8 if rgb.dtype == np.uint8 else 16
     raw = np.ascontiguousarray(rgb, dtype=">u2" if bits == 16 else np.uint8).view(np.uint8)
-    raw = raw.reshape(rows, width * 3 * bits // 8)
-    bpp = 3 * bits // 8
-    filtered = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = 1
-    filtered[:, 1 : 1 + bpp] = raw[:, :bpp]
-    filtered[:, 1 + bpp :] = raw[:, bpp:] - raw[:, :-bpp]  # uint8 arithmetic wraps mod 256
-    return filtered
+    return sub_filter(raw.reshape(rows, width * 3 * bits // 8), 3 * bits // 8)
 
 
 def png_pieces(
@@ -147,7 +138,7 @@ def png_pieces(
     rows, width = values.shape[:2]
     bits = 8 if output == "image" and values.dtype == np.uint8 else 16
     header = struct.pack(">IIBBBBB", width, rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
-    yield PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"tEXt", TEXT_KEY + b"\0" + text)
+    yield PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"tEXt", TEXT_KEY + b"\0" + text)
     compressor = zlib.compressobj(compress_level)
     pending = bytearray()
     block_rows = max(1, _ENCODE_BLOCK_BYTES // (width * 3 * bits // 8 + 1))
@@ -155,12 +146,12 @@ def png_pieces(
         block = _rgb_rows(values[start : start + block_rows], output)
         pending += compressor.compress(_filtered(block))
         while len(pending) >= _IDAT_CHUNK_BYTES:
-            yield _chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
+            yield png_chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
             del pending[:_IDAT_CHUNK_BYTES]
     pending += compressor.flush()
     for start in range(0, len(pending), _IDAT_CHUNK_BYTES):
-        yield _chunk(b"IDAT", bytes(pending[start : start + _IDAT_CHUNK_BYTES]))
-    yield _chunk(b"IEND", b"")
+        yield png_chunk(b"IDAT", bytes(pending[start : start + _IDAT_CHUNK_BYTES]))
+    yield png_chunk(b"IEND", b"")
 
 
 def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = COMPRESS_LEVEL) -> bytes:

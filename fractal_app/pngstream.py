@@ -41,11 +41,12 @@ def _deflate_segment(data: bytes, level: int) -> bytes:
     return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and the CRC over type and data."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _sub_filter(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
+def sub_filter(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
     """PNG filter type 1 (Sub): each byte minus the byte one pixel to its left, modulo 256.
 
     ``rows`` is (n, row_bytes) uint8; the result has the filter-type byte prepended.
@@ -101,10 +102,10 @@ class PngStreamWriter:
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._file.write(PNG_SIGNATURE)
         ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
-        self._file.write(_chunk(b"IHDR", ihdr))
+        self._file.write(png_chunk(b"IHDR", ihdr))
         for key, value in (text or {}).items():
             self._file.write(
-                _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+                png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
             )
         # zlib header: deflate, 32 KiB window, no preset dictionary.
         self._pending += b"\x78\x9c"
@@ -123,7 +124,7 @@ class PngStreamWriter:
         for start in range(0, values.shape[0], ROWS_PER_STEP):
             block = np.ascontiguousarray(values[start : start + ROWS_PER_STEP], dtype=self._dtype)
             raw = block.view(np.uint8).reshape(block.shape[0], -1)
-            filtered = _sub_filter(raw, self._bytes_per_pixel)
+            filtered = sub_filter(raw, self._bytes_per_pixel)
             self._segment.append(filtered)
             self._segment_bytes += filtered.nbytes
             if self._segment_bytes >= SEGMENT_BYTES:
@@ -147,7 +148,7 @@ class PngStreamWriter:
 
     def _flush(self, at_least: int) -> None:
         if len(self._pending) >= at_least and self._pending:
-            self._file.write(_chunk(b"IDAT", bytes(self._pending)))
+            self._file.write(png_chunk(b"IDAT", bytes(self._pending)))
             self._pending.clear()
 
     def close(self) -> None:
@@ -164,7 +165,7 @@ class PngStreamWriter:
             self._pending += zlib.compressobj(self._level, zlib.DEFLATED, -15).flush()
             self._pending += struct.pack(">I", self._adler)
             self._flush(1)
-            self._file.write(_chunk(b"IEND", b""))
+            self._file.write(png_chunk(b"IEND", b""))
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:
