@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fractal_app.durable import durable_file
 from fractal_app.pngstream import PNG_SIGNATURE, png_chunk, sub_filter
 
 TEXT_KEY = b"fractal-app"
@@ -169,13 +170,9 @@ def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:
     path = Path(path)
     _check_values(values, meta)
     text = meta.to_json().encode("latin-1")
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as out:
+    with durable_file(path) as out:
         for piece in png_pieces(values, meta.output, text):
             out.write(piece)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- reading

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from fractal_app.bands import band_memory_mib, plan_bands
+from fractal_app.durable import durable_file, fsync_dir
 from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from fractal_app.images import image_for_env
 from fractal_app.protocol import golem_task_api_pb2 as pb
@@ -423,35 +424,17 @@ def _has_file(folder: Path) -> bool:
         return False
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as out:
+    with durable_file(path) as out:
         out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _save_values(path: Path, values: np.ndarray) -> None:
     """An accepted band's values, durable before the acceptance is committed."""
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as out:
+    with durable_file(path) as out:
         np.save(out, np.ascontiguousarray(values), allow_pickle=False)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _remove_results(task_outputs: Path) -> None:
@@ -486,7 +469,7 @@ def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
         if entry.name != target.name and (entry.is_file() or entry.is_symlink()):
             entry.unlink()
     os.replace(tmp, target)
-    _fsync_dir(paths.task_outputs)
+    fsync_dir(paths.task_outputs)
 
 
 # ---- the gRPC adapter -----------------------------------------------------------------------
