@@ -22,7 +22,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,7 +86,7 @@ def _raw_bytes(rows: int, width: int, bits: int) -> int:
 # --------------------------------------------------------------------------- writing
 
 
-def _check_values(values: np.ndarray, meta: BandMeta) -> None:
+def _check_block(values: np.ndarray, meta: BandMeta, width: int | None = None) -> None:
     """Refuse band values whose shape or dtype does not fit the meta (a bug, not an attack)."""
     if meta.output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {meta.output!r}")
@@ -97,8 +97,10 @@ def _check_values(values: np.ndarray, meta: BandMeta) -> None:
         raise ValueError(
             f"image band must be (rows, W, 3) uint8 or uint16, got {values.shape} {values.dtype}"
         )
-    if values.shape[0] != meta.rows or meta.rows < 1 or values.shape[1] < 1:
-        raise ValueError(f"band has {values.shape[0]} rows, meta says {meta.rows}")
+    if values.shape[0] < 1 or values.shape[1] < 1:
+        raise ValueError(f"band block has no pixels: shape {values.shape}")
+    if width is not None and values.shape[1] != width:
+        raise ValueError(f"band block is {values.shape[1]} pixels wide, the band {width}")
 
 
 def _rgb_rows(values: np.ndarray, output: str) -> np.ndarray:
@@ -120,7 +122,8 @@ def _rgb_rows(values: np.ndarray, output: str) -> np.ndarray:
 COMPRESS_LEVEL = 3
 
 # Rows are filtered and compressed this many raw bytes at a time, so encoding a band needs
-# a few MiB beside the band itself, however large the band (poster bands are hundreds of MiB).
+# a few MiB beside the rows being encoded, however large the band (poster bands are hundreds
+# of MiB).
 _ENCODE_BLOCK_BYTES = 4 << 20
 
 
@@ -133,45 +136,69 @@ def _filtered(rgb: np.ndarray) -> np.ndarray:
 
 
 def png_pieces(
-    values: np.ndarray, output: str, text: bytes, compress_level: int = COMPRESS_LEVEL
+    blocks: Iterable[np.ndarray],
+    meta: BandMeta,
+    text: bytes,
+    compress_level: int = COMPRESS_LEVEL,
 ) -> Iterator[bytes]:
-    """The band PNG as a stream of byte strings, encoded a block of rows at a time."""
-    rows, width = values.shape[:2]
-    bits = 8 if output == "image" and values.dtype == np.uint8 else 16
-    header = struct.pack(">IIBBBBB", width, rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
+    """The band PNG of ``meta.rows`` rows as a stream of byte strings.
+
+    ``blocks`` gives the band's values a block of rows at a time, top to bottom (any block
+    sizes); each is filtered and compressed as it comes, so neither the band nor its file is
+    ever held whole. Raises ValueError if the blocks do not add up to the band.
+    """
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        raise ValueError("a band needs at least one block of rows")
+    _check_block(first, meta)
+    width = first.shape[1]
+    bits = 8 if meta.output == "image" and first.dtype == np.uint8 else 16
+    header = struct.pack(">IIBBBBB", width, meta.rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
     yield PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"tEXt", TEXT_KEY + b"\0" + text)
     compressor = zlib.compressobj(compress_level)
     pending = bytearray()
-    block_rows = max(1, _ENCODE_BLOCK_BYTES // (width * 3 * bits // 8 + 1))
-    for start in range(0, rows, block_rows):
-        block = _rgb_rows(values[start : start + block_rows], output)
-        pending += compressor.compress(_filtered(block))
-        while len(pending) >= _IDAT_CHUNK_BYTES:
-            yield png_chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
-            del pending[:_IDAT_CHUNK_BYTES]
+    rows_per_piece = max(1, _ENCODE_BLOCK_BYTES // (width * 3 * bits // 8 + 1))
+    rows_seen = 0
+    block = first
+    while block is not None:
+        _check_block(block, meta, width)
+        if block.dtype != first.dtype:
+            raise ValueError(f"band block is {block.dtype}, the band {first.dtype}")
+        rows_seen += block.shape[0]
+        if rows_seen > meta.rows:
+            raise ValueError(f"band blocks hold more than the band's {meta.rows} rows")
+        for start in range(0, block.shape[0], rows_per_piece):
+            piece = _rgb_rows(block[start : start + rows_per_piece], meta.output)
+            pending += compressor.compress(_filtered(piece))
+            while len(pending) >= _IDAT_CHUNK_BYTES:
+                yield png_chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
+                del pending[:_IDAT_CHUNK_BYTES]
+        del block, piece  # the next block is rendered while nothing else holds this one
+        block = next(blocks, None)
+    if rows_seen != meta.rows:
+        raise ValueError(f"band blocks hold {rows_seen} rows, the band {meta.rows}")
     pending += compressor.flush()
     for start in range(0, len(pending), _IDAT_CHUNK_BYTES):
         yield png_chunk(b"IDAT", bytes(pending[start : start + _IDAT_CHUNK_BYTES]))
     yield png_chunk(b"IEND", b"")
 
 
-def encode_png(rgb: np.ndarray, text: bytes, compress_level: int = COMPRESS_LEVEL) -> bytes:
-    """A whole PNG of (rows, W, 3) uint8/uint16 samples with one tEXt chunk ``fractal-app``."""
-    return b"".join(png_pieces(rgb, "image", text, compress_level))
-
-
 def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:
-    """Write a band's values (render_band's shape and dtype) as the band PNG at ``path``.
+    """Write a band's values (render_band's shape and dtype) as the band PNG at ``path``."""
+    write_band_blocks(path, [values], meta)
 
-    Encoded and written a block of rows at a time (memory stays near the band's own size).
-    The file appears atomically (written beside it, then renamed), so a reader never sees a
-    half-written band.
+
+def write_band_blocks(path: Path, blocks: Iterable[np.ndarray], meta: BandMeta) -> None:
+    """Write the band PNG at ``path`` from its values given a block of rows at a time.
+
+    With a generator that renders each block on demand, a band of any size costs a provider
+    only a block's memory. The file appears atomically (written beside it, then renamed), so
+    a reader never sees a half-written band, and a failed write leaves nothing behind.
     """
-    path = Path(path)
-    _check_values(values, meta)
     text = meta.to_json().encode("latin-1")
-    with durable_file(path) as out:
-        for piece in png_pieces(values, meta.output, text):
+    with durable_file(Path(path)) as out:
+        for piece in png_pieces(blocks, meta, text):
             out.write(piece)
 
 

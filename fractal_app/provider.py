@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -22,6 +24,9 @@ from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.server import rpc_errors
 
+if TYPE_CHECKING:
+    import numpy as np
+
 logger = logging.getLogger(__name__)
 
 SCENE_RESOURCE = "scene.json"
@@ -29,7 +34,8 @@ SUBTASK_INPUTS = "subtask_inputs"
 BAND_FILE_NAME = "band.png"
 # Overrides the backend the scene's env implies (e.g. "cpu" on a GPU machine, for tests).
 BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
-# Samples rendered per render_band call (see render_in_blocks).
+# Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few
+# milliseconds of kernel work at the least, and a few MiB of scratch.
 RENDER_BLOCK_SAMPLES = 1 << 20
 _PARAM_KEYS = {"subtask_id", "band_index", "row_start", "row_stop"}
 
@@ -116,7 +122,7 @@ class Provider:
             ) from None
 
         from fractal_app import render
-        from fractal_app.bandfile import BandMeta, write_band
+        from fractal_app.bandfile import BandMeta, write_band_blocks
         from fractal_app.scene import parse_scene
 
         scene = parse_scene(scene_json)
@@ -132,8 +138,8 @@ class Provider:
         out_path = out_dir / BAND_FILE_NAME
 
         def render_and_write() -> None:
-            values = render_in_blocks(scene, params.row_start, params.row_stop, backend)
-            write_band(out_path, values, meta)
+            blocks = band_blocks(scene, params.row_start, params.row_stop, backend)
+            write_band_blocks(out_path, blocks, meta)
 
         logger.info(
             "rendering rows %d..%d of task %s on %s",
@@ -156,30 +162,19 @@ class Provider:
             self.stop.set()
 
 
-def render_in_blocks(scene, row_start: int, row_stop: int, backend: str):
-    """``render.render_band`` of rows [row_start, row_stop), a block of rows at a time.
+def band_blocks(scene, row_start: int, row_stop: int, backend: str) -> Iterator[np.ndarray]:
+    """``render.render_band`` of rows [row_start, row_stop), rendered a block of rows at a
+    time, on demand.
 
-    The same values; but the renderer's per-call scratch (12 bytes a sample, up to 48 MiB)
-    is sized by the block instead of the band, which keeps a poster band's peak memory
-    near the band's own size.
+    Concatenated, the blocks are exactly the band's values. The band file is encoded from
+    them as they come, so a provider holds one block (a few MiB) and never the whole band: a
+    poster band of hundreds of MiB costs no more memory than a small one.
     """
-    import numpy as np
-
     from fractal_app import render
 
     block = max(1, RENDER_BLOCK_SAMPLES // (scene.width_px * scene.supersample**2))
-    if row_stop - row_start <= block:
-        return render.render_band(scene, row_start, row_stop, backend)
-    first = render.render_band(scene, row_start, min(row_stop, row_start + block), backend)
-    values = np.empty((row_stop - row_start, *first.shape[1:]), first.dtype)
-    values[: first.shape[0]] = first
-    del first
-    for start in range(row_start + block, row_stop, block):
-        stop = min(row_stop, start + block)
-        values[start - row_start : stop - row_start] = render.render_band(
-            scene, start, stop, backend
-        )
-    return values
+    for start in range(row_start, row_stop, block):
+        yield render.render_band(scene, start, min(row_stop, start + block), backend)
 
 
 class ProviderServicer(pb_grpc.ProviderAppServicer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -15,7 +16,14 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from fractal_app import bandfile
-from fractal_app.bandfile import BandFileError, BandMeta, max_file_bytes, read_band, write_band
+from fractal_app.bandfile import (
+    BandFileError,
+    BandMeta,
+    max_file_bytes,
+    read_band,
+    write_band,
+    write_band_blocks,
+)
 
 META = BandMeta("task-1", "sub-3", 10, 16, "image")
 COUNTS = BandMeta("task-1", "sub-3", 10, 16, "counts")
@@ -131,6 +139,56 @@ def test_write_band_refuses_values_that_do_not_fit_the_meta(tmp_path):
         write_band(tmp_path / "b.png", _rgb(), COUNTS)
     with pytest.raises(ValueError, match="uint8 or uint16"):
         write_band(tmp_path / "b.png", _rgb().astype(np.float32), META)
+
+
+@pytest.mark.parametrize("sizes", [[6], [1, 5], [2, 2, 2], [1, 1, 1, 1, 1, 1]])
+@pytest.mark.parametrize("meta", [META, COUNTS])
+def test_a_band_written_in_blocks_is_the_same_file(tmp_path, sizes, meta):
+    """The provider streams its band block by block; the file must not depend on the cut."""
+    values = _rgb() if meta.output == "image" else _rgb()[..., 0].astype(np.uint32) << 12
+    write_band(tmp_path / "whole.png", values, meta)
+    cuts = np.cumsum([0, *sizes])
+    blocks = (values[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True))
+    write_band_blocks(tmp_path / "blocks.png", blocks, meta)
+    assert (tmp_path / "blocks.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "blocks,match",
+    [
+        ([], "at least one block"),
+        ([_rgb(rows=2), _rgb(rows=2)], "hold 4 rows, the band 6"),
+        ([_rgb(rows=4), _rgb(rows=4)], "more than the band's 6 rows"),
+        ([_rgb(rows=3), _rgb(rows=3, width=WIDTH + 1)], "wide"),
+        ([_rgb(rows=3), _rgb(rows=3, dtype=np.uint16)], "uint16"),
+    ],
+)
+def test_blocks_that_do_not_add_up_to_the_band_leave_no_file(tmp_path, blocks, match):
+    with pytest.raises(ValueError, match=match):
+        write_band_blocks(tmp_path / "b.png", blocks, META)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_streamed_band_holds_one_block_in_memory_not_the_band(tmp_path):
+    """Encoding a band from a generator of blocks allocates about a block, however tall the
+    band: 64 blocks of 16 rows (24 MiB of band) must not cost more than a few blocks."""
+    width, block_rows, blocks = 8192, 16, 64
+    block_bytes = block_rows * width * 3
+    meta = BandMeta("t", "s", 0, block_rows * blocks, "image")
+
+    def generate():
+        for k in range(blocks):
+            yield np.full((block_rows, width, 3), k, dtype=np.uint8)
+
+    tracemalloc.start()
+    try:
+        write_band_blocks(tmp_path / "b.png", generate(), meta)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * block_bytes, f"peak {peak} bytes for {block_bytes}-byte blocks"
+    back = read_band(tmp_path / "b.png", meta, width, 8)
+    assert back[::block_rows, 0, 0].tolist() == list(range(blocks))
 
 
 # --------------------------------------------------------------------------- hostile files

@@ -168,7 +168,10 @@ def test_provider_renders_a_band_in_blocks_with_the_same_values(scene, monkeypat
 
     parsed = parse_scene(scene)
     monkeypatch.setattr(provider, "RENDER_BLOCK_SAMPLES", 7 * parsed.width_px)
-    blocks = provider.render_in_blocks(parsed, 3, 29, "cpu")
+    blocks = list(provider.band_blocks(parsed, 3, 29, "cpu"))
+    block_rows = max(1, 7 // parsed.supersample**2)  # 7 pixels' worth of samples a row
+    assert [len(block) for block in blocks[:-1]] == [block_rows] * (len(blocks) - 1)
+    assert 1 <= len(blocks[-1]) <= block_rows
     whole = render.render_band(parsed, 3, 29)
-    assert blocks.dtype == whole.dtype
-    np.testing.assert_array_equal(blocks, whole)
+    assert {block.dtype for block in blocks} == {whole.dtype}
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
