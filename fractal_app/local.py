@@ -39,9 +39,12 @@ START_TIMEOUT_S = 60.0
 POLL_S = 0.01
 # A band is given up after this many failed attempts (rejected result or provider error).
 MAX_ATTEMPTS_PER_BAND = 3
-# Default band size: at most about this many pixels (48 MiB of 8-bit RGB), so that a
-# provider's memory stays bounded.
-PIXELS_PER_BAND = 1 << 24
+# Default band size: at most about this many pixels (192 MiB of 8-bit RGB). A provider
+# streams its band (one block of rows in memory), so the size costs it nothing; the bound is
+# for the requestor, which decodes a band whole to verify it, and for the work redone when a
+# band fails. Poster bands this big also outweigh a provider's fixed ~170 MiB of Python,
+# NumPy and Numba, and pay its start-up (half a CPU-second) fewer times.
+PIXELS_PER_BAND = 1 << 26
 # The requestor cuts bands of equal estimated cost (bandplan.py), so two per provider keep
 # every provider busy to the end; each more costs a provider start (about half a CPU-second
 # of imports and kernel loading), which is most of the lifecycle's overhead on one machine.

@@ -130,13 +130,15 @@ def test_app_definition_prints_json():
     assert definition["market_strategy"] == "brass"
 
 
-def test_default_subtasks_keep_bands_small_and_providers_busy():
+def test_default_subtasks_keep_bands_bounded_and_providers_busy():
     # Two bands a provider (the bands have equal estimated cost), never an empty band, and
-    # at most about 2^24 pixels a band.
+    # at most about 2^26 pixels a band.
     assert default_subtasks(64, 48, 2) == 4
     assert default_subtasks(64, 3, 2) == 3
     assert default_subtasks(7680, 4320, 2) == 4
-    assert default_subtasks(32768, 32768, 2) == 64
+    assert default_subtasks(16384, 16384, 2) == 4
+    assert default_subtasks(32768, 32768, 2) == 16
+    assert default_subtasks(32768, 32768, 16) == 32
 
 
 def test_counts_output_gets_a_tiff_suffix(tmp_path):
