@@ -19,7 +19,7 @@ One round is:
 
 CPU seconds (all processes) of each step are reported too: on a shared machine the ratio of
 CPU time is steadier than the ratio of wall time. The kept work directories give a per-band
-timeline (start, SERVING, rendered, returned, accepted; see :func:`timeline`).
+timeline (SERVING, assigned, rendered, returned, accepted; see :func:`timeline`).
 
 The image ``fractal-app render`` wrote must equal the bare render (checked). Run::
 
@@ -114,28 +114,35 @@ def children_cpu_s() -> float:
 def timeline(keep: Path) -> dict:
     """Per-band phases of the lifecycle, from the kept work directories' modification times.
 
-    start: the node made the provider's work dir; serving: the provider wrote its port file;
-    rendered: band.png written (render + encode done); returned: the result copied to the
-    requestor (Compute answered, provider exited); accepted: the requestor saved the band.
-    Sums over bands, in seconds, and the idle tail (last band accepted -> result written).
+    serving: the provider wrote its port file (the node launches providers ahead of their
+    bands); assigned: the band's inputs were copied to it; rendered: band.png written
+    (render + encode done); returned: the result copied to the requestor (Compute answered,
+    provider exited); accepted: the requestor saved the band. Sums over bands, in seconds:
+    ``waited_for_provider`` is how long bands waited for their provider to serve (start-up
+    the launch-ahead did not hide), and the idle tail (last band accepted -> result written).
     """
     providers = keep / "providers"
     (task,) = (keep / "requestor").glob("*/subtask_outputs")
-    sums = dict.fromkeys(("start_to_serving", "serving_to_rendered", "rendered_to_returned",
+    sums = dict.fromkeys(("assigned_to_rendered", "rendered_to_returned",
                           "returned_to_accepted"), 0.0)
+    sums["waited_for_provider"] = 0.0
     accepted_times = sorted(p.stat().st_mtime for p in task.parent.glob("app_state/bands/*"))
     band_of = _accepted_bands(task.parent / "app_state" / "state.sqlite3")
     first = None
     for work in sorted(p for p in providers.iterdir() if p.is_dir()):
         band = next(work.glob("*/band.png"), None)
-        returned = task / work.name / "band.png"
         port = providers / f"{work.name}.port"
-        if band is None or not returned.exists() or not port.exists():
+        if band is None or not port.exists():
             continue
-        t = [(work / "subtask_inputs").stat().st_mtime, port.stat().st_mtime,
-             band.stat().st_mtime, returned.stat().st_mtime]
-        if work.name in band_of:
-            t.append((task.parent / "app_state" / "bands" / f"{band_of[work.name]}.npy")
+        subtask_id = band.parent.name
+        returned = task / subtask_id / "band.png"
+        if not returned.exists():
+            continue
+        assigned = (work / "subtask_inputs").stat().st_mtime
+        sums["waited_for_provider"] += max(0.0, port.stat().st_mtime - assigned)
+        t = [assigned, band.stat().st_mtime, returned.stat().st_mtime]
+        if subtask_id in band_of:
+            t.append((task.parent / "app_state" / "bands" / f"{band_of[subtask_id]}.npy")
                      .stat().st_mtime)
         first = t[0] if first is None else min(first, t[0])
         for name, a, b in zip(sums, t, t[1:], strict=False):
@@ -144,7 +151,7 @@ def timeline(keep: Path) -> dict:
     if results and accepted_times:
         sums["last_accept_to_result"] = results[0].stat().st_mtime - accepted_times[-1]
     if first is not None and accepted_times:
-        sums["first_start_to_last_accept"] = accepted_times[-1] - first
+        sums["first_assigned_to_last_accept"] = accepted_times[-1] - first
     return {k: round(v, 3) for k, v in sums.items()}
 
 

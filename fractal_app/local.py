@@ -150,6 +150,49 @@ class _Process:
                 await asyncio.wait_for(self.process.wait(), 10)
 
 
+class ProviderLauncher:
+    """Starts provider processes, each in a fresh work directory, and reaps them all at the end.
+
+    A launch returns at once: the process starts (to SERVING, then loading NumPy, Numba and
+    the kernels in the background) while the caller does other work, such as starting the
+    requestor or waiting for a band to hand out. A node may do this: a provider process needs
+    nothing of its subtask until ``Compute``.
+    """
+
+    def __init__(self, root: Path, backend: str | None, log_level: str) -> None:
+        self.folder = root / "providers"
+        self.extra_args = ["--backend", backend] if backend else []
+        self.log_level = log_level
+        self.children: set[_Process] = set()
+        self.starts: dict[_Process, asyncio.Task] = {}
+
+    def launch(self) -> _Process:
+        name = f"provider-{uuid.uuid4().hex}"
+        work = self.folder / name
+        work.mkdir(parents=True)
+        provider = _Process("provider", work, self.folder / f"{name}.log")
+        self.children.add(provider)
+        self.starts[provider] = asyncio.create_task(provider.start(self.extra_args, self.log_level))
+        return provider
+
+    async def started(self, provider: _Process) -> None:
+        """Wait until ``provider`` serves; LocalRenderError if it failed to start."""
+        await self.starts.pop(provider)
+
+    async def retire(self, provider: _Process) -> None:
+        """Make sure ``provider`` is gone (it answers one request and exits by itself)."""
+        start = self.starts.pop(provider, None)
+        if start is not None:
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+        await provider.kill_and_reap()
+        self.children.discard(provider)
+
+    async def retire_all(self) -> None:
+        for provider in list(self.children):
+            await self.retire(provider)
+
+
 class LocalNode:
     """The node's side of one task: hands bands to providers until every band is accepted."""
 
@@ -159,20 +202,18 @@ class LocalNode:
         requestor: pb_grpc.RequestorAppStub,
         task_id: str,
         total_bands: int,
-        providers: int,
-        backend: str | None,
+        launcher: ProviderLauncher,
+        first_providers: list[_Process],
         progress,
-        log_level: str,
     ) -> None:
         self.root = root
         self.requestor = requestor
         self.task_id = task_id
         self.task_dir = root / "requestor" / task_id
         self.total = total_bands
-        self.providers = providers
-        self.backend = backend
+        self.launcher = launcher
+        self.first_providers = first_providers
         self.progress = progress
-        self.log_level = log_level
         self.accepted = 0
         self.rejected = 0
         self.provider_errors = 0
@@ -180,13 +221,12 @@ class LocalNode:
         self.changed = asyncio.Condition()
         # Counts finished subtasks, so a worker that found nothing to do knows when to look again.
         self.generation = 0
-        self.children: set[_Process] = set()
         # Copy-and-verify of finished subtasks, running while the workers go on.
         self.deliveries: set[asyncio.Task] = set()
         self.failure: Exception | None = None
 
     async def run(self) -> None:
-        workers = [asyncio.create_task(self._worker()) for _ in range(self.providers)]
+        workers = [asyncio.create_task(self._worker(first)) for first in self.first_providers]
         try:
             await asyncio.gather(*workers)
             await asyncio.gather(*list(self.deliveries))
@@ -195,8 +235,7 @@ class LocalNode:
             for task in (*workers, *self.deliveries):
                 task.cancel()
             await asyncio.gather(*workers, *self.deliveries, return_exceptions=True)
-            for child in list(self.children):
-                await child.kill_and_reap()
+            await self.launcher.retire_all()
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
@@ -208,10 +247,19 @@ class LocalNode:
             self.generation += 1
             self.changed.notify_all()
 
-    async def _worker(self) -> None:
+    async def _worker(self, provider: _Process | None) -> None:
+        """One provider slot. The next provider process is launched as soon as the last one
+        has answered, so its start-up overlaps the wait for a band instead of following it."""
         while self.accepted < self.total:
             self._raise_failure()
             generation = self.generation
+            if provider is None:
+                # Only for a band that is there to take: an idle provider loading Numba at
+                # the end of a render would slow down the last bands still rendering.
+                if not await self._has_pending():
+                    await self._wait_for_change(generation)
+                    continue
+                provider = self.launcher.launch()
             subtask_id = uuid.uuid4().hex
             reply = await self.requestor.NextSubtask(
                 pb.NextSubtaskRequest(
@@ -222,16 +270,11 @@ class LocalNode:
                 # Nothing to hand out now: the rest is with other providers or being
                 # verified. Wait until one of them finishes (a rejected band comes back as
                 # pending).
-                async with self.changed:
-                    await self.changed.wait_for(
-                        lambda seen=generation: self.generation != seen
-                        or self.accepted >= self.total
-                        or self.failure is not None
-                    )
+                await self._wait_for_change(generation)
                 continue
             band = int(json.loads(reply.subtask.subtask_params_json)["band_index"])
             try:
-                result = await self._compute(subtask_id, reply.subtask)
+                result = await self._compute(provider, subtask_id, reply.subtask)
             except LocalRenderError as error:
                 self.provider_errors += 1
                 await self.requestor.AbortSubtask(
@@ -240,12 +283,29 @@ class LocalNode:
                 await self._bump()
                 self._count_attempt(band, f"the provider failed: {error}")
                 continue
+            finally:
+                provider = None  # one request a process: the next band gets a new one
             # The result goes back and is verified while this worker already starts the next
             # provider: verification (decode + recompute) is requestor work, and waiting for
             # it would leave this provider slot idle.
             delivery = asyncio.create_task(self._deliver(subtask_id, band, result))
             self.deliveries.add(delivery)
             delivery.add_done_callback(self.deliveries.discard)
+
+    async def _has_pending(self) -> bool:
+        reply = await self.requestor.HasPendingSubtasks(
+            pb.HasPendingSubtasksRequest(task_id=self.task_id)
+        )
+        return reply.has_pending_subtasks
+
+    async def _wait_for_change(self, generation: int) -> None:
+        """Until a subtask finishes (accepted, rejected or failed) after ``generation``."""
+        async with self.changed:
+            await self.changed.wait_for(
+                lambda: self.generation != generation
+                or self.accepted >= self.total
+                or self.failure is not None
+            )
 
     async def _deliver(self, subtask_id: str, band: int, result: Path) -> None:
         """Copy a result to the requestor (as a node does) and have it verified."""
@@ -276,19 +336,18 @@ class LocalNode:
                 f"band {band} failed {self.attempts[band]} times; giving up. Last time {why}"
             )
 
-    async def _compute(self, subtask_id: str, subtask: pb.SubtaskReply) -> Path:
+    async def _compute(
+        self, provider: _Process, subtask_id: str, subtask: pb.SubtaskReply
+    ) -> Path:
         """A fresh provider process renders the subtask; the path of its result file."""
-        work = self.root / "providers" / subtask_id
+        work = provider.work_dir
         inputs = work / "subtask_inputs"
-        inputs.mkdir(parents=True)
+        inputs.mkdir()
         for name in subtask.resources:
             check_name("resource name", name)
             shutil.copyfile(self.task_dir / "subtask_inputs" / name, inputs / name)
-        provider = _Process("provider", work, self.root / "providers" / f"{subtask_id}.log")
-        self.children.add(provider)
         try:
-            extra = ["--backend", self.backend] if self.backend else []
-            await provider.start(extra, self.log_level)
+            await self.launcher.started(provider)
             async with grpc.aio.insecure_channel(provider.address) as channel:
                 try:
                     reply = await pb_grpc.ProviderAppStub(channel).Compute(
@@ -306,8 +365,7 @@ class LocalNode:
             if code != 0:
                 raise LocalRenderError(f"the provider exited with {code}:\n{provider.log_tail()}")
         finally:
-            provider.kill()
-            self.children.discard(provider)
+            await self.launcher.retire(provider)
         try:
             result = check_relative_path("output_filepath", reply.output_filepath, work)
         except AppError as error:
@@ -370,8 +428,12 @@ async def render_locally(
                 raise LocalRenderError(f"{root} is not empty; give --keep an empty or new folder")
         (root / "requestor").mkdir()
         (root / "providers").mkdir()
+        launcher = ProviderLauncher(root, backend, log_level)
         requestor = _Process("requestor", root / "requestor", root / "requestor.log")
         try:
+            # The first providers start with the requestor: their start-up and Numba
+            # loading overlap the requestor's and the task's creation.
+            first_providers = [launcher.launch() for _ in range(min(providers, total))]
             await requestor.start([], log_level)
             async with grpc.aio.insecure_channel(requestor.address) as channel:
                 stub = pb_grpc.RequestorAppStub(channel)
@@ -394,7 +456,7 @@ async def render_locally(
                     disable=not (show_progress and sys.stderr.isatty()),
                 )
                 with bar:
-                    node = LocalNode(root, stub, task_id, total, providers, backend, bar, log_level)
+                    node = LocalNode(root, stub, task_id, total, launcher, first_providers, bar)
                     try:
                         await node.run()
                     except grpc.aio.AioRpcError as error:
@@ -414,6 +476,7 @@ async def render_locally(
                 await stub.Shutdown(pb.ShutdownRequest())
             await requestor.wait(timeout=30)
         finally:
+            await launcher.retire_all()
             await requestor.kill_and_reap()
     return LocalRenderReport(
         output, total, time.monotonic() - started, node.rejected, node.provider_errors

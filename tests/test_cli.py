@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,9 +49,12 @@ def test_render_writes_the_image_through_the_whole_lifecycle(tmp_path):
     assert "3 bands" in done.stderr
     expected = render.render_band(parse_scene(SCENE), 0, 30)
     np.testing.assert_array_equal(read_result(out, SCENE), expected)
-    # Separate processes with their own work dirs: one requestor folder, one per subtask.
+    # Separate processes with their own work dirs: one requestor folder, one provider per
+    # subtask (a provider launched for a band another one took has no band).
     providers = [p for p in (keep / "providers").iterdir() if p.is_dir()]
-    assert len(providers) == 3
+    rendered = [p for p in providers if len(list(p.glob("*/band.png"))) == 1]
+    assert len(rendered) == 3
+    assert _processes_using(keep) == []
     task = next((keep / "requestor").iterdir())
     assert len(list((task / "subtask_outputs").iterdir())) == 3
 
@@ -96,6 +100,37 @@ def test_render_gives_up_on_a_band_that_keeps_failing(tmp_path):
     assert "band 0 failed 3 times" in done.stderr
     assert "abacus" in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def _processes_using(folder) -> list[str]:
+    """Command lines of the running processes that name ``folder`` (their work dirs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if entry.name.isdigit() and str(folder) in command:
+            found.append(command)
+    return found
+
+
+def test_render_leaves_no_process_behind_when_it_fails(tmp_path):
+    """Providers launched ahead of their bands, and the requestor, are reaped on failure."""
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps(SCENE))
+    keep = tmp_path / "keep"
+    done = fractal_app(
+        "render", str(scene_file), "-o", str(tmp_path / "x.png"), "--providers", "3",
+        "--subtasks", "2", "--quiet", "--keep", str(keep),
+        env={"FRACTAL_APP_BACKEND": "abacus"},
+    )
+    assert done.returncode != 0
+    assert "failed 3 times" in done.stderr
+    assert _processes_using(keep) == []
+    # Two bands, three slots: only two providers were launched ahead, then one a retry.
+    launched = [p for p in (keep / "providers").iterdir() if p.is_dir()]
+    assert 3 <= len(launched) <= 6
 
 
 def test_render_rejects_a_bad_scene_naming_the_field(tmp_path):
