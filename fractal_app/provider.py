@@ -8,6 +8,7 @@ the kernels load when the one request arrives.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -213,22 +214,36 @@ class ProviderService:
     def serving(self) -> None:
         """Called once the server answers SERVING: load the heavy modules in the background.
 
-        Every request needs NumPy, Numba and the renderer (about a second of imports), and a
-        node usually sends the request a little after the health check succeeds; importing
-        them now overlaps that gap instead of adding to the request's time.
+        Every request needs NumPy, Numba and the renderer (about half a CPU-second of imports
+        and Numba set-up), and a node usually sends the request a little after the health
+        check succeeds, or launches providers ahead of their subtasks; loading them now
+        overlaps that gap instead of adding to the request's time.
         """
-        threading.Thread(target=_preload, name="preload", daemon=True).start()
+        resume_gc = not gc.isenabled()  # the entrypoint paused it for the start-up
+        threading.Thread(target=_preload, args=(resume_gc,), name="preload", daemon=True).start()
 
     def close(self) -> None:
         pass
 
 
-def _preload() -> None:
+def _preload(resume_gc: bool) -> None:
     try:
         import numba  # noqa: F401
+        from numba.core.registry import cpu_target
 
         import fractal_app.bandfile  # noqa: F401
         import fractal_app.render  # noqa: F401
         import fractal_app.scene  # noqa: F401
+
+        # Numba fills its typing and lowering registries on the first compile or cache load
+        # (about 0.1 CPU-s); every kernel the request loads needs them.
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
     except Exception:  # the request imports them again and reports any error itself
         logger.debug("preloading failed", exc_info=True)
+    finally:
+        if resume_gc:
+            # What start-up made (modules, Numba's registries: hundreds of thousands of
+            # objects) lives as long as the process: keep it out of the collector's scans.
+            gc.freeze()
+            gc.enable()

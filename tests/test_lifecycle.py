@@ -175,3 +175,20 @@ def test_provider_renders_a_band_in_blocks_with_the_same_values(scene, monkeypat
     whole = render.render_band(parsed, 3, 29)
     assert {block.dtype for block in blocks} == {whole.dtype}
     np.testing.assert_array_equal(np.concatenate(blocks), whole)
+
+
+def test_provider_preload_resumes_the_collector_the_entrypoint_paused():
+    """``python -m fractal_app provider`` starts with the cyclic GC off (start-up makes only
+    long-lived objects); the preload must freeze them and turn collection back on."""
+    import gc
+
+    from fractal_app import provider
+
+    gc.disable()
+    try:
+        provider._preload(resume_gc=True)
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
