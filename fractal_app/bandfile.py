@@ -237,7 +237,8 @@ def _read_untrusted(path: Path, limit: int) -> bytes:
 
 
 def _walk_chunks(data: bytes):
-    """Yield (kind, payload) for each chunk after the signature, checking framing and CRCs."""
+    """Yield (kind, payload view) for each chunk after the signature, checking framing and
+    CRCs."""
     pos = len(PNG_SIGNATURE)
     count = 0
     while True:
@@ -249,9 +250,10 @@ def _walk_chunks(data: bytes):
             raise BandFileError(f"PNG is truncated inside a {kind!r} chunk")
         if not kind.isalpha():
             raise BandFileError(f"PNG has a malformed chunk type {kind!r}")
-        payload = data[pos + 8 : pos + 8 + length]
+        # A view, not a copy: the image data is read in place when it is inflated.
+        payload = memoryview(data)[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack_from(">I", data, end - 4)
-        if zlib.crc32(kind + payload) != crc:
+        if zlib.crc32(payload, zlib.crc32(kind)) != crc:
             raise BandFileError(f"PNG chunk {kind.decode('ascii')} has a bad CRC (corrupt file)")
         count += 1
         if count > _MAX_CHUNKS:
@@ -286,8 +288,6 @@ def _check_text(payload: bytes, expected: BandMeta) -> None:
     key, _, value = payload.partition(b"\0")
     if key != TEXT_KEY:
         return
-    if len(payload) > _MAX_TEXT_BYTES:
-        raise BandFileError("the fractal-app text chunk is too long")
     try:
         meta = json.loads(value.decode("latin-1"))
     except ValueError:
@@ -305,18 +305,18 @@ def _check_text(payload: bytes, expected: BandMeta) -> None:
             )
 
 
-def _parse(data: bytes, expected: BandMeta, width: int, bits: int) -> bytes:
-    """Check the PNG's structure against the band; return the concatenated IDAT payload."""
+def _parse(data: bytes, expected: BandMeta, width: int, bits: int) -> list[memoryview]:
+    """Check the PNG's structure against the band; return its IDAT payloads, in order."""
     if not data.startswith(PNG_SIGNATURE):
         raise BandFileError("result file is not a PNG (bad signature)")
-    idat: list[bytes] = []
+    idat: list[memoryview] = []
     seen_header = seen_text = idat_done = False
     ancillary = 0
     for kind, payload in _walk_chunks(data):
         if not seen_header:
             if kind != b"IHDR":
                 raise BandFileError("PNG does not start with an IHDR chunk")
-            _check_header(payload, width, expected.rows, bits)
+            _check_header(bytes(payload), width, expected.rows, bits)
             seen_header = True
         elif kind == b"IDAT":
             if idat_done:
@@ -327,11 +327,13 @@ def _parse(data: bytes, expected: BandMeta, width: int, bits: int) -> bytes:
         else:
             idat_done = idat_done or bool(idat)
             if kind in (b"tEXt", b"zTXt", b"iTXt"):
-                keyword = payload.partition(b"\0")[0]
-                if keyword == TEXT_KEY:
+                keyword = bytes(payload[: len(TEXT_KEY) + 1])
+                if keyword == TEXT_KEY + b"\0":
                     if kind != b"tEXt" or seen_text:
                         raise BandFileError("PNG must have exactly one tEXt chunk 'fractal-app'")
-                    _check_text(payload, expected)
+                    if len(payload) > _MAX_TEXT_BYTES:
+                        raise BandFileError("the fractal-app text chunk is too long")
+                    _check_text(bytes(payload), expected)
                     seen_text = True
                     continue
             if kind[:1].isupper():
@@ -343,30 +345,73 @@ def _parse(data: bytes, expected: BandMeta, width: int, bits: int) -> bytes:
         raise BandFileError("PNG has no tEXt chunk 'fractal-app' naming the subtask and rows")
     if not idat:
         raise BandFileError("PNG has no image data")
-    return b"".join(idat)
+    return idat
 
 
-def _inflate(compressed: bytes, size: int) -> bytes:
-    """Inflate exactly ``size`` bytes; more or fewer is an error (and a bomb stops at size+1)."""
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(compressed, size + 1)
-    except zlib.error as exc:
-        raise BandFileError(f"PNG image data is corrupt: {exc}") from None
-    if len(raw) > size or inflater.unconsumed_tail:
-        raise BandFileError("PNG image data inflates to more than the band's size")
-    if len(raw) < size or not inflater.eof:
-        raise BandFileError(f"PNG image data is truncated: {len(raw):,} of {size:,} bytes")
-    return raw
+# Rows are inflated, unfiltered and converted this many raw bytes at a time, so reading a
+# band needs the band's values, the file, and a few MiB; not several copies of the band.
+_DECODE_BLOCK_BYTES = 1 << 20
 
 
-def _unfilter(raw: bytes, rows: int, stride: int, bpp: int) -> np.ndarray:
-    """Undo PNG scanline filters; returns (rows, stride) uint8."""
+class _Inflater:
+    """Inflates the IDAT payloads a requested number of bytes at a time, never more than the
+    band's raw size in all (a decompression bomb stops there)."""
+
+    def __init__(self, parts: list[memoryview], size: int) -> None:
+        self.parts = iter(parts)
+        self.size = size
+        self.produced = 0
+        self.zlib = zlib.decompressobj()
+
+    def _more(self, wanted: int) -> bytes:
+        """Up to ``wanted`` more bytes; b"" once the payloads are used up."""
+        source = self.zlib.unconsumed_tail
+        while True:
+            try:
+                out = self.zlib.decompress(source, wanted)
+            except zlib.error as exc:
+                raise BandFileError(f"PNG image data is corrupt: {exc}") from None
+            if out or self.zlib.eof:
+                return out
+            source = next(self.parts, None)
+            if source is None:
+                return b""
+
+    def read(self, count: int) -> bytes:
+        """Exactly ``count`` bytes of scanlines, or BandFileError."""
+        pieces = []
+        missing = count
+        while missing:
+            piece = self._more(missing)
+            if not piece:
+                raise BandFileError(
+                    f"PNG image data is truncated: {self.produced:,} of {self.size:,} bytes"
+                )
+            pieces.append(piece)
+            missing -= len(piece)
+            self.produced += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def finish(self) -> None:
+        """The stream must end exactly at the band's size."""
+        if self._more(1):
+            raise BandFileError("PNG image data inflates to more than the band's size")
+        if not self.zlib.eof:
+            raise BandFileError("PNG image data is truncated: the stream does not end")
+
+
+def _unfilter(
+    raw: bytes, rows: int, stride: int, bpp: int, prev: np.ndarray, first_row: int
+) -> np.ndarray:
+    """Undo PNG scanline filters of ``rows`` lines from row ``first_row`` on; ``prev`` is the
+    line above them (zeros at the top of the image). Returns (rows, stride) uint8."""
     lines = np.frombuffer(raw, dtype=np.uint8).reshape(rows, stride + 1)
     kinds = lines[:, 0]
     if kinds.max(initial=0) > 4:
         bad = int(np.argmax(kinds > 4))
-        raise BandFileError(f"PNG row {bad} has an unknown filter type {int(kinds[bad])}")
+        raise BandFileError(
+            f"PNG row {first_row + bad} has an unknown filter type {int(kinds[bad])}"
+        )
     data = lines[:, 1:]
     # Fast paths: every row with the same filter (ours always writes Sub) is one numpy call.
     if (kinds == 0).all():
@@ -374,9 +419,8 @@ def _unfilter(raw: bytes, rows: int, stride: int, bpp: int) -> np.ndarray:
     if (kinds == 1).all():
         return np.cumsum(data.reshape(rows, -1, bpp), axis=1, dtype=np.uint8).reshape(rows, stride)
     if (kinds == 2).all():
-        return np.cumsum(data, axis=0, dtype=np.uint8)
+        return np.cumsum(data, axis=0, dtype=np.uint8) + prev
     out = np.empty((rows, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.uint8)
     for row in range(rows):
         line = lines[row, 1:]
         kind = kinds[row]
@@ -434,12 +478,41 @@ def _unfilter_sequential(line: np.ndarray, prev: np.ndarray, bpp: int, kind: int
     return cur
 
 
-def _decode(raw: bytes, rows: int, width: int, bits: int) -> np.ndarray:
+def _decode(parts: list[memoryview], expected: BandMeta, width: int, bits: int) -> np.ndarray:
+    """Inflate, unfilter and convert the band a block of rows at a time, straight into the
+    band's values (render_band's shape and dtype)."""
+    rows = expected.rows
     stride = width * 3 * bits // 8
-    data = _unfilter(raw, rows, stride, 3 * bits // 8)
-    if bits == 8:
-        return data.reshape(rows, width, 3)
-    return data.view(">u2").reshape(rows, width, 3).astype(np.uint16)
+    bpp = 3 * bits // 8
+    if expected.output == "counts":
+        values = np.empty((rows, width), dtype=np.uint32)
+    else:
+        values = np.empty((rows, width, 3), dtype=np.uint8 if bits == 8 else np.uint16)
+    inflater = _Inflater(parts, _raw_bytes(rows, width, bits))
+    block_rows = max(1, _DECODE_BLOCK_BYTES // (stride + 1))
+    prev = np.zeros(stride, dtype=np.uint8)
+    for start in range(0, rows, block_rows):
+        count = min(block_rows, rows - start)
+        data = _unfilter(inflater.read(count * (stride + 1)), count, stride, bpp, prev, start)
+        prev = data[-1].copy()
+        if bits == 8:
+            values[start : start + count] = data.reshape(count, width, 3)
+            continue
+        rgb = data.view(">u2").reshape(count, width, 3)
+        if expected.output == "image":
+            values[start : start + count] = rgb
+            continue
+        if rgb[..., 2].any():
+            row, col = (int(v) for v in np.argwhere(rgb[..., 2])[0])
+            raise BandFileError(
+                f"counts band has a non-zero blue channel at row "
+                f"{expected.row_start + start + row}, column {col} (B must be 0)"
+            )
+        block = values[start : start + count]
+        np.left_shift(rgb[..., 0], 16, out=block, dtype=np.uint32)
+        block |= rgb[..., 1]
+    inflater.finish()
+    return values
 
 
 def read_band(path: Path, expected: BandMeta, width: int, bit_depth: int) -> np.ndarray:
@@ -447,7 +520,8 @@ def read_band(path: Path, expected: BandMeta, width: int, bit_depth: int) -> np.
 
     ``expected`` is what the requestor handed out (the file's text chunk must equal it) and
     ``width``/``bit_depth`` come from the task's scene. Raises BandFileError naming the first
-    thing that is wrong. Nothing is inflated until the header and text chunk have passed.
+    thing that is wrong. Nothing is inflated until the header and text chunk have passed,
+    and then only a block of rows at a time: the file and the values are all it holds.
     """
     if expected.output not in OUTPUTS or expected.rows < 1 or width < 1:
         raise ValueError(f"bad expectation: {expected}, width {width}")
@@ -455,15 +529,4 @@ def read_band(path: Path, expected: BandMeta, width: int, bit_depth: int) -> np.
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     bits = png_bit_depth(expected, bit_depth)
     data = _read_untrusted(Path(path), max_file_bytes(expected, width, bit_depth))
-    compressed = _parse(data, expected, width, bits)
-    raw = _inflate(compressed, _raw_bytes(expected.rows, width, bits))
-    rgb = _decode(raw, expected.rows, width, bits)
-    if expected.output == "image":
-        return rgb
-    if rgb[..., 2].any():
-        row, col = (int(v) for v in np.argwhere(rgb[..., 2])[0])
-        raise BandFileError(
-            f"counts band has a non-zero blue channel at row {expected.row_start + row}, "
-            f"column {col} (B must be 0)"
-        )
-    return (rgb[..., 0].astype(np.uint32) << 16) | rgb[..., 1].astype(np.uint32)
+    return _decode(_parse(data, expected, width, bits), expected, width, bits)
