@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import compute_request, provider_work_dir, start_server, task_plan
+from harness import check_target, compute_request, provider_work_dir, start_server, task_plan
 
 HEAVY_SCENE = {
     "fractal": "mandelbrot",
@@ -302,3 +302,4 @@ def test_render_overhead_over_bare_kernels(benchmark, tmp_path):
     figures["breakdown_cpu_s"] = {k: round(v, 3) for k, v in parts.items()}
     benchmark.extra_info.update(figures)
     print("\nlifecycle:", json.dumps(figures, indent=1))
+    check_target(benchmark, "lifecycle_over_bare_kernels_wall", figures["ratio"], TARGET_RATIO)

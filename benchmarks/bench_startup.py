@@ -17,7 +17,7 @@ import time
 import uuid
 
 import pytest
-from harness import compute_request, create_task, provider_work_dir, start_server
+from harness import check_target, compute_request, create_task, provider_work_dir, start_server
 
 from fractal_app.protocol import golem_task_api_pb2 as pb
 
@@ -43,9 +43,14 @@ CREATE_TASK_SCENE = {
 CREATE_TASK_SUBTASKS = 64
 
 
-def _report(benchmark, **figures: float) -> None:
-    for name, value in figures.items():
+def _report(benchmark, target_s: float, median_s: float | None = None, **figures: float):
+    """Record the figures, and check the median (the timed rounds' own, unless given)
+    against the target."""
+    for name, value in {"target_s": target_s, **figures}.items():
         benchmark.extra_info[name] = round(value, 4)
+    if median_s is None:
+        median_s = benchmark.stats.stats.median
+    check_target(benchmark, "median_s", median_s, target_s)
 
 
 @pytest.mark.benchmark(group="startup-provider")
@@ -72,7 +77,7 @@ def test_provider_start_to_serving(benchmark, tmp_path):
     finally:
         stop_previous()
     serving = sorted(s.serving_s for s in servers[1:])
-    _report(benchmark, median_serving_s=serving[len(serving) // 2], target_s=0.5)
+    _report(benchmark, target_s=0.5, median_s=serving[len(serving) // 2])
 
 
 @pytest.mark.benchmark(group="startup-provider")
@@ -94,8 +99,7 @@ def test_provider_start_to_compute_reply(benchmark, tmp_path):
     benchmark.pedantic(start_and_compute, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     median = sorted(phases[1:], key=lambda p: p[2])[len(phases[1:]) // 2]
     _report(
-        benchmark, serving_s=median[0], compute_rpc_s=median[1], start_to_reply_s=median[2],
-        target_s=1.0,
+        benchmark, target_s=1.0, median_s=median[2], serving_s=median[0], compute_rpc_s=median[1]
     )
 
 
@@ -119,7 +123,7 @@ def test_requestor_start_to_serving(benchmark, tmp_path):
     finally:
         stop_previous()
     serving = sorted(s.serving_s for s in servers[1:])
-    _report(benchmark, median_serving_s=serving[len(serving) // 2], target_s=1.0)
+    _report(benchmark, target_s=1.0, median_s=serving[len(serving) // 2])
 
 
 @pytest.mark.benchmark(group="startup-requestor")

@@ -210,3 +210,24 @@ def read_rss_reports(out_dir: Path) -> list[dict]:
 def children_max_rss_bytes() -> int:
     """The largest peak RSS of any child this process has waited for (Linux: KiB -> bytes)."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+# Set to 1 to record the targets without failing the benchmark (a machine too busy to judge).
+REPORT_ONLY_ENV = "FRACTAL_BENCH_REPORT_ONLY"
+
+
+def check_target(benchmark, name: str, value: float, bound: float, at_least: bool = False):
+    """Record one of issue 6's targets in the result's ``extra_info["targets"]`` (value, bound,
+    met) and fail the benchmark when it is missed, unless FRACTAL_BENCH_REPORT_ONLY=1.
+
+    ``bound`` is an upper bound, or a lower one with ``at_least``. Call it after every figure
+    is recorded, so a failing run still saves (with --benchmark-json/--benchmark-autosave)
+    and prints what it measured.
+    """
+    met = value >= bound if at_least else value <= bound
+    targets = benchmark.extra_info.setdefault("targets", {})
+    targets[name] = {"value": round(value, 4), "bound": bound, "met": met}
+    print(f"target {name}: {value:.4g} {'>=' if at_least else '<='} {bound}: "
+          f"{'met' if met else 'MISSED'}")
+    if os.environ.get(REPORT_ONLY_ENV) != "1":
+        assert met, f"{name} = {value:.4g}, target {'>=' if at_least else '<='} {bound}"
