@@ -40,7 +40,7 @@ def main() -> None:
     "--subtasks",
     type=click.IntRange(1, 1_000_000),
     default=None,
-    help="at most this many bands (default: 2 per provider, or one per 64 megapixels if that is more)",
+    help="at most this many bands (default: 2 per provider, or one per 64 megapixels if more)",
 )
 @click.option(
     "--backend",
