@@ -186,6 +186,8 @@ def test_poster(benchmark, tmp_path, variant):
         "provider_worst_peak_mib": round(worst_peak / mib, 1),
         "provider_worst_band_raw_mib": round(worst_band / mib, 1),
         "provider_ratio_raw": round(worst_peak / worst_band, 2),
+        # Every provider: [peak RSS, its band's raw size] in MiB.
+        "provider_peaks_and_bands_mib": [[round(a / mib), round(b / mib)] for a, b in providers],
         "provider_ratio_above_baseline": round((worst_peak - baseline) / worst_band, 2),
         "target_ratio": MAX_RATIO,
     }
