@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import sys
@@ -100,12 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level,
         format=f"%(asctime)s {args.role}[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    if args.role == "provider":
-        # A provider lives for one request, and its start-up makes hundreds of thousands of
-        # long-lived objects (gRPC, NumPy, Numba) that the cyclic collector would scan over
-        # and over: about a tenth of the start-up's CPU time. The provider's preload freezes
-        # them and turns collection back on (ProviderService.serving).
-        gc.disable()
+    from fractal_app.server import pause_gc_for_startup
+
+    pause_gc_for_startup()  # each service's preload turns it back on
     work_dir: Path = args.work_dir
     if not work_dir.is_dir():
         print(f"error: work directory {work_dir} does not exist", file=sys.stderr)

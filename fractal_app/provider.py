@@ -23,7 +23,7 @@ import grpc
 from fractal_app.errors import FailedPrecondition, InvalidArgument
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
-from fractal_app.server import rpc_errors
+from fractal_app.server import resume_gc_after_startup, rpc_errors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -242,8 +242,4 @@ def _preload(resume_gc: bool) -> None:
     except Exception:  # the request imports them again and reports any error itself
         logger.debug("preloading failed", exc_info=True)
     finally:
-        if resume_gc:
-            # What start-up made (modules, Numba's registries: hundreds of thousands of
-            # objects) lives as long as the process: keep it out of the collector's scans.
-            gc.freeze()
-            gc.enable()
+        resume_gc_after_startup(resume_gc)

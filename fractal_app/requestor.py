@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from fractal_app.images import image_for_env
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.protocol.constants import SUBTASK_OUTPUTS_DIR
-from fractal_app.server import rpc_errors
+from fractal_app.server import resume_gc_after_startup, rpc_errors
 from fractal_app.store import BandRow, TaskPaths, TaskStore, check_name
 
 if TYPE_CHECKING:
@@ -335,7 +336,7 @@ def _parse_scene(params):
     return parse_scene(params)
 
 
-def _preload() -> None:
+def _preload(resume_gc: bool) -> None:
     """Import what CreateTask and Verify need, in the background once SERVING."""
     try:
         import numpy  # noqa: F401
@@ -349,6 +350,8 @@ def _preload() -> None:
         _warm_kernels()
     except Exception:  # the rpc that needs a module imports it again and reports the error
         logger.debug("preloading failed", exc_info=True)
+    finally:
+        resume_gc_after_startup(resume_gc)
 
 
 def _warm_kernels() -> None:
@@ -550,7 +553,8 @@ class RequestorService:
         # server's own start-up, so that a CreateTask sent the moment the server is SERVING
         # waits as little as possible for them. (Tasks need no loading: each is re-opened
         # from its folder when an rpc first names it.)
-        threading.Thread(target=_preload, name="preload", daemon=True).start()
+        resume_gc = not gc.isenabled()  # the entrypoint paused it for the start-up
+        threading.Thread(target=_preload, args=(resume_gc,), name="preload", daemon=True).start()
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)

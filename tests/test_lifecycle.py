@@ -177,16 +177,17 @@ def test_provider_renders_a_band_in_blocks_with_the_same_values(scene, monkeypat
     np.testing.assert_array_equal(np.concatenate(blocks), whole)
 
 
-def test_provider_preload_resumes_the_collector_the_entrypoint_paused():
-    """``python -m fractal_app provider`` starts with the cyclic GC off (start-up makes only
-    long-lived objects); the preload must freeze them and turn collection back on."""
+@pytest.mark.parametrize("role", ["provider", "requestor"])
+def test_preload_resumes_the_collector_the_entrypoint_paused(role):
+    """``python -m fractal_app`` starts with the cyclic GC off (start-up makes only long-lived
+    objects); each service's preload must freeze them and turn collection back on."""
     import gc
+    import importlib
 
-    from fractal_app import provider
-
+    service = importlib.import_module(f"fractal_app.{role}")
     gc.disable()
     try:
-        provider._preload(resume_gc=True)
+        service._preload(resume_gc=True)
         assert gc.isenabled()
         assert gc.get_freeze_count() > 0
     finally:
