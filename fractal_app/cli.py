@@ -48,6 +48,14 @@ def main() -> None:
     default=None,
     help="render on this backend (default: from the scene's env)",
 )
+@click.option(
+    "--band-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="give a provider at most this long for its band, then stop it and hand the band out"
+    " again (default: no limit)",
+)
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @click.option(
     "--keep",
@@ -61,6 +69,7 @@ def render(
     providers: int,
     subtasks: int | None,
     backend: str | None,
+    band_timeout: float | None,
     quiet: bool,
     keep: Path | None,
 ) -> None:
@@ -79,6 +88,7 @@ def render(
                 providers=providers,
                 subtasks=subtasks,
                 backend=backend,
+                band_timeout=band_timeout,
                 show_progress=not quiet,
                 keep=keep,
             )

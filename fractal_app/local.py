@@ -205,6 +205,7 @@ class LocalNode:
         launcher: ProviderLauncher,
         first_providers: list[_Process],
         progress,
+        band_timeout: float | None = None,
     ) -> None:
         self.root = root
         self.requestor = requestor
@@ -214,6 +215,7 @@ class LocalNode:
         self.launcher = launcher
         self.first_providers = first_providers
         self.progress = progress
+        self.band_timeout = band_timeout
         self.accepted = 0
         self.rejected = 0
         self.provider_errors = 0
@@ -355,9 +357,15 @@ class LocalNode:
                             task_id=self.task_id,
                             subtask_id=subtask_id,
                             subtask_params_json=subtask.subtask_params_json,
-                        )
+                        ),
+                        timeout=self.band_timeout,
                     )
                 except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise LocalRenderError(
+                            f"the provider took longer than the band timeout"
+                            f" ({self.band_timeout:g} s) and was stopped"
+                        ) from None
                     raise LocalRenderError(
                         f"Compute failed with {error.code().name}: {error.details()}"
                     ) from None
@@ -395,12 +403,15 @@ async def render_locally(
     providers: int = 2,
     subtasks: int | None = None,
     backend: str | None = None,
+    band_timeout: float | None = None,
     show_progress: bool = True,
     keep: Path | None = None,
     log_level: str = "WARNING",
 ) -> LocalRenderReport:
     """Run the whole Golem lifecycle on this machine and write the final image to ``output``.
 
+    ``band_timeout``: seconds a provider may take for its band (None: no limit); past it the
+    provider is killed and the band handed out again, like any other failed attempt.
     ``keep``: a directory to hold the work directories (and logs) instead of a temporary one.
     """
     from tqdm import tqdm
@@ -456,7 +467,9 @@ async def render_locally(
                     disable=not (show_progress and sys.stderr.isatty()),
                 )
                 with bar:
-                    node = LocalNode(root, stub, task_id, total, launcher, first_providers, bar)
+                    node = LocalNode(
+                        root, stub, task_id, total, launcher, first_providers, bar, band_timeout
+                    )
                     try:
                         await node.run()
                     except grpc.aio.AioRpcError as error:

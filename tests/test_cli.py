@@ -133,6 +133,34 @@ def test_render_leaves_no_process_behind_when_it_fails(tmp_path):
     assert 3 <= len(launched) <= 6
 
 
+def test_render_stops_a_provider_that_overruns_the_band_timeout(tmp_path):
+    """A provider that does not answer in time is killed and its band handed out again."""
+    # Every pixel inside the set at a million iterations: minutes of work for one band.
+    scene = {"fractal": "mandelbrot", "resolution": [200, 150], "center": [-0.1, 0.0],
+             "width": 0.1, "max_iter": 1_000_000}
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps(scene))
+    keep = tmp_path / "keep"
+    done = fractal_app(
+        "render", str(scene_file), "-o", str(tmp_path / "x.png"), "--providers", "1",
+        "--subtasks", "1", "--band-timeout", "0.5", "--quiet", "--keep", str(keep),
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "band 0 failed 3 times" in done.stderr
+    assert "longer than the band timeout (0.5 s)" in done.stderr
+    assert _processes_using(keep) == []
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_band_timeout_must_be_positive(tmp_path):
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps(SCENE))
+    done = fractal_app("render", str(scene_file), "-o", "x.png", "--band-timeout", "0")
+    assert done.returncode == 2
+    assert "--band-timeout" in done.stderr
+
+
 def test_render_rejects_a_bad_scene_naming_the_field(tmp_path):
     scene_file = tmp_path / "scene.json"
     scene_file.write_text(json.dumps({**SCENE, "max_iter": -3}))
