@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 import numpy as np
 
@@ -62,7 +62,32 @@ def sub_filter(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
     return filtered
 
 
-class PngStreamWriter:
+class _FileWriter:
+    """``with`` support for the writers: a clean exit finishes the file (``close``), an
+    exception abandons it (``abandon``; the caller deletes what was written)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+
+class PngStreamWriter(_FileWriter):
     """An RGB PNG (8- or 16-bit) written top to bottom, a block of rows at a time.
 
     ``write_rows`` takes (rows, W, 3) arrays of uint8 (bit_depth 8) or uint16 (bit_depth 16).
@@ -177,20 +202,6 @@ class PngStreamWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._file.close()
 
-    def __enter__(self) -> PngStreamWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abandon()
-
 
 # TIFF tags used by the counts writer.
 _IMAGE_WIDTH, _IMAGE_LENGTH, _BITS_PER_SAMPLE, _COMPRESSION = 256, 257, 258, 259
@@ -203,7 +214,7 @@ CLASSIC_TIFF_LIMIT = 2**32 - 2**24
 TIFF_STRIP_BYTES = 1 << 18
 
 
-class CountsTiffWriter:
+class CountsTiffWriter(_FileWriter):
     """A single-channel 32-bit integer TIFF (little-endian, uncompressed), written by rows.
 
     Escape counts are at most 10,000,000, so they are stored as signed 32-bit integers
@@ -312,17 +323,3 @@ class CountsTiffWriter:
 
     def abandon(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> CountsTiffWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abandon()
