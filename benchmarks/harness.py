@@ -10,85 +10,21 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
-import subprocess
 import sys
-import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from fractal_app.protocol import golem_task_api_pb2 as pb
-from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+
+# The server-process helpers are the tests' own (tests/grpc_helpers.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from grpc_helpers import ServerProcess as Server  # noqa: E402
+from grpc_helpers import start_server as _start_server  # noqa: E402
 
 # The port file appears once the server is SERVING; it is polled this often. 1 ms keeps the
 # polling error far below the 0.5 s start-up target.
 PORT_FILE_POLL_S = 0.001
-START_TIMEOUT_S = 60.0
 RPC_TIMEOUT_S = 600.0
-
-
-def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the servers run in (the benchmark process's, plus ``extra``)."""
-    return {**os.environ, **(extra or {})}
-
-
-@dataclass
-class Server:
-    """A ``python -m fractal_app ROLE 0`` process and what its start cost."""
-
-    role: str
-    work_dir: Path
-    process: subprocess.Popen
-    port: int
-    started_at: float  # time.perf_counter() just before Popen
-    port_file_s: float  # start -> port file written (the server says it is SERVING)
-    serving_s: float  # start -> first health Check answering SERVING
-    _channel: grpc.Channel | None = field(default=None, repr=False)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
-        return self._channel
-
-    def requestor(self) -> pb_grpc.RequestorAppStub:
-        return pb_grpc.RequestorAppStub(self.channel())
-
-    def provider(self) -> pb_grpc.ProviderAppStub:
-        return pb_grpc.ProviderAppStub(self.channel())
-
-    def health(self) -> health_pb2_grpc.HealthStub:
-        return health_pb2_grpc.HealthStub(self.channel())
-
-    def wait(self, timeout: float = 60.0) -> int:
-        """Wait for the process to exit by itself (a provider after its one request)."""
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self.close_channel()
-
-    def close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not go within 30 s."""
-        self.close_channel()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
 
 
 def start_server(
@@ -98,44 +34,14 @@ def start_server(
     env: dict[str, str] | None = None,
     log_level: str = "WARNING",
 ) -> Server:
-    """Start ``python -m fractal_app ROLE 0`` on 127.0.0.1 and time it to SERVING."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    port_file = work_dir.parent / f"{work_dir.name}.{role}.{tag}.port"
-    log_path = work_dir.parent / f"{work_dir.name}.{role}.{tag}.log"
-    command = [
-        sys.executable, "-m", "fractal_app", role, "0", "--work-dir", str(work_dir),
-        "--port-file", str(port_file), "--host", "127.0.0.1", "--log-level", log_level,
-        *extra_args,
-    ]
-    with open(log_path, "wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=quiet_env(env)
-        )
-    deadline = started + START_TIMEOUT_S
-    while not port_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"{role} exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.perf_counter() > deadline:
-            process.kill()
-            raise RuntimeError(f"{role} wrote no port file within {START_TIMEOUT_S} s")
-        time.sleep(PORT_FILE_POLL_S)
-    port_file_s = time.perf_counter() - started
-    port = int(port_file.read_text())
-    server = Server(role, work_dir, process, port, started, port_file_s, 0.0)
-    check = server.health().Check
-    while True:
-        try:
-            reply = check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.RpcError:
-            if process.poll() is not None or time.perf_counter() > deadline:
-                raise
-        time.sleep(PORT_FILE_POLL_S)
-    server.serving_s = time.perf_counter() - started
-    return server
+    """Start ``python -m fractal_app ROLE 0`` on 127.0.0.1 and time it to SERVING: the
+    tests' helper, polling every millisecond so the polling error stays far below the
+    start-up targets. The returned server has ``started_at``, ``port_file_s`` and
+    ``serving_s``."""
+    return _start_server(
+        role, work_dir, extra_args=extra_args, env=env, log_level=log_level,
+        poll_s=PORT_FILE_POLL_S,
+    )
 
 
 def make_task_folder(work_dir: Path, task_id: str) -> Path:

@@ -44,6 +44,9 @@ class ServerProcess:
     port: int
     log_path: Path
     credentials: grpc.ChannelCredentials | None = None
+    started_at: float = 0.0  # time.perf_counter() just before Popen
+    port_file_s: float = 0.0  # start -> port file written (the server says it is SERVING)
+    serving_s: float = 0.0  # start -> first health Check answering SERVING
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     @property
@@ -60,6 +63,9 @@ class ServerProcess:
 
     def provider(self) -> pb_grpc.ProviderAppStub:
         return pb_grpc.ProviderAppStub(self.channel())
+
+    def health(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self.channel())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -115,6 +121,8 @@ def start_server(
     credentials: grpc.ChannelCredentials | None = None,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    log_level: str = "INFO",
+    poll_s: float = POLL_S,
 ) -> ServerProcess:
     """Start ``python -m fractal_app ROLE 0`` on 127.0.0.1 and wait until it is SERVING.
 
@@ -137,38 +145,42 @@ def start_server(
         "--host",
         "127.0.0.1",
         "--log-level",
-        "INFO",
+        log_level,
         *extra_args,
     ]
     with open(log_path, "wb") as log:
+        started = time.perf_counter()
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = started + START_TIMEOUT_S
     while not port_file.exists():
         if process.poll() is not None:
             raise ServerDied(f"{role} exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
+        if time.perf_counter() > deadline:
             process.kill()
             raise ServerDied(f"{role} wrote no port file in {START_TIMEOUT_S}s")
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     port = int(port_file.read_text())
-    server = ServerProcess(role, work_dir, process, port, log_path, credentials)
-    wait_serving(server, deadline)
+    server = ServerProcess(role, work_dir, process, port, log_path, credentials, started)
+    server.port_file_s = time.perf_counter() - started
+    wait_serving(server, deadline, poll_s)
+    server.serving_s = time.perf_counter() - started
     return server
 
 
-def wait_serving(server: ServerProcess, deadline: float) -> None:
-    stub = health_pb2_grpc.HealthStub(server.channel())
+def wait_serving(server: ServerProcess, deadline: float, poll_s: float = POLL_S) -> None:
+    """Until the health service answers SERVING (``deadline``: a time.perf_counter())."""
+    stub = server.health()
     while True:
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:
-            if server.process.poll() is not None or time.monotonic() > deadline:
+            if server.process.poll() is not None or time.perf_counter() > deadline:
                 raise
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
 
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
