@@ -19,12 +19,12 @@ from fractal_app.protocol import golem_task_api_pb2 as pb
 # The server-process helpers are the tests' own (tests/grpc_helpers.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from grpc_helpers import ServerProcess as Server  # noqa: E402
+from grpc_helpers import create_task  # noqa: E402, F401 - for the benchmarks
 from grpc_helpers import start_server as _start_server  # noqa: E402
 
 # The port file appears once the server is SERVING; it is polled this often. 1 ms keeps the
 # polling error far below the 0.5 s start-up target.
 PORT_FILE_POLL_S = 0.001
-RPC_TIMEOUT_S = 600.0
 
 
 def start_server(
@@ -41,24 +41,6 @@ def start_server(
     return _start_server(
         role, work_dir, extra_args=extra_args, env=env, log_level=log_level,
         poll_s=PORT_FILE_POLL_S,
-    )
-
-
-def make_task_folder(work_dir: Path, task_id: str) -> Path:
-    """What a node makes before CreateTask: the task folder with its four empty folders."""
-    root = work_dir / task_id
-    for name in ("task_inputs", "subtask_inputs", "task_outputs", "subtask_outputs"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def create_task(stub, work_dir: Path, task_id: str, scene: dict, max_subtasks: int):
-    make_task_folder(work_dir, task_id)
-    return stub.CreateTask(
-        pb.CreateTaskRequest(
-            task_id=task_id, max_subtasks_count=max_subtasks, task_params_json=json.dumps(scene)
-        ),
-        timeout=RPC_TIMEOUT_S,
     )
 
 
