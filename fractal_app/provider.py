@@ -242,4 +242,4 @@ def _preload(resume_gc: bool) -> None:
     except Exception:  # the request imports them again and reports any error itself
         logger.debug("preloading failed", exc_info=True)
     finally:
-        resume_gc_after_startup(resume_gc, long_lived=False)
+        resume_gc_after_startup(resume_gc)

@@ -351,7 +351,7 @@ def _preload(resume_gc: bool) -> None:
     except Exception:  # the rpc that needs a module imports it again and reports the error
         logger.debug("preloading failed", exc_info=True)
     finally:
-        resume_gc_after_startup(resume_gc, long_lived=True)
+        resume_gc_after_startup(resume_gc)
 
 
 def _warm_kernels() -> None:

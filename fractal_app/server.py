@@ -44,17 +44,10 @@ def pause_gc_for_startup() -> None:
     gc.disable()
 
 
-def resume_gc_after_startup(paused: bool, long_lived: bool) -> None:
+def resume_gc_after_startup(paused: bool) -> None:
     """If start-up paused the collector: freeze what start-up made (so later collections,
-    which stop every thread, no longer scan it) and collect again from here on.
-
-    ``long_lived``: collect once before freezing (about 50 ms), so that start-up's garbage
-    (plenty of it if Numba had to compile) is not frozen for the life of a long-running
-    service. A provider, which exits after one request, skips it.
-    """
+    which stop every thread, no longer scan it) and collect again from here on."""
     if paused:
-        if long_lived:
-            gc.collect()
         gc.freeze()
         gc.enable()
 

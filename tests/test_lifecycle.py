@@ -193,28 +193,3 @@ def test_preload_resumes_the_collector_the_entrypoint_paused(role):
     finally:
         gc.unfreeze()
         gc.enable()
-
-
-def test_requestor_preload_collects_start_up_garbage_before_freezing_it():
-    """The requestor runs for days: cyclic garbage made while the GC was paused (a cold
-    Numba compile makes plenty) must be collected, not frozen for the process's life."""
-    import gc
-    import weakref
-
-    from fractal_app import requestor
-
-    class Node:
-        pass
-
-    gc.disable()
-    try:
-        cycle = Node()
-        cycle.self = cycle
-        alive = weakref.ref(cycle)
-        del cycle
-        assert alive() is not None  # only the cyclic collector can free it
-        requestor._preload(resume_gc=True)
-        assert alive() is None
-    finally:
-        gc.unfreeze()
-        gc.enable()
