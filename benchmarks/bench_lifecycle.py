@@ -37,7 +37,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -231,15 +230,6 @@ def breakdown(scene_dict: dict, values: np.ndarray, plan, work: Path) -> dict[st
     parts["final_merge_and_encode"], _ = _timed(merge)
     return parts
 
-
-
-@pytest.fixture
-def tmp_path():
-    """A private temporary folder. pytest's own tmp_path lives under a base folder that every
-    pytest session of this user prunes to the newest three, so another session on a shared
-    machine can delete it while this benchmark still runs for minutes."""
-    with tempfile.TemporaryDirectory(prefix="fractal-bench-") as folder:
-        yield Path(folder)
 
 @pytest.mark.slow
 @pytest.mark.benchmark(group="lifecycle")

@@ -29,7 +29,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -114,15 +113,6 @@ def idle_provider_peak(tmp_path: Path, scene: dict) -> int:
     (report,) = [r for r in read_rss_reports(rss_dir) if r["role"] == "provider"]
     return report["max_rss_bytes"]
 
-
-
-@pytest.fixture
-def tmp_path():
-    """A private temporary folder. pytest's own tmp_path lives under a base folder that every
-    pytest session of this user prunes to the newest three, so another session on a shared
-    machine can delete it while this benchmark still runs for minutes."""
-    with tempfile.TemporaryDirectory(prefix="fractal-bench-") as folder:
-        yield Path(folder)
 
 @pytest.mark.benchmark(group="poster")
 @pytest.mark.parametrize("variant", OUTPUTS)

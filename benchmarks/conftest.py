@@ -4,8 +4,12 @@
 Numba's compile (or cache load) never lands in a measurement (datashader's benchmarks do
 the same). ``summary`` collects one-line results (speed-ups, percentages of a reference)
 that are printed together after the run, so the figures an issue asks for appear in one
-place without ``-s``.
+place without ``-s``. ``tmp_path`` is replaced by a private temporary folder (see its
+docstring).
 """
+
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +32,15 @@ class _Warmed:
 
     def __getattr__(self, name):
         return getattr(self._benchmark, name)
+
+
+@pytest.fixture
+def tmp_path():
+    """A private temporary folder. pytest's own tmp_path lives under a base folder that every
+    pytest session of this user prunes to the newest three, so another session on a shared
+    machine can delete it while a benchmark still runs for minutes."""
+    with tempfile.TemporaryDirectory(prefix="fractal-bench-") as folder:
+        yield Path(folder)
 
 
 @pytest.fixture
