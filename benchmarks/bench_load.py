@@ -14,7 +14,6 @@ latency percentiles (ms).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import uuid
@@ -24,7 +23,7 @@ import pytest
 from harness import check_target, start_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from load_driver import HealthProbe, LoadClient, latency_summary  # noqa: E402
+from load_driver import latency_summary, run_load  # noqa: E402
 
 HEALTH_TARGET_MS = 100.0
 
@@ -33,23 +32,17 @@ HEALTH_TARGET_MS = 100.0
 def test_load_fifty_tasks(benchmark, tmp_path):
     reports = []
 
-    def run_load():
+    def one_round():
         work = tmp_path / f"requestor-{uuid.uuid4().hex[:6]}"
         server = start_server("requestor", work)
         try:
-            probe = HealthProbe(server.address)
-            client = LoadClient(server.address, work)
-            try:
-                asyncio.run(client.run())
-            finally:
-                latencies, bad = probe.stop()
-            client.check_final_images()
+            client, latencies, bad = run_load(server.address, work)
         finally:
             server.stop()
         assert bad == []
         reports.append((client, latencies))
 
-    benchmark.pedantic(run_load, rounds=3, iterations=1)
+    benchmark.pedantic(one_round, rounds=3, iterations=1)
     client, latencies = min(reports, key=lambda r: r[0].stats.wall_s)
     health = latency_summary(latencies)
     info = {

@@ -364,3 +364,19 @@ print(json.dumps({"latencies": latencies, "bad": bad}), flush=True)
         out, _ = self.process.communicate("stop\n", timeout=60)
         report = json.loads(out.strip().splitlines()[-1])
         return report["latencies"], report["bad"]
+
+
+def run_load(address: str, work: Path) -> tuple[LoadClient, list[float], list[str]]:
+    """The whole load against the requestor at ``address`` (work dir ``work``), its health
+    probed from another process throughout, then every final image checked.
+
+    Returns the client (its stats), the health latencies (s) and the non-SERVING answers.
+    """
+    probe = HealthProbe(address)
+    client = LoadClient(address, work)
+    try:
+        asyncio.run(client.run())
+    finally:
+        latencies, bad = probe.stop()
+    client.check_final_images()
+    return client, latencies, bad

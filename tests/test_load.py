@@ -7,11 +7,10 @@ health always answers SERVING. The health-latency bound is generous (the issue's
 benchmark figure on a quiet machine; this machine's cores are shared).
 """
 
-import asyncio
 
 import pytest
 from grpc_helpers import start_server
-from load_driver import BANDS_PER_TASK, TASKS, HealthProbe, LoadClient
+from load_driver import BANDS_PER_TASK, TASKS, run_load
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,13 +22,7 @@ def test_fifty_tasks_two_hundred_rpcs_in_flight(tmp_path):
     work = tmp_path / "requestor"
     server = start_server("requestor", work, extra_args=("--log-level", "WARNING"))
     try:
-        probe = HealthProbe(server.address)
-        client = LoadClient(server.address, work)
-        try:
-            asyncio.run(client.run())
-        finally:
-            latencies, bad = probe.stop()
-        client.check_final_images()
+        client, latencies, bad = run_load(server.address, work)
     finally:
         server.stop()
 
