@@ -137,17 +137,15 @@ class _Process:
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), timeout)
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-
     async def kill_and_reap(self) -> None:
         """SIGKILL if still running, and wait for the exit, so no process outlives us."""
-        self.kill()
-        if self.process is not None:
-            with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
-                await asyncio.wait_for(self.process.wait(), 10)
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
+            await asyncio.wait_for(self.process.wait(), 10)
 
 
 class ProviderLauncher:
