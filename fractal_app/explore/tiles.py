@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -61,9 +60,13 @@ def decimal_string(value: Fraction) -> str:
     if denominator & (denominator - 1):
         raise ValueError(f"{value} is not a dyadic fraction")
     places = denominator.bit_length() - 1
-    # a / 2**n == a * 5**n / 10**n: an integer scaled by a power of ten, exactly.
-    digits = Decimal(value.numerator * 5**places).scaleb(-places)
-    return format(digits, "f")
+    # a / 2**n == a * 5**n / 10**n: the digits of an integer, with the point n places in.
+    # (Decimal arithmetic would round to its context's 28 digits.)
+    digits = str(abs(value.numerator) * 5**places).rjust(places + 1, "0")
+    sign = "-" if value < 0 else ""
+    if places == 0:
+        return sign + digits
+    return f"{sign}{digits[:-places]}.{digits[-places:]}"
 
 
 def tile_geometry(z: int, x: int, y: int) -> tuple[tuple[str, str], Fraction]:
