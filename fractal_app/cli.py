@@ -162,10 +162,8 @@ def explore(port: int, host: str, open_browser: bool, providers: int) -> None:
         ) from None
 
     try:
-        asyncio.run(
-            serve(host, port, providers=providers, open_browser=open_browser,
-                  announce=lambda line: click.echo(line, err=True))
-        )
+        asyncio.run(serve(host, port, providers=providers, open_browser=open_browser,
+                          announce=click.echo))
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 

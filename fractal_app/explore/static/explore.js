@@ -84,6 +84,10 @@
   // Coarse previews underneath, full tiles on top: a new view fills in at a quarter of the
   // resolution first (the server renders those before any full tile), then sharpens.
   const layers = { coarse: tileLayer("coarse", 1), full: tileLayer("full", 2) };
+  // Once every full tile is in, the previews underneath are hidden: at fractional zoom the
+  // full tiles' anti-aliased edges would let them show through as hairlines.
+  layers.full.on("loading", () => layers.coarse.setOpacity(1));
+  layers.full.on("load", () => layers.coarse.setOpacity(0));
 
   const resolution = () => [Number($("res-w").value) || 1, Number($("res-h").value) || 1];
 
@@ -307,12 +311,14 @@
 
   function writeControls() {
     $("fractal").value = scene.fractal;
+    // A loaded scene may leave fields out: the controls show the defaults it gets.
+    const value = (field) => scene[field] ?? info.defaults[scene.fractal][field];
     for (const control of CONTROLS) {
-      if (applies(control)) $(control.id).value = scene[control.field];
+      if (applies(control)) $(control.id).value = value(control.field);
     }
     if (has("c")) {
-      $("c_re").value = scene.c[0];
-      $("c_im").value = scene.c[1];
+      $("c_re").value = value("c")[0];
+      $("c_im").value = value("c")[1];
     }
     for (const el of document.querySelectorAll(".julia-only")) el.hidden = !has("c");
     for (const el of document.querySelectorAll(".power-only")) el.hidden = !(has("power") && !isThreeD());
