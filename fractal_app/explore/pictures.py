@@ -21,12 +21,12 @@ PNG_COMPRESS_LEVEL = 1
 def render_png(scene, threads: int | None = None) -> bytes:
     """The whole of ``scene`` as an 8-bit RGB PNG.
 
-    ``threads``: Numba threads for this call (None: Numba's default, all cores). The tile
-    server renders several small tiles at once, one thread each, rather than one tile on
-    every core: a small tile does not keep a team of threads busy.
+    ``threads``: Numba threads for this call (None: all of them). The tile server renders
+    several small tiles at once, one thread each, rather than one tile on every core: a small
+    tile does not keep a team of threads busy. (Numba's setting is per calling thread, so it
+    is set on every call: the same worker thread renders tiles and whole views.)
     """
-    if threads is not None:
-        numba.set_num_threads(threads)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if threads is None else threads)
     pixels = render.render_band(scene, 0, scene.height_px)
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
