@@ -338,3 +338,33 @@ def test_stale_tile_requests_are_dropped_before_they_render(explorer):
     assert done["failed"] == 0
     # Two threads could start at most a few of the twelve in 0.3 s.
     assert done["dropped"] >= 8, done
+
+
+def test_a_poster_renders_through_the_lifecycle_with_progress():
+    scene = {"fractal": "julia", "resolution": [40, 24], "max_iter": 300, "center": ["0.1", "0"]}
+
+    async def scenario():
+        async with TestClient(TestServer(create_app(providers=1))) as client:
+            started = await client.post(
+                "/api/render", data=json.dumps(scene), headers={"Content-Type": "application/json"}
+            )
+            assert started.status == 202
+            job = await started.json()
+            seen = [job]
+            deadline = time.monotonic() + 120
+            while job["state"] in ("queued", "rendering") and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                job = await (await client.get(f"/api/render/{job['id']}")).json()
+                seen.append(job)
+            assert job["state"] == "done", job
+            result = await client.get(job["download"])
+            disposition = result.headers["Content-Disposition"]
+            return seen, await result.read(), disposition
+
+    seen, png, disposition = asyncio.run(scenario())
+    final = seen[-1]
+    assert final["bands_done"] == final["bands_total"] >= 1
+    assert all(s["bands_done"] <= final["bands_total"] for s in seen)
+    assert disposition == f'attachment; filename="julia-{final["id"]}.png"'
+    expected = render.render_band(parse_scene(scene), 0, 24)
+    np.testing.assert_array_equal(_pixels(png), expected)
