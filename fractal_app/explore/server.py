@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 STATIC = resources.files("fractal_app.explore") / "static"
 # The camera view (and any /view.png) is at most this many pixels: a screen, not a poster.
 MAX_VIEW_PIXELS = 2048 * 2048
-# The view renders before tiles of the same kind would: it is one picture the person waits for.
-VIEW_PRIORITY = {"coarse": 0, "full": 1}
+# A whole view renders before any tile (tiles' priorities are 0 and up): it is the one
+# picture the person is waiting for.
+VIEW_PRIORITY = {"coarse": -2, "full": -1}
 
 SCHEDULER = web.AppKey("scheduler", RenderScheduler)
 STUDIO = web.AppKey("studio", PosterStudio)
@@ -157,7 +158,7 @@ async def view(request: web.Request) -> web.StreamResponse:
     scene = tiles.view_scene(base, width, height, level)
     # A 3D view is one large picture: every core works on it, and it goes ahead of tiles.
     body = await request.app[SCHEDULER].run(
-        VIEW_PRIORITY[level.name] - 1, lambda: pictures.render_png(scene, threads=None)
+        VIEW_PRIORITY[level.name], lambda: pictures.render_png(scene, threads=None)
     )
     return _png(body)
 
@@ -214,7 +215,7 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
     if (
         request.method == "POST"
         and origin is not None
-        and origin.split("://", 1)[-1] != (request.host)
+        and origin.split("://", 1)[-1] != request.host
     ):
         return web.Response(status=403, text="cross-site requests are refused")
     try:
