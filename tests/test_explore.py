@@ -32,7 +32,7 @@ from fractal_app.scene import parse_scene
 aiohttp = pytest.importorskip("aiohttp", reason="explore's web server needs aiohttp ([dev])")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from fractal_app.explore.server import create_app  # noqa: E402
+from fractal_app.explore.server import announcement, create_app, host_names  # noqa: E402
 
 FULL = tiles.LEVELS["full"]
 COARSE = tiles.LEVELS["coarse"]
@@ -294,6 +294,15 @@ def test_the_command_serves_loopback_only_and_says_so(explorer):
         urllib.request.urlopen(request, timeout=30)
     with refused.value:
         assert refused.value.code == 403
+
+
+def test_another_host_is_announced_as_open_to_other_machines():
+    """Checked without binding it: tests listen on 127.0.0.1 only."""
+    assert "other machines CAN connect" in announcement("http://0.0.0.0:80/", "0.0.0.0")
+    assert "cannot connect" in announcement("http://[::1]:80/", "::1")
+    # Answering any Host header is the price of serving other machines by name.
+    assert host_names("0.0.0.0", 80) == set()
+    assert "localhost:80" in host_names("127.0.0.1", 80)
 
 
 def test_stale_tile_requests_are_dropped_before_they_render(explorer):

@@ -269,6 +269,18 @@ def host_names(host: str, port: int) -> set[str]:
     return {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]", host)}
 
 
+def announcement(url: str, host: str) -> str:
+    """What the server says when it starts: where to point the browser, and who can connect."""
+    if is_loopback(host):
+        scope = f"listening on {host} only, so other machines cannot connect (--host to change)"
+    else:
+        scope = (
+            f"listening on {host}: other machines CAN connect, and anyone who reaches it can "
+            "run renders on this machine"
+        )
+    return f"fractal-app explore: open {url}\n  {scope}; Ctrl-C stops it"
+
+
 async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
@@ -284,18 +296,12 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound_port = runner.addresses[0][1]
+    # No await since the socket opened: no request has been read before this line.
     allowed.update(host_names(host, bound_port))
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{bound_port}/"
-    if is_loopback(host):
-        scope = f"listening on {host} only, so other machines cannot connect (--host to change)"
-    else:
-        scope = (
-            f"listening on {host}: other machines CAN connect, and anyone who reaches it can "
-            "run renders on this machine"
-        )
-    announce(f"fractal-app explore: open {url}\n  {scope}; Ctrl-C stops it")
+    announce(announcement(url, host))
     if open_browser:
         import webbrowser
 
