@@ -3,7 +3,8 @@
 One walk through the page, as a person would: it loads, the wheel zooms in, the tiles
 change and are the kernels' pixels, "save scene" downloads the exact scene JSON, loading it
 back restores the view exactly, "render" runs the one-machine lifecycle with progress and
-offers the poster, which is the scene's own pixels; then a 3D fractal's camera orbits.
+offers the poster, which is the scene's own pixels, and a shift-drag box zooms; then a 3D
+fractal's camera orbits.
 
 Playwright drives the distribution's chromium (no browser download). CI installs it
 (.ci/run); without it locally this module skips, saying so.
@@ -205,6 +206,16 @@ def test_zoom_save_load_and_render_in_the_browser(page, tmp_path):
     download.value.save_as(poster_path)
     poster = np.asarray(Image.open(io.BytesIO(poster_path.read_bytes())).convert("RGB"))
     np.testing.assert_array_equal(poster, render.render_band(scene, 0, 64))
+
+    # Box zoom: a shift-drag over a quarter of the map's width zooms in about two levels.
+    zoom = page.evaluate("window.explorer.map.getZoom()")
+    page.keyboard.down("Shift")
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.4)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.65, box["y"] + box["height"] * 0.6, steps=4)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    page.wait_for_function(f"window.explorer.map.getZoom() > {zoom + 1.5}")
 
 
 def test_a_3d_camera_orbits(page):
