@@ -76,7 +76,7 @@ TILES_SETTLED_JS = """() => {
 @pytest.fixture(scope="module")
 def explorer_url():
     process = subprocess.Popen(
-        [sys.executable, "-m", "fractal_app.cli", "explore", "--port", "0"],
+        [sys.executable, "-m", "fractal_app.cli", "explore", "--port", "0", "--providers", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
