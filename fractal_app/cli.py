@@ -138,6 +138,36 @@ def warm_cache() -> None:
     warm_kernel_cache()
 
 
+@main.command()
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8470, show_default=True,
+    help="port to listen on (0: any free port; the URL is printed)",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True,
+    help="address to listen on; anything but a loopback address lets other machines in",
+)
+@click.option("--open", "open_browser", is_flag=True, help="open the page in a web browser")
+@click.option(
+    "--providers", type=click.IntRange(1, 256), default=2, show_default=True,
+    help="provider processes for the page's 'render' button",
+)
+def explore(port: int, host: str, open_browser: bool, providers: int) -> None:
+    """Explore fractals in a web page: zoom with the mouse, then render the view as a poster."""
+    try:
+        from fractal_app.explore.server import serve
+    except ModuleNotFoundError as error:
+        raise click.ClickException(
+            f"explore needs {error.name}: pip install 'fractal-app[explore]'"
+        ) from None
+
+    try:
+        asyncio.run(serve(host, port, providers=providers, open_browser=open_browser,
+                          announce=click.echo))
+    except OSError as error:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def serve(args: tuple[str, ...]) -> None:

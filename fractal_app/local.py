@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,6 +382,23 @@ class LocalNode:
         return result
 
 
+class _Reporting:
+    """The progress bar, also telling a caller (the explorer's page) of each accepted band."""
+
+    def __init__(self, bar, report: Callable[[int, int], None], total: int) -> None:
+        self.bar = bar
+        self.report = report
+        self.total = total
+        # Counted here: a disabled tqdm bar (no terminal) does not count.
+        self.done = 0
+        report(0, total)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.report(self.done, self.total)
+
+
 def _deliver_output(result: Path, output: Path, may_move: bool) -> None:
     """Put the final file at ``output`` atomically: a rename, or a copy and a rename."""
     if may_move:
@@ -405,12 +423,14 @@ async def render_locally(
     show_progress: bool = True,
     keep: Path | None = None,
     log_level: str = "WARNING",
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> LocalRenderReport:
     """Run the whole Golem lifecycle on this machine and write the final image to ``output``.
 
     ``band_timeout``: seconds a provider may take for its band (None: no limit); past it the
     provider is killed and the band handed out again, like any other failed attempt.
     ``keep``: a directory to hold the work directories (and logs) instead of a temporary one.
+    ``on_progress``: called with (bands accepted, bands in all) after each accepted band.
     """
     from tqdm import tqdm
 
@@ -465,8 +485,10 @@ async def render_locally(
                     disable=not (show_progress and sys.stderr.isatty()),
                 )
                 with bar:
+                    progress = bar if on_progress is None else _Reporting(bar, on_progress, total)
                     node = LocalNode(
-                        root, stub, task_id, total, launcher, first_providers, bar, band_timeout
+                        root, stub, task_id, total, launcher, first_providers, progress,
+                        band_timeout,
                     )
                     try:
                         await node.run()
