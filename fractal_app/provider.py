@@ -281,7 +281,9 @@ class ProviderService:
         self.servicer = ProviderServicer(self.app)
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_ProviderAppServicer_to_server(self.servicer, server)
+        from fractal_app.decoding import add_servicer
+
+        add_servicer(self.servicer, server, pb_grpc.add_ProviderAppServicer_to_server)
 
     def serving(self) -> None:
         """Called once the server answers SERVING: load the heavy modules in the background.

@@ -744,7 +744,9 @@ class RequestorService:
         threading.Thread(target=_preload, args=(resume_gc,), name="preload", daemon=True).start()
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)
+        from fractal_app.decoding import add_servicer
+
+        add_servicer(self.servicer, server, pb_grpc.add_RequestorAppServicer_to_server)
 
     def serving(self) -> None:
         """Called once the server answers SERVING (the preload started in __init__)."""
