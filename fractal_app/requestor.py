@@ -63,7 +63,7 @@ MAX_NODE_ID_LENGTH = 1024
 MAX_SUBTASKS_COUNT = 1_000_000
 # Idle tasks whose sqlite connection stays open (three files each: the database, its WAL
 # and its shared-memory index); the least recently used beyond this are closed, and every
-# finished or aborted one as soon as no rpc uses it. Re-opening one costs about a millisecond.
+# finished or aborted one as soon as no rpc uses it; an rpc that names it again re-opens it.
 MAX_OPEN_TASKS = 32
 
 

@@ -446,3 +446,31 @@ def test_create_task_refuses_a_planted_symlink(tmp_path, folder):
         assert list(outside.iterdir()) == []
 
     run(scenario())
+
+
+def test_stores_of_finished_and_idle_tasks_are_closed(tmp_path):
+    """Open stores stay bounded: aborted and finished tasks close theirs at once, idle ones
+    beyond MAX_OPEN_TASKS (least recently used first), and each re-opens when named."""
+    from fractal_app.requestor import MAX_OPEN_TASKS
+
+    async def scenario():
+        async with serving(tmp_path / "work") as (app, stub):
+            work = app.work_dir
+            idle = [await create(stub, work) for _ in range(MAX_OPEN_TASKS + 5)]
+            assert app.open_tasks == MAX_OPEN_TASKS
+            finished = await create(stub, work)
+            subtask_id = await hand_out_with_result(stub, work, finished)
+            await stub.Verify(verify_request(finished, subtask_id))
+            aborted = await create(stub, work)
+            await stub.AbortTask(pb.AbortTaskRequest(task_id=aborted))
+            assert app.open_tasks <= MAX_OPEN_TASKS
+            assert finished not in app._tasks and aborted not in app._tasks
+            # The first idle task was closed first; it answers all the same.
+            reply = await stub.HasPendingSubtasks(pb.HasPendingSubtasksRequest(task_id=idle[0]))
+            assert reply.has_pending_subtasks
+            assert await stub.Verify(verify_request(finished, subtask_id))  # recorded verdict
+            for task_id in idle:
+                await stub.AbortTask(pb.AbortTaskRequest(task_id=task_id))
+            assert app.open_tasks == 0
+
+    run(scenario())
