@@ -32,6 +32,8 @@ def add_servicer(
     INVALID_ARGUMENT by name. The generated function stays the one list of the methods."""
     recorder = _Recorder()
     add_generated(servicer, recorder)
+    if not recorder.handlers:  # a generator that no longer registers this way: say so
+        raise RuntimeError(f"{add_generated.__name__} registered no method handlers")
     handlers = {
         name: handler._replace(
             request_deserializer=_lenient(handler.request_deserializer),
