@@ -37,8 +37,8 @@ class DataLoss(AppError):
     """A file the app keeps its state in is unreadable or corrupt. Maps to DATA_LOSS."""
 
 
-# errno values that mean "no space": the disk, the inode table, or a quota.
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# errno values that mean "no space": the disk (blocks or inodes), or a quota.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 # errno values that mean the folder may not be written: a read-only mount or permissions.
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -59,7 +59,7 @@ def storage_error(error: BaseException, action: str) -> AppError | None:
             )
         if error.errno in _NOT_WRITABLE:
             return FailedPrecondition(
-                f"cannot write while {action}{where}: {error.strerror} (a read-only folder or"
+                f"no access while {action}{where}: {error.strerror} (a read-only folder or"
                 " missing permissions); make the work directory writable"
             )
         if error.errno == errno.EIO:
@@ -81,7 +81,7 @@ def storage_error(error: BaseException, action: str) -> AppError | None:
         if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR")):
             return DataLoss(
                 f"the task's state database is corrupt or unreadable ({error}) while {action};"
-                " the task cannot continue: abort it and create it again"
+                " this task cannot go on: remove its folder and create it again"
             )
         return None
     return None
