@@ -461,6 +461,8 @@ def _cancelled_by_signals(main: asyncio.Task):
         received.append(signum)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_DFL:
+            continue  # the program that called us handles it (a web server, say): its own
         try:
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)

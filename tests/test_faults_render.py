@@ -68,6 +68,9 @@ def test_render_killed_leaves_nothing_behind(tmp_path, signum):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal, even where the test runner was started with nohup (a render
+        # started that way keeps ignoring SIGHUP, as it should).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     try:
         # Until the requestor and a provider are at work (a provider's band file is being
