@@ -94,6 +94,9 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fractal_app.lifeline import adopt
+
+    adopt()  # started by `fractal-app render`: die with it, even if it is SIGKILLed
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,

@@ -258,8 +258,8 @@ def _walk_chunks(data: bytes):
         count += 1
         if count > _MAX_CHUNKS:
             raise BandFileError(f"PNG has more than {_MAX_CHUNKS:,} chunks")
-        if kind == b"IEND" and end != len(data):
-            raise BandFileError(f"PNG has {len(data) - end} bytes after IEND")
+        if kind == b"IEND" and (end != len(data) or length != 0):
+            raise BandFileError(f"PNG has {len(data) - end + length} bytes after IEND")
         yield kind, payload
         if kind == b"IEND":
             return
@@ -290,7 +290,7 @@ def _check_text(payload: bytes, expected: BandMeta) -> None:
         return
     try:
         meta = json.loads(value.decode("latin-1"))
-    except ValueError:
+    except (ValueError, RecursionError):  # thousands of '[' overflow the parser's stack
         raise BandFileError("the fractal-app text chunk is not valid JSON") from None
     wanted = asdict(expected)
     if not isinstance(meta, dict) or set(meta) != set(wanted):

@@ -31,7 +31,12 @@ def durable_file(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        with open(tmp, "wb") as out:
+        # A fresh file, never one planted there: a symlink left under the partial name is
+        # removed (the link, not its target) and O_EXCL | O_NOFOLLOW refuse one made meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with open(os.open(tmp, flags, 0o644), "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import grpc
 
+from fractal_app import lifeline
 from fractal_app.errors import AppError
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
@@ -109,7 +111,11 @@ class _Process:
         ]
         with open(self.log_path, "ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=lifeline.child_environment(),  # it dies with us, even by SIGKILL
             )
         # The server writes the port file once it is SERVING; a bounded poll waits for it.
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -431,7 +437,77 @@ async def render_locally(
     provider is killed and the band handed out again, like any other failed attempt.
     ``keep``: a directory to hold the work directories (and logs) instead of a temporary one.
     ``on_progress``: called with (bands accepted, bands in all) after each accepted band.
+
+    SIGTERM and SIGHUP stop it as Ctrl-C does: every process it started is reaped and the
+    temporary folder removed, then LocalRenderError says which signal. After a SIGKILL its
+    processes die with it and a watchdog removes the folder (see :mod:`fractal_app.lifeline`).
     """
+    main = asyncio.current_task()
+    assert main is not None
+    with _cancelled_by_signals(main) as received:
+        try:
+            return await _render_locally(
+                scene_json,
+                output,
+                providers,
+                subtasks,
+                backend,
+                band_timeout,
+                show_progress,
+                keep,
+                log_level,
+                on_progress,
+            )
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            main.uncancel()
+            raise LocalRenderError(
+                f"stopped by {received[0].name}; the processes it started are gone and its"
+                " temporary folder is removed"
+            ) from None
+
+
+@contextlib.contextmanager
+def _cancelled_by_signals(main: asyncio.Task):
+    """SIGTERM and SIGHUP cancel ``main`` (once: a second signal must not cut the clean-up
+    short); yields the list of signals received."""
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+    installed: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not received:
+            main.cancel()
+        received.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_DFL:
+            continue  # the program that called us handles it (a web server, say): its own
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller owns signals there
+    try:
+        yield received
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+async def _render_locally(
+    scene_json: str,
+    output: Path,
+    providers: int,
+    subtasks: int | None,
+    backend: str | None,
+    band_timeout: float | None,
+    show_progress: bool,
+    keep: Path | None,
+    log_level: str,
+    on_progress: Callable[[int, int], None] | None,
+) -> LocalRenderReport:
     from tqdm import tqdm
 
     from fractal_app.bands import plan_bands
@@ -447,9 +523,17 @@ async def render_locally(
     output = output_path_for(Path(output), scene.output)
     started = time.monotonic()
 
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         if keep is None:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fractal-app-")))
+            root = Path(tempfile.mkdtemp(prefix="fractal-app-"))
+            try:
+                watchdog = await lifeline.start_watchdog(root)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            # Run last to first: the folder is removed, then the watchdog let go.
+            stack.push_async_callback(watchdog.release)
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
         else:
             root = Path(keep)
             root.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,12 @@ the kernels load when the one request arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fractal_app.errors import FailedPrecondition, InvalidArgument
+from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.server import resume_gc_after_startup, rpc_errors
@@ -38,6 +40,14 @@ BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
 # Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few
 # milliseconds of kernel work at the least, and a few MiB of scratch.
 RENDER_BLOCK_SAMPLES = 1 << 20
+# ... and at most about this many inner-loop steps (verify.worst_pixel_cost per pixel): a stop
+# (SIGTERM, Shutdown) is seen between blocks, so a block must take well under the 2 s a node
+# waits. 2^27 steps is about 0.1-0.3 s of one core at the worst; a block is never less than
+# a few rows, so the kernel's threads still share it.
+RENDER_BLOCK_STEPS = 1 << 27
+MIN_BLOCK_ROWS = 4
+# The scene resource is small JSON (scene.MAX_PARAMS_BYTES and the defaults filled in).
+MAX_RESOURCE_BYTES = 1 << 20
 _PARAM_KEYS = {"subtask_id", "band_index", "row_start", "row_stop"}
 
 
@@ -113,14 +123,7 @@ class Provider:
                 f"subtask_params_json names subtask {params.subtask_id[:80]!r}, the request"
                 f" {subtask_id!r}"
             )
-        scene_path = self.work_dir / SUBTASK_INPUTS / SCENE_RESOURCE
-        try:
-            scene_json = scene_path.read_text()
-        except OSError as error:
-            raise FailedPrecondition(
-                f"cannot read the task's scene at {SUBTASK_INPUTS}/{SCENE_RESOURCE}:"
-                f" {error.strerror}; the node must ship the subtask's resources"
-            ) from None
+        scene_json = read_resource(self.work_dir, SCENE_RESOURCE)
 
         from fractal_app import render
         from fractal_app.bandfile import BandMeta, write_band_blocks
@@ -134,12 +137,12 @@ class Provider:
             )
         backend = render.resolve_backend(self.backend, scene.env)
         meta = BandMeta(task_id, subtask_id, params.row_start, params.row_stop, scene.output)
-        out_dir = self.work_dir / subtask_id
-        out_dir.mkdir(exist_ok=True)
+        out_dir = real_folder(self.work_dir, subtask_id, create=True)
         out_path = out_dir / BAND_FILE_NAME
+        halt = threading.Event()
 
         def render_and_write() -> None:
-            blocks = band_blocks(scene, params.row_start, params.row_stop, backend)
+            blocks = band_blocks(scene, params.row_start, params.row_stop, backend, halt)
             write_band_blocks(out_path, blocks, meta)
 
         logger.info(
@@ -149,7 +152,21 @@ class Provider:
             task_id,
             backend,
         )
-        await asyncio.to_thread(render_and_write)
+        rendering = asyncio.ensure_future(asyncio.to_thread(render_and_write))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({rendering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # SIGTERM or Shutdown (stop set), or this rpc cancelled: the render stops at the
+            # next block, and the unfinished band file is removed (durable_file).
+            stopping.cancel()
+            if not rendering.done():
+                halt.set()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(rendering)
+        if halt.is_set():
+            raise Aborted("the provider was stopped (SIGTERM or Shutdown) before the band was done")
+        rendering.result()
         return f"{subtask_id}/{BAND_FILE_NAME}"
 
     async def run_benchmark(self) -> float:
@@ -163,19 +180,74 @@ class Provider:
             self.stop.set()
 
 
-def band_blocks(scene, row_start: int, row_stop: int, backend: str) -> Iterator[np.ndarray]:
+def band_blocks(
+    scene,
+    row_start: int,
+    row_stop: int,
+    backend: str,
+    halt: threading.Event | None = None,
+) -> Iterator[np.ndarray]:
     """``render.render_band`` of rows [row_start, row_stop), rendered a block of rows at a
     time, on demand.
 
     Concatenated, the blocks are exactly the band's values. The band file is encoded from
     them as they come, so a provider holds one block (a few MiB) and never the whole band: a
-    poster band of hundreds of MiB costs no more memory than a small one.
+    poster band of hundreds of MiB costs no more memory than a small one. ``halt`` set stops
+    it before the next block (Aborted).
     """
     from fractal_app import render
 
-    block = max(1, RENDER_BLOCK_SAMPLES // (scene.width_px * scene.supersample**2))
+    for start, stop in block_rows(scene, row_start, row_stop):
+        if halt is not None and halt.is_set():
+            raise Aborted("rendering stopped")
+        yield render.render_band(scene, start, stop, backend)
+
+
+def block_rows(scene, row_start: int, row_stop: int) -> Iterator[tuple[int, int]]:
+    """The blocks band_blocks renders: at most RENDER_BLOCK_SAMPLES samples and about
+    RENDER_BLOCK_STEPS of work at the worst, but at least MIN_BLOCK_ROWS rows."""
+    from fractal_app.verify import worst_pixel_cost
+
+    width = scene.width_px
+    by_samples = RENDER_BLOCK_SAMPLES // (width * scene.supersample**2)
+    by_work = RENDER_BLOCK_STEPS // (width * worst_pixel_cost(scene))
+    block = max(1, min(by_samples, max(MIN_BLOCK_ROWS, by_work)))
     for start in range(row_start, row_stop, block):
-        yield render.render_band(scene, start, min(row_stop, start + block), backend)
+        yield start, min(row_stop, start + block)
+
+
+def real_folder(work_dir: Path, name: str, create: bool = False) -> Path:
+    """``work_dir/name`` as a real folder: never a symlink a node (or anyone) planted, so the
+    band is never written outside the work directory."""
+    from fractal_app.store import real_folder as checked
+
+    return checked(work_dir, name, create)
+
+
+def read_resource(work_dir: Path, name: str) -> str:
+    """A subtask resource from ``subtask_inputs``, if it is a regular file (not a symlink, a
+    FIFO that would block the provider, or a device) of sane size."""
+    where = f"{SUBTASK_INPUTS}/{name}"
+    folder = real_folder(work_dir, SUBTASK_INPUTS)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(folder / name, flags)
+    except OSError as error:
+        raise FailedPrecondition(
+            f"cannot read the task's scene at {where}: {error.strerror}; the node must ship the"
+            " subtask's resources (regular files, not symlinks)"
+        ) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FailedPrecondition(f"{where} is not a regular file; the node must ship one")
+        if info.st_size > MAX_RESOURCE_BYTES:
+            raise FailedPrecondition(f"{where} is {info.st_size:,} bytes; a scene is far smaller")
+        data = handle.read(MAX_RESOURCE_BYTES + 1)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise FailedPrecondition(f"{where} is not UTF-8 text") from None
 
 
 class ProviderServicer(pb_grpc.ProviderAppServicer):
@@ -209,7 +281,9 @@ class ProviderService:
         self.servicer = ProviderServicer(self.app)
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_ProviderAppServicer_to_server(self.servicer, server)
+        from fractal_app.decoding import add_servicer
+
+        add_servicer(self.servicer, server, pb_grpc.add_ProviderAppServicer_to_server)
 
     def serving(self) -> None:
         """Called once the server answers SERVING: load the heavy modules in the background.

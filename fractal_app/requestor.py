@@ -10,6 +10,13 @@ Restart: every change is committed before an rpc answers, and a task is re-opene
 folder the first time an rpc names it. Subtasks that were handed out stay ``running``, so a
 result that arrives after the restart still verifies; a verification cut off by the crash goes
 back to ``running`` and the node's retried ``Verify`` checks the result again.
+
+Faults: a verification runs to its end whatever happens to the rpc that asked for it (a
+deadline, a node that hangs up), and a retried ``Verify`` joins it or reads its recorded
+verdict; one that fails (a full disk) leaves the subtask to be checked again. Disk faults
+answer their own status (:func:`fractal_app.errors.storage_error`). A task's sqlite
+connection is open only while the task is in use or among the few most recently used, so a
+requestor that lives for months and many tasks keeps a bounded number of files open.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +39,13 @@ import grpc
 
 from fractal_app.bands import band_memory_mib, plan_bands
 from fractal_app.durable import durable_file, fsync_dir
-from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from fractal_app.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    storage_errors,
+)
 from fractal_app.images import image_for_env
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
@@ -47,6 +61,10 @@ logger = logging.getLogger(__name__)
 SCENE_RESOURCE = "scene.json"
 MAX_NODE_ID_LENGTH = 1024
 MAX_SUBTASKS_COUNT = 1_000_000
+# Idle tasks whose sqlite connection stays open (three files each: the database, its WAL
+# and its shared-memory index); the least recently used beyond this are closed, and every
+# finished or aborted one as soon as no rpc uses it; an rpc that names it again re-opens it.
+MAX_OPEN_TASKS = 32
 
 
 @dataclass(frozen=True)
@@ -95,9 +113,15 @@ class _Task:
     paths: TaskPaths
     store: TaskStore
     scene: object
+    # Aborted, or every band accepted: its store is closed as soon as nothing uses it.
+    finished: bool = False
     # Serialises the task's state changes; verification itself runs without it.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancels: dict[str, threading.Event] = field(default_factory=dict)
+    # The verifications running in this process, by subtask id: a retried Verify joins one.
+    verifications: dict[str, asyncio.Future[VerifyOutcome]] = field(default_factory=dict)
+    # rpcs and verifications using the task now; its store is closed only at zero.
+    users: int = 0
 
     @property
     def result_path(self) -> Path:
@@ -109,7 +133,9 @@ class Requestor:
 
     def __init__(self, work_dir: Path, max_workers: int | None = None) -> None:
         self.work_dir = Path(work_dir)
-        self._tasks: dict[str, _Task] = {}
+        # Least recently used first.
+        self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        self._closing: set[asyncio.Future] = set()
         self._open_lock = asyncio.Lock()
         # Three pools, so that no kind of work waits behind another: spot checks (CPU bound,
         # one per core), file work (saving bands, the cost estimate, writing the final image),
@@ -132,6 +158,11 @@ class Requestor:
         for task in self._tasks.values():
             task.store.close()
         self._tasks.clear()
+
+    @property
+    def open_tasks(self) -> int:
+        """How many tasks have their store open now (for tests and logs)."""
+        return len(self._tasks)
 
     async def _run(self, func, *args):
         """Run a spot check (or the benchmark) on the verification pool."""
@@ -157,29 +188,71 @@ class Requestor:
             if task is not None:
                 return task
             paths = TaskPaths.of(self.work_dir, task_id)
-            store = await self._db(TaskStore.open, paths.database, task_id)
-            if store is None:
-                raise NotFound(
-                    f"unknown task {task_id!r}: CreateTask was not called for it (work dir"
-                    f" {self.work_dir})"
-                )
-            scene_json = await self._db(lambda: store.scene_json)
-            task = _Task(paths, store, _parse_scene(scene_json))
-            recovered = await self._db(store.recover)
-            if recovered:
-                logger.info("task %s: verifications %s cut off by a restart", task_id, recovered)
-            await self._reconcile_result(task)
+            with storage_errors(f"opening task {task_id!r}"):
+                store = await self._db(_open_store, paths, task_id)
+                if store is None:
+                    raise NotFound(
+                        f"unknown task {task_id!r}: CreateTask was not called for it (work dir"
+                        f" {self.work_dir})"
+                    )
+                try:
+                    scene_json = await self._db(lambda: store.scene_json)
+                    task = _Task(paths, store, _parse_scene(scene_json))
+                    # Nothing of this task is running here (it was not open), so a subtask
+                    # left verifying was cut off by a restart or a failed undo.
+                    recovered = await self._db(store.recover)
+                    if recovered:
+                        logger.info("task %s: verifications %s cut off", task_id, recovered)
+                    task.finished = await self._db(_is_finished, store)
+                    await self._reconcile_result(task)
+                except BaseException:
+                    await self._db(store.close)
+                    raise
             self._tasks[task_id] = task
             return task
+
+    @contextlib.asynccontextmanager
+    async def _using(self, task_id: str) -> AsyncIterator[_Task]:
+        """The task, kept open (its store not closed) until the block ends."""
+        task = await self._task(task_id)
+        self._hold(task)
+        try:
+            yield task
+        finally:
+            self._let_go(task)
+
+    def _hold(self, task: _Task) -> None:
+        task.users += 1
+        if task.paths.task_id in self._tasks:
+            self._tasks.move_to_end(task.paths.task_id)
+
+    def _let_go(self, task: _Task) -> None:
+        task.users -= 1
+        if task.users == 0:
+            self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close the stores of finished tasks nobody uses, and of the least recently used
+        idle tasks beyond MAX_OPEN_TASKS. A closed task is re-opened when an rpc names it."""
+        excess = len(self._tasks) - MAX_OPEN_TASKS
+        for task_id, task in list(self._tasks.items()):
+            if task.users or not (task.finished or excess > 0):
+                continue
+            excess -= 1
+            del self._tasks[task_id]
+            closing = asyncio.ensure_future(self._db(task.store.close))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _reconcile_result(self, task: _Task) -> None:
         """Make task_outputs agree with the store after a crash between a commit and a file."""
         complete = await self._db(task.store.all_accepted)
         if complete and not task.result_path.is_file():
             bands = await self._db(task.store.bands)
-            await self._file_work(_assemble, task.paths, task.scene, bands)
+            with storage_errors(f"writing the final image of task {task.paths.task_id!r}"):
+                await self._file_work(_assemble, task.paths, task.scene, bands)
         elif not complete:
-            await self._file_work(_remove_results, task.paths.task_outputs)
+            await self._file_work(_remove_results, task.paths)
 
     # ---- the rpcs --------------------------------------------------------------------------
 
@@ -196,16 +269,23 @@ class Requestor:
         scene = _parse_scene(task_params_json)
         async with self._open_lock:
             paths = TaskPaths.of(self.work_dir, task_id)
-            if task_id in self._tasks or await self._db(_exists, paths.database, task_id):
-                raise FailedPrecondition(
-                    f"task {task_id!r} already exists; CreateTask is called once per task id"
+            with storage_errors(f"creating task {task_id!r}"):
+                if task_id in self._tasks or await self._db(_exists, paths, task_id):
+                    raise FailedPrecondition(
+                        f"task {task_id!r} already exists; CreateTask is called once per task id"
+                    )
+                await self._file_work(_prepare_folder, paths, scene.to_json().encode())
+                plan = await self._file_work(_plan, scene, max_subtasks_count)
+                store = await self._db(
+                    TaskStore.create,
+                    paths.database,
+                    task_id,
+                    task_params_json,
+                    scene.to_json(),
+                    plan,
                 )
-            await self._file_work(_prepare_folder, paths, scene.to_json().encode())
-            plan = await self._file_work(_plan, scene, max_subtasks_count)
-            store = await self._db(
-                TaskStore.create, paths.database, task_id, task_params_json, scene.to_json(), plan
-            )
             self._tasks[task_id] = _Task(paths, store, scene)
+            self._close_idle()
         tallest = max(stop - start for start, stop in plan)
         logger.info("task %s: %d bands of at most %d rows", task_id, len(plan), tallest)
         return CreatedTask(
@@ -218,107 +298,174 @@ class Requestor:
 
     async def next_subtask(self, task_id: str, subtask_id: str, node_id: str) -> SubtaskSpec | None:
         """Hand the next pending band to ``subtask_id``; None when there is none to give."""
-        task = await self._task(task_id)
         check_name("subtask_id", subtask_id)
         if len(node_id) > MAX_NODE_ID_LENGTH:
             raise InvalidArgument(f"opaque_node_id is longer than {MAX_NODE_ID_LENGTH} characters")
-        async with task.lock:
-            band = await self._db(task.store.claim_pending_band, subtask_id, node_id)
+        async with self._using(task_id) as task, task.lock:
+            with storage_errors("handing out a band"):
+                band = await self._db(task.store.claim_pending_band, subtask_id, node_id)
         if band is None:
             return None
         return SubtaskSpec(subtask_id, subtask_params(subtask_id, band), [SCENE_RESOURCE])
 
     async def has_pending_subtasks(self, task_id: str) -> bool:
-        task = await self._task(task_id)
-        return await self._db(task.store.has_pending)
+        async with self._using(task_id) as task:
+            with storage_errors("reading the task's state"):
+                return await self._db(task.store.has_pending)
 
     async def verify(self, task_id: str, subtask_id: str) -> VerifyOutcome:
         """Check a subtask's result; merge it if accepted, else put its band back to pending.
 
-        The answer is always the result of a completed check (never "awaiting data").
+        The answer is always the result of a completed check (never "awaiting data"). The
+        check runs to its end even if the caller goes away meanwhile; asking again while it
+        runs joins it, and asking again afterwards answers the recorded verdict.
         """
-        task = await self._task(task_id)
         check_name("subtask_id", subtask_id)
+        async with self._using(task_id) as task:
+            running = task.verifications.get(subtask_id)
+            if running is None:
+                running = self._start_verifying(task, subtask_id)
+            # Shielded: a cancelled rpc (deadline, closed connection) must not cut the
+            # verification off between the band's files and the commit that records them.
+            return await asyncio.shield(running)
+
+    def _start_verifying(self, task: _Task, subtask_id: str) -> asyncio.Future[VerifyOutcome]:
+        running = asyncio.ensure_future(self._verify(task, subtask_id))
+        task.verifications[subtask_id] = running
+        self._hold(task)
+
+        def done(future: asyncio.Future) -> None:
+            if task.verifications.get(subtask_id) is future:
+                del task.verifications[subtask_id]
+            if not future.cancelled():
+                future.exception()  # its callers got it, or went away; either way, seen
+            self._let_go(task)
+
+        running.add_done_callback(done)
+        return running
+
+    async def _verify(self, task: _Task, subtask_id: str) -> VerifyOutcome:
         result_dir = task.paths.result_dir(subtask_id)
         async with task.lock:
-            band = await self._db(_start_verification, task.store, subtask_id, result_dir)
+            with storage_errors("starting the verification"):
+                started = await self._db(_start_verification, task.paths, task.store, subtask_id)
+            if isinstance(started, VerifyOutcome):
+                return started  # verified before: the recorded verdict
+            band = started
             cancel = threading.Event()
             task.cancels[subtask_id] = cancel
 
         from fractal_app.bandfile import BandMeta
         from fractal_app.verify import verify_band
 
-        meta = BandMeta(task_id, subtask_id, band.row_start, band.row_stop, task.scene.output)
+        meta = BandMeta(
+            task.paths.task_id, subtask_id, band.row_start, band.row_stop, task.scene.output
+        )
         try:
             verdict = await self._run(verify_band, task.scene, meta, result_dir, cancel)
+            return await self._settle(task, subtask_id, band, verdict, cancel)
         except Aborted:
-            raise
+            raise  # the abort (or discard) released the band already
         except BaseException:
-            # The check could not run (file vanished, internal error, the rpc was cancelled):
-            # the result stays unchecked, so the subtask is back to running and Verify may be
-            # asked again. Unless an abort already released the band.
-            stopped_by_abort = cancel.is_set()
-            cancel.set()  # a cancelled rpc leaves its check running in the pool: stop it
-            if not stopped_by_abort:
+            # The check or the saving could not finish (file vanished, disk full, a bug):
+            # the result stays unchecked, so the subtask is back to running and Verify may
+            # be asked again. Should even this fail, the next Verify resumes it (see
+            # _start_verification), and so does re-opening the task.
+            cancel.set()
+            with contextlib.suppress(Exception):
                 async with task.lock:
                     await self._db(task.store.undo_verification, subtask_id)
             raise
         finally:
             task.cancels.pop(subtask_id, None)
 
+    async def _settle(self, task: _Task, subtask_id: str, band: BandRow, verdict, cancel):
+        """Record the verdict: a rejected band back to pending, an accepted one saved and
+        merged. Under the task's lock, so no abort or discard slips in between."""
         async with task.lock:
-            if cancel.is_set():
-                raise Aborted(f"the verification of subtask {subtask_id!r} was stopped by an abort")
+            # An abort or a discard that came after the check: the store no longer gives this
+            # subtask its band, and the answer must not say otherwise.
+            sub = await self._db(task.store.subtask, subtask_id)
+            if cancel.is_set() or sub.state != "verifying":
+                raise Aborted(
+                    f"the verification of subtask {subtask_id!r} was stopped by an abort or a"
+                    f" discard ({sub.reason or sub.state})"
+                )
             if not verdict.accepted:
-                await self._db(task.store.finish_verification, subtask_id, False, verdict.reason)
-                logger.info("task %s: subtask %s rejected: %s", task_id, subtask_id, verdict.reason)
+                with storage_errors("recording a rejected band"):
+                    await self._db(
+                        task.store.finish_verification, subtask_id, False, verdict.reason
+                    )
+                logger.info(
+                    "task %s: subtask %s rejected: %s",
+                    task.paths.task_id,
+                    subtask_id,
+                    verdict.reason,
+                )
                 return VerifyOutcome(False, verdict.reason)
-            await self._file_work(_save_values, task.paths.band_values(band.index), verdict.values)
+            with storage_errors("saving the accepted band"):
+                await self._file_work(_save_values, task.paths, band.index, verdict.values)
             counts = await self._db(task.store.counts)
-            if counts.get("accepted", 0) == sum(counts.values()) - 1:
+            last = counts.get("accepted", 0) == sum(counts.values()) - 1
+            if last:
                 # The last band: the final file exists before the acceptance is committed, so
                 # a crash in between leaves a band that verifies again, never a finished task
                 # without its image.
                 stored = await self._db(task.store.bands)
                 bands = [b if b.index != band.index else _accepted(b) for b in stored]
-                await self._file_work(_assemble, task.paths, task.scene, bands)
-            await self._db(task.store.finish_verification, subtask_id, True, verdict.reason)
-        logger.info("task %s: subtask %s accepted (band %d)", task_id, subtask_id, band.index)
+                with storage_errors("writing the final image"):
+                    await self._file_work(_assemble, task.paths, task.scene, bands)
+            try:
+                with storage_errors("recording the accepted band"):
+                    await self._db(task.store.finish_verification, subtask_id, True, verdict.reason)
+            except BaseException:
+                if last:  # no finished image for a task whose last band is not accepted
+                    with contextlib.suppress(Exception):
+                        await self._file_work(_remove_results, task.paths)
+                raise
+            task.finished = task.finished or last
+        logger.info(
+            "task %s: subtask %s accepted (band %d)", task.paths.task_id, subtask_id, band.index
+        )
         return VerifyOutcome(True, verdict.reason)
 
     async def discard_subtasks(self, task_id: str, subtask_ids: Sequence[str]) -> list[str]:
         """Accepted (or still running) subtasks give their bands back; returns the ids."""
-        task = await self._task(task_id)
         for subtask_id in subtask_ids:
             check_name("subtask_id", subtask_id)
-        async with task.lock:
+        async with self._using(task_id) as task, task.lock:
             for subtask_id in subtask_ids:
                 await self._db(task.store.subtask, subtask_id)  # NotFound before any change
             for subtask_id in subtask_ids:
                 if subtask_id in task.cancels:
                     task.cancels[subtask_id].set()
-            discarded = await self._db(task.store.discard, list(subtask_ids))
+            with storage_errors("discarding subtasks"):
+                discarded = await self._db(task.store.discard, list(subtask_ids))
             # Committed first, then the file goes: a crash in between leaves a result file
             # that re-opening the task removes, never a merged image holding a discarded band.
             if discarded and not await self._db(task.store.all_accepted):
-                await self._file_work(_remove_results, task.paths.task_outputs)
+                await self._file_work(_remove_results, task.paths)
+            task.finished = await self._db(_is_finished, task.store)
         return discarded
 
     async def abort_subtask(self, task_id: str, subtask_id: str) -> None:
-        task = await self._task(task_id)
         check_name("subtask_id", subtask_id)
-        cancel = task.cancels.get(subtask_id)
-        if cancel is not None:
-            cancel.set()
-        async with task.lock:
-            await self._db(task.store.abort_subtask, subtask_id)
+        async with self._using(task_id) as task:
+            cancel = task.cancels.get(subtask_id)
+            if cancel is not None:
+                cancel.set()
+            async with task.lock:
+                with storage_errors("aborting the subtask"):
+                    await self._db(task.store.abort_subtask, subtask_id)
 
     async def abort_task(self, task_id: str) -> None:
-        task = await self._task(task_id)
-        for cancel in list(task.cancels.values()):
-            cancel.set()
-        async with task.lock:
-            await self._db(task.store.abort_task)
+        async with self._using(task_id) as task:
+            for cancel in list(task.cancels.values()):
+                cancel.set()
+            async with task.lock:
+                with storage_errors("aborting the task"):
+                    await self._db(task.store.abort_task)
+                task.finished = True
 
     async def run_benchmark(self) -> float:
         from fractal_app import render
@@ -370,36 +517,59 @@ def _warm_kernels() -> None:
     render.render_pixels(probe, np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
-def _exists(database: Path, task_id: str) -> bool:
-    store = TaskStore.open(database, task_id)
+def _open_store(paths: TaskPaths, task_id: str) -> TaskStore | None:
+    """The task's store, or None if it has none; never through a symlinked folder."""
+    if not os.path.lexists(paths.state):
+        return None
+    paths.checked(paths.state)
+    return TaskStore.open(paths.database, task_id)
+
+
+def _exists(paths: TaskPaths, task_id: str) -> bool:
+    store = _open_store(paths, task_id)
     if store is None:
         return False
     store.close()
     return True
 
 
+def _is_finished(store: TaskStore) -> bool:
+    return store.aborted or store.all_accepted()
+
+
 def _prepare_folder(paths: TaskPaths, scene_json: bytes) -> None:
     """The task folder's own parts, and the scene every provider gets as a resource."""
-    if paths.root.exists() and not paths.root.is_dir():
+    if os.path.lexists(paths.root) and not os.path.isdir(paths.root):
         raise FailedPrecondition(
             f"{paths.root.name!r} in the work directory is a file, not a task folder; choose"
             " another task_id"
         )
     paths.make_folders()
+    paths.checked(paths.state, create=True)
     _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene_json)
 
 
-def _start_verification(store: TaskStore, subtask_id: str, result_dir: Path) -> BandRow:
-    """running -> verifying, if the task is live, the subtask is running and its file is here."""
+def _start_verification(
+    paths: TaskPaths, store: TaskStore, subtask_id: str
+) -> BandRow | VerifyOutcome:
+    """running -> verifying, if the task is live, the subtask is running and its file is
+    here; for a subtask verified before, its recorded verdict."""
     if store.aborted:
         raise FailedPrecondition(f"task {store.task_id!r} was aborted; nothing is verified")
     sub = store.subtask(subtask_id)  # NotFound for an unknown id
+    if sub.state == "accepted":
+        return VerifyOutcome(True, sub.reason)
+    if sub.state == "failed":
+        return VerifyOutcome(False, sub.reason)
+    result_dir = paths.result_dir(subtask_id)
+    paths.checked(paths.subtask_outputs)
     if sub.state == "running" and not _has_file(result_dir):
         raise FailedPrecondition(
             f"no result for subtask {subtask_id!r} yet: expected the provider's file in"
             f" {SUBTASK_OUTPUTS_DIR}/{subtask_id}/"
         )
-    return store.start_verification(subtask_id)
+    # Called only when no check of this subtask runs here: a "verifying" one was cut off.
+    return store.start_verification(subtask_id, resume=True)
 
 
 def _plan(scene, max_bands: int) -> list[tuple[int, int]]:
@@ -421,7 +591,11 @@ def _accepted(band: BandRow) -> BandRow:
 
 
 def _has_file(folder: Path) -> bool:
+    """Whether the provider's result is there. A symlink counts (without being followed):
+    the verification rejects it with a reason."""
     try:
+        if os.path.islink(folder):
+            return True
         return any(folder.iterdir())
     except OSError:
         return False
@@ -432,15 +606,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def _save_values(path: Path, values: np.ndarray) -> None:
+def _save_values(paths: TaskPaths, band_index: int, values: np.ndarray) -> None:
     """An accepted band's values, durable before the acceptance is committed."""
     import numpy as np
 
-    with durable_file(path) as out:
+    paths.checked(paths.bands, create=True)
+    with durable_file(paths.band_values(band_index)) as out:
         np.save(out, np.ascontiguousarray(values), allow_pickle=False)
 
 
-def _remove_results(task_outputs: Path) -> None:
+def _remove_results(paths: TaskPaths) -> None:
+    try:
+        task_outputs = paths.checked(paths.task_outputs)
+    except FailedPrecondition as refused:  # a symlink: nothing of ours can be behind it
+        logger.warning("not clearing task_outputs: %s", refused)
+        return
     for name in ("result.png", "result.tiff"):
         with contextlib.suppress(FileNotFoundError):
             (task_outputs / name).unlink()
@@ -453,26 +633,33 @@ def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
     from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
 
     width, height = scene.width_px, scene.height_px
-    tmp = paths.state / ".result.partial"
+    # Checked before anything is written: nothing goes through a planted symlink.
+    task_outputs = paths.checked(paths.task_outputs, create=True)
+    tmp = paths.checked(paths.state) / ".result.partial"
     if scene.output == "counts":
         writer = CountsTiffWriter(tmp, width, height)
     else:
         writer = PngStreamWriter(
             tmp, width, height, scene.bit_depth, text={"Software": "fractal-app"}
         )
-    with writer:
-        for band in sorted(bands, key=lambda b: b.row_start):
-            if band.state != "accepted":
-                raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
-            writer.write_rows(np.load(paths.band_values(band.index), mmap_mode="r"))
-    target = paths.task_outputs / result_file_name(scene)
-    paths.task_outputs.mkdir(parents=True, exist_ok=True)
+    try:
+        with writer:
+            for band in sorted(bands, key=lambda b: b.row_start):
+                if band.state != "accepted":
+                    raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
+                writer.write_rows(np.load(paths.band_values(band.index), mmap_mode="r"))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a full disk must not keep what it could write of the image
+        raise
+    target = task_outputs / result_file_name(scene)
     # task_outputs holds the result and nothing else: clear what a previous run left there.
-    for entry in paths.task_outputs.iterdir():
-        if entry.name != target.name and (entry.is_file() or entry.is_symlink()):
+    # (A symlink in it is removed itself, never followed.)
+    for entry in task_outputs.iterdir():
+        if entry.name != target.name and (entry.is_symlink() or entry.is_file()):
             entry.unlink()
     os.replace(tmp, target)
-    fsync_dir(paths.task_outputs)
+    fsync_dir(task_outputs)
 
 
 # ---- the gRPC adapter -----------------------------------------------------------------------
@@ -557,7 +744,9 @@ class RequestorService:
         threading.Thread(target=_preload, args=(resume_gc,), name="preload", daemon=True).start()
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_RequestorAppServicer_to_server(self.servicer, server)
+        from fractal_app.decoding import add_servicer
+
+        add_servicer(self.servicer, server, pb_grpc.add_RequestorAppServicer_to_server)
 
     def serving(self) -> None:
         """Called once the server answers SERVING (the preload started in __init__)."""

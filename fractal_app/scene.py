@@ -68,10 +68,20 @@ def _strict_int(value: Any) -> Any:
     return value
 
 
+def _strict_bool(value: Any) -> Any:
+    """Only JSON true and false: "no", "t", 0 and 1 are too easily meant the other way."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"must be true or false (a JSON boolean), got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
 Real = Annotated[float, BeforeValidator(_finite_float)]
 Vec2 = tuple[Real, Real]
 Vec3 = tuple[Real, Real, Real]
 Int = Annotated[int, BeforeValidator(_strict_int)]
+Bool = Annotated[bool, BeforeValidator(_strict_bool)]
 Colour = tuple[
     Annotated[Int, Field(ge=0, le=255)],
     Annotated[Int, Field(ge=0, le=255)],
@@ -92,7 +102,7 @@ class _SceneBase(BaseModel):
     palette_cycles: Annotated[Real, Field(gt=0, le=10_000)] = 1.0
     palette_offset: Annotated[Real, Field(ge=0, le=1)] = 0.0
     interior_color: Colour = (0, 0, 0)
-    bit_depth: Literal[8, 16] = 8
+    bit_depth: Annotated[Literal[8, 16], BeforeValidator(_strict_int)] = 8
     precision: Literal["float64", "float32"] = "float64"
     env: Literal["docker_cpu", "docker_gpu"] = "docker_cpu"
     output: Literal["image", "counts"] = "image"
@@ -148,7 +158,7 @@ class _EscapeTimeScene(_SceneBase):
     width: Annotated[Real, Field(gt=0, le=1e6)] = 3.5
     max_iter: Annotated[Int, Field(ge=1, le=MAX_ITER)] = 1000
     # Smooth (continuous) colouring from the final |z|; false gives flat bands per count.
-    smooth: bool = True
+    smooth: Bool = True
 
     @property
     def pixel_size(self) -> float:

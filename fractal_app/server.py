@@ -65,6 +65,8 @@ _STATUS_FOR_ERROR: tuple[tuple[type[errors.AppError], grpc.StatusCode], ...] = (
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DataLoss, grpc.StatusCode.DATA_LOSS),
 )
 
 # Unexpected exception messages can be long (a numpy repr, a path list); the node logs the
@@ -115,6 +117,11 @@ def rpc_errors(method: _Method) -> _Method:
             logger.info("%s -> %s: %s", rpc_name, code.name, message)
             await context.abort(code, message)
         except Exception as error:
+            # A disk fault the domain layer did not name (full, read-only) is still not a bug.
+            storage = errors.storage_error(error, f"handling {rpc_name}")
+            if storage is not None:
+                logger.warning("%s -> %s", rpc_name, storage, exc_info=error)
+                await context.abort(status_for(storage), str(storage))
             logger.exception("%s failed with an unexpected error", rpc_name)
             detail = f"{type(error).__name__}: {error}"
             if len(detail) > _MAX_INTERNAL_DETAIL:

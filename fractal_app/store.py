@@ -16,8 +16,10 @@ outside world (task ids, subtask ids, file names) from reaching outside it.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,43 @@ def check_relative_path(kind: str, value: str, root: Path) -> Path:
     return root.joinpath(*parts)
 
 
+def real_folder(base: Path, relative: str | Path, create: bool = False) -> Path:
+    """``base / relative``, after checking that every folder on the way below ``base`` is a
+    real folder and not a symlink (FailedPrecondition otherwise); missing ones are made when
+    ``create``.
+
+    Whoever planted a symlink in the work directory (a node, another process), nothing is
+    read, written or deleted through it: a ``task_outputs`` that points elsewhere would have
+    the requestor clear the folder it points to. ``base`` itself is trusted (the work
+    directory may well be a mount or a link the operator chose).
+    """
+    folder = Path(base)
+    for part in Path(relative).parts:
+        folder = folder / part
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            if not create:
+                return Path(base) / relative
+            try:
+                os.mkdir(folder)
+            except FileExistsError:  # made meanwhile: check what it is
+                info = os.lstat(folder)
+            else:
+                continue
+        shown = folder.relative_to(base)
+        if stat.S_ISLNK(info.st_mode):
+            raise FailedPrecondition(
+                f"{shown} in the work directory is a symlink; fractal-app never reads, writes"
+                " or deletes through one: replace it with a real folder"
+            )
+        if not stat.S_ISDIR(info.st_mode):
+            raise FailedPrecondition(
+                f"{shown} in the work directory is not a folder; remove it or choose another id"
+            )
+    return folder
+
+
 # Names of the folders a Golem node makes in each task folder (PROTOCOL.md).
 TASK_INPUTS = "task_inputs"
 SUBTASK_INPUTS = "subtask_inputs"
@@ -90,6 +129,16 @@ class TaskPaths:
     @classmethod
     def of(cls, work_dir: Path, task_id: str) -> TaskPaths:
         return cls(Path(work_dir) / check_name("task_id", task_id))
+
+    @property
+    def task_id(self) -> str:
+        return self.root.name
+
+    def checked(self, folder: Path, create: bool = False) -> Path:
+        """``folder`` (one of this task's), each step from the work directory down a real
+        folder, not a symlink; see :func:`real_folder`."""
+        work_dir = self.root.parent
+        return real_folder(work_dir, folder.relative_to(work_dir), create)
 
     @property
     def task_inputs(self) -> Path:
@@ -135,7 +184,7 @@ class TaskPaths:
             self.subtask_outputs,
             self.bands,
         ):
-            folder.mkdir(parents=True, exist_ok=True)
+            self.checked(folder, create=True)
 
 
 @dataclass(frozen=True)
@@ -237,7 +286,8 @@ class TaskStore:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         except BaseException:
             db.close()
@@ -364,11 +414,16 @@ class TaskStore:
             )
         return self.band(row[0])
 
-    def start_verification(self, subtask_id: str) -> BandRow:
-        """running -> verifying for the subtask and its band; FailedPrecondition otherwise."""
+    def start_verification(self, subtask_id: str, resume: bool = False) -> BandRow:
+        """running -> verifying for the subtask and its band; FailedPrecondition otherwise.
+
+        ``resume``: the caller knows no check of this subtask is running (the requestor keeps
+        its live checks in memory), so a subtask left ``verifying`` by a check that was cut
+        off (a full disk even for the undo) is checked again instead of refused.
+        """
         with self._transaction() as db:
             sub = self.subtask(subtask_id)
-            if sub.state != "running":
+            if sub.state != "running" and not (resume and sub.state == "verifying"):
                 raise FailedPrecondition(_not_running(self.task_id, sub, "verify"))
             db.execute("UPDATE subtask SET state = 'verifying' WHERE subtask_id = ?", (subtask_id,))
             db.execute(
@@ -501,6 +556,19 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
         else:
-            self._db.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # sqlite may have rolled back by itself (a full disk, an I/O error): then there is
+        # nothing to roll back, and the error that got us here is the one to report.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
