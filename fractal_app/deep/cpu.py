@@ -1,0 +1,32 @@
+"""The perturbation core compiled for the CPU: a grid kernel (bands) and a points kernel
+(verification's samples), both parallel over Numba's threads and releasing the GIL.
+
+Pure: the reference orbit's arrays and the pixels' offsets in, counts and |z|^2 out.
+"""
+
+import numba
+from numba import prange
+
+from fractal_app.deep.core import compile_core
+
+core = compile_core(numba.njit(inline="always"))
+_perturbed = core.mandelbrot_perturbed
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def perturb_grid(dc_cols, dc_rows, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
+    """Sample (r, k) is c = C + (dc_cols[k] + i dc_rows[r]) * 2^dce."""
+    for r in prange(dc_rows.shape[0]):
+        for k in range(dc_cols.shape[0]):
+            n, m2 = _perturbed(dc_cols[k], dc_rows[r], dce, zr, zi, mr, mi, e, max_iter)
+            counts[r, k] = n
+            mag2[r, k] = m2
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def perturb_points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
+    """Sample k is c = C + (dcr[k] + i dci[k]) * 2^dce."""
+    for k in prange(dcr.shape[0]):
+        n, m2 = _perturbed(dcr[k], dci[k], dce, zr, zi, mr, mi, e, max_iter)
+        counts[k] = n
+        mag2[k] = m2
