@@ -179,8 +179,13 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
 def compile_core(jit):
     """The core compiled by ``jit`` (numba.njit(inline="always") or a cuda device jit);
     its helpers first, so the compiled core calls compiled helpers."""
-    g = {"math": math, "TINY_EXP": TINY_EXP, "RENORM_EXP": RENORM_EXP,
-         "DOUBLE_TEST_EXP": DOUBLE_TEST_EXP, "ZERO_EXP": ZERO_EXP}
+    g = {
+        "math": math,
+        "TINY_EXP": TINY_EXP,
+        "RENORM_EXP": RENORM_EXP,
+        "DOUBLE_TEST_EXP": DOUBLE_TEST_EXP,
+        "ZERO_EXP": ZERO_EXP,
+    }
     import types
 
     out = {}

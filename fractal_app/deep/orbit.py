@@ -138,4 +138,3 @@ def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Or
                 _cache[key] = hit
                 _key_locks.pop(key, None)
         return hit
-
