@@ -43,6 +43,12 @@ DOUBLE_TEST_EXP = -480
 ZERO_EXP = -(1 << 28)
 
 
+def madd(a, b, c):
+    """a * b + c, rounded twice. Every multiply-add a GPU would fuse goes through here, so a
+    test can compile the core with a fused one (one rounding) and see what a GPU sends."""
+    return a * b + c
+
+
 def fe_normalize(re, im, e):
     """(re, im) * 2^e with max(|re|, |im|) in [0.5, 1), or (0, 0, ZERO_EXP)."""
     big = max(abs(re), abs(im))
@@ -118,9 +124,9 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
                 return n, mag2
             rebase = m == last or fe_less(qr, qi, qe, wr, wi, S)
         else:
-            xr = Zr + wr * s
-            xi = Zi + wi * s
-            mag2 = xr * xr + xi * xi
+            xr = madd(wr, s, Zr)
+            xi = madd(wi, s, Zi)
+            mag2 = madd(xr, xr, xi * xi)
             if mag2 > 4.0 or n >= max_iter:
                 return n, mag2
             if m == last:
@@ -162,10 +168,12 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
             dr = math.ldexp(dcr, dce - S)
             di = math.ldexp(dci, dce - S)
         else:
-            nr = 2.0 * (Zr * wr - Zi * wi) + s * (wr * wr - wi * wi) + dr
-            ni = 2.0 * (Zr * wi + Zi * wr) + s * (2.0 * wr * wi) + di
-            wr = nr
-            wi = ni
+            tr = madd(Zr, wr, -(Zi * wi))
+            ti = madd(Zr, wi, Zi * wr)
+            qr = madd(wr, wr, -(wi * wi))
+            qi = 2.0 * wr * wi
+            wr = madd(2.0, tr, madd(s, qr, dr))
+            wi = madd(2.0, ti, madd(s, qi, di))
             big = max(abs(wr), abs(wi))
             if big > 65536.0 or (big < 1.0 / 65536.0 and big > 0.0):
                 wr, wi, S = fe_normalize(wr, wi, S)
@@ -176,9 +184,10 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
         n += 1
 
 
-def compile_core(jit):
+def compile_core(jit, fused_madd=None):
     """The core compiled by ``jit`` (numba.njit(inline="always") or a cuda device jit);
-    its helpers first, so the compiled core calls compiled helpers."""
+    its helpers first, so the compiled core calls compiled helpers. ``fused_madd`` (a
+    compiled a * b + c with one rounding) stands in for :func:`madd` in GPU-like tests."""
     g = {
         "math": math,
         "TINY_EXP": TINY_EXP,
@@ -189,7 +198,11 @@ def compile_core(jit):
     import types
 
     out = {}
-    for fn in (fe_normalize, fe_add, fe_less, mandelbrot_perturbed):
+    if fused_madd is not None:
+        g["madd"] = fused_madd
+    for fn in (madd, fe_normalize, fe_add, fe_less, mandelbrot_perturbed):
+        if fn is madd and fused_madd is not None:
+            continue
         clone = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__)
         g[fn.__name__] = jit(clone)
         out[fn.__name__] = g[fn.__name__]

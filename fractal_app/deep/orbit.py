@@ -60,11 +60,10 @@ def compute_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> O
     """The Mandelbrot reference orbit of C = center_re + i center_im (decimal strings)."""
     import gmpy2
 
-    ctx = gmpy2.context(precision=bits, round=gmpy2.RoundToNearest)
     zr = np.zeros(max_iter + 1)
     zi = np.zeros(max_iter + 1)
     exact: dict[int, tuple[float, float, int]] = {}
-    with gmpy2.local_context(ctx):
+    with gmpy2.context(gmpy2.get_context(), precision=bits, round=gmpy2.RoundToNearest):
         cr = gmpy2.mpfr(center_re)
         ci = gmpy2.mpfr(center_im)
         x = gmpy2.mpfr(0)
