@@ -99,7 +99,8 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
     """
     last = zr_ref.shape[0] - 1
     # dc, normalised
-    dcr, dci, dce = fe_normalize(dcr, dci, dce)
+    # int(): exponents are Python ints in the CUDA simulator too (math.ldexp insists).
+    dcr, dci, dce = fe_normalize(dcr, dci, int(dce))
     # dz = 0 at the start: keep S at dc's scale.
     wr = 0.0
     wi = 0.0
@@ -113,7 +114,7 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
     while True:
         Zr = zr_ref[m]
         Zi = zi_ref[m]
-        ze = e_ref[m]
+        ze = int(e_ref[m])
         careful = ze < TINY_EXP and S < TINY_EXP
         rebase = False
         if careful:
@@ -148,7 +149,7 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
             s = math.ldexp(1.0, S)
             dr = math.ldexp(dcr, dce - S)
             di = math.ldexp(dci, dce - S)
-            ze = e_ref[0]
+            ze = int(e_ref[0])
             careful = S < TINY_EXP
         if careful:
             # dz <- 2 Z dz + dz^2 + dc, each term with its own exponent.
