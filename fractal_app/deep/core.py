@@ -176,7 +176,21 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
             wr = madd(2.0, tr, madd(s, qr, dr))
             wi = madd(2.0, ti, madd(s, qi, di))
             big = max(abs(wr), abs(wi))
-            if big > 65536.0 or (big < 1.0 / 65536.0 and big > 0.0):
+            if big > 65536.0:
+                if big < 2.0**48 and S > -1000 and S < 900:
+                    # Exact power-of-two steps: no libm calls on the common path.
+                    wr *= 2.0**-32
+                    wi *= 2.0**-32
+                    S += 32
+                    s *= 2.0**32
+                    dr *= 2.0**-32
+                    di *= 2.0**-32
+                else:
+                    wr, wi, S = fe_normalize(wr, wi, S)
+                    s = math.ldexp(1.0, S)
+                    dr = math.ldexp(dcr, dce - S)
+                    di = math.ldexp(dci, dce - S)
+            elif big < 1.0 / 65536.0 and big > 0.0:
                 wr, wi, S = fe_normalize(wr, wi, S)
                 s = math.ldexp(1.0, S)
                 dr = math.ldexp(dcr, dce - S)
