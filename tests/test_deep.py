@@ -253,3 +253,25 @@ def test_deep_path_is_more_accurate_than_float64_where_it_takes_over():
     deep_right = (deep == truth).mean()
     plain_right = (plain == truth).mean()
     assert deep_right >= 59 / 60 and deep_right > plain_right, (deep_right, plain_right)
+
+
+def test_a_deep_view_renders_through_the_whole_lifecycle(tmp_path):
+    """CreateTask, band plan, providers in their own processes (each recomputing the orbit
+    from scene.json), verification and merge: the picture equals a direct render."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    scene = deep_scene(300, 400, (40, 24), 4_000, output="image")
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(scene.to_json())
+    out = tmp_path / "deep.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "fractal_app.cli", "render", str(scene_file), "-o", str(out),
+         "--providers", "2", "--subtasks", "3", "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = render.render_band(scene, 0, scene.height_px)
+    np.testing.assert_array_equal(np.asarray(Image.open(out).convert("RGB")), expected)
