@@ -31,6 +31,10 @@ from fractal_app.bands import Band, check_plan, plan_bands
 ITERATION_BUDGET = 50_000_000
 MIN_SAMPLES = 1024
 MAX_SAMPLES = 16_384
+# Deep views (perturbation against an arbitrary-precision orbit) cost about 20x more per
+# iteration, plus the orbit itself: a smaller budget keeps CreateTask under a second.
+DEEP_ITERATION_BUDGET = 4_000_000
+DEEP_MIN_SAMPLES = 256
 # Sample columns per sampled row: enough to average a row's cost, the rest go to rows.
 MAX_SAMPLE_COLUMNS = 64
 # What a sample costs beyond its iterations (colouring, encode/decode, copies), in iterations.
@@ -54,13 +58,16 @@ def plan_bands_by_cost(scene, max_bands: int) -> list[Band]:
     return plan
 
 
-def sample_grid(height: int, width: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_grid(height: int, width: int, max_iter: int, deep: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
     """The rows and columns the estimate samples: centres of equal strata of the image.
 
     The number of samples is ITERATION_BUDGET / max_iter, clamped to
     [MIN_SAMPLES, MAX_SAMPLES]; columns get at most MAX_SAMPLE_COLUMNS, rows the rest.
     """
-    samples = min(MAX_SAMPLES, max(MIN_SAMPLES, ITERATION_BUDGET // max(1, max_iter)))
+    budget, least = (DEEP_ITERATION_BUDGET, DEEP_MIN_SAMPLES) if deep else (
+        ITERATION_BUDGET, MIN_SAMPLES)
+    samples = min(MAX_SAMPLES, max(least, budget // max(1, max_iter)))
     n_cols = min(width, MAX_SAMPLE_COLUMNS, max(1, math.isqrt(samples)))
     n_rows = min(height, max(1, samples // n_cols))
     rows = ((np.arange(n_rows) + 0.5) * height / n_rows).astype(np.int64)
@@ -68,9 +75,11 @@ def sample_grid(height: int, width: int, max_iter: int) -> tuple[np.ndarray, np.
     return rows, cols
 
 
-def estimate_max_iter(max_iter: int) -> int:
+def estimate_max_iter(max_iter: int, deep: bool = False) -> int:
     """The iteration cap of the estimate: the scene's own, unless that would blow the budget
     even at MIN_SAMPLES (very deep zooms); then interior rows are underestimated a little."""
+    if deep:
+        return max(1, min(max_iter, DEEP_ITERATION_BUDGET // DEEP_MIN_SAMPLES))
     return max(1, min(max_iter, ITERATION_BUDGET // MIN_SAMPLES))
 
 
@@ -79,13 +88,14 @@ def row_costs(scene) -> np.ndarray:
     from fractal_app import render
 
     height, width = scene.height_px, scene.width_px
-    rows, cols = sample_grid(height, width, scene.max_iter)
+    deep = bool(getattr(scene, "deep", False))
+    rows, cols = sample_grid(height, width, scene.max_iter, deep)
     # Escape counts of the image's own pixel centres: same geometry, no colouring.
     probe = scene.model_copy(
         update={
             "output": "counts",
             "supersample": 1,
-            "max_iter": estimate_max_iter(scene.max_iter),
+            "max_iter": estimate_max_iter(scene.max_iter, deep),
         }
     )
     grid_rows = np.repeat(rows, cols.shape[0])

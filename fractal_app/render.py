@@ -73,6 +73,10 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
             f"rows [{row_start}, {row_stop}) are not a non-empty range inside the image's "
             f"{height} rows"
         )
+    if scene.deep:
+        from fractal_app.deep.render import render_band_deep
+
+        return render_band_deep(scene, row_start, row_stop, _deep_backend(backend))
     kernels = _kernels(backend)
     args = _escape_args(scene)
     ss = scene.supersample
@@ -127,6 +131,10 @@ def render_pixels(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "cpu
             f"pixel outside the {scene.width_px}x{scene.height_px} image (rows "
             f"{rows.min()}..{rows.max()}, cols {cols.min()}..{cols.max()})"
         )
+    if scene.deep:
+        from fractal_app.deep.render import render_pixels_deep
+
+        return render_pixels_deep(scene, rows, cols, _deep_backend(backend))
     kernels = _kernels(backend)
     args = _escape_args(scene)
     ss = scene.supersample
@@ -246,6 +254,12 @@ def _colour(scene, counts: np.ndarray, mag2: np.ndarray, out: np.ndarray) -> Non
         float(scene.palette_offset), _palette(scene.palette), interior,
         _encode_table(scene.bit_depth), 255 if scene.bit_depth == 8 else 65535, out,
     )
+
+
+def _deep_backend(backend: str) -> str:
+    """The backend for the deep path, checked like the float64 path's."""
+    _kernels(backend)
+    return backend
 
 
 def _kernels(backend: str):

@@ -8,6 +8,7 @@ allowed; the gRPC adapter turns that into INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from decimal import Decimal, InvalidOperation
@@ -18,9 +19,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -159,11 +162,60 @@ class _EscapeTimeScene(_SceneBase):
     max_iter: Annotated[Int, Field(ge=1, le=MAX_ITER)] = 1000
     # Smooth (continuous) colouring from the final |z|; false gives flat bands per count.
     smooth: Bool = True
+    # Deep zoom: the view is 10^zoom times narrower than the default width (instead of
+    # 'width'); folded into the exact width at validation, never serialised.
+    zoom: float | None = Field(default=None, exclude=True)
+    # Centre and width exactly as given (decimal strings down to 1e-1000): see deep/view.py.
+    _exact: Any = PrivateAttr(default=None)
 
     @property
     def pixel_size(self) -> float:
         """Pixels are square: width / W in the complex plane."""
         return self.width / self.resolution[0]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_exact_view(cls, data: Any, handler):
+        """Keep the centre and width as exact decimals beside their float64 values, and
+        refuse a view the deep path cannot render faithfully, before any work."""
+        from fractal_app.deep import view as deep_view
+
+        exact = None
+        if isinstance(data, dict):
+            data, exact = deep_view.exact_inputs(
+                data, cls.model_fields["center"].default, cls.model_fields["width"].default
+            )
+        scene = handler(data)
+        if exact is not None:
+            exact = dataclasses.replace(exact, orbit_iter=scene.max_iter)
+            scene.__pydantic_private__["_exact"] = exact
+            deep_view.check_deep_scene(scene)
+        return scene
+
+    @model_serializer(mode="wrap")
+    def _exact_view_out(self, handler):
+        """A deep view's centre and width go out as the exact decimal strings, so a provider
+        re-parsing scene.json gets the very same view."""
+        data = handler(self)
+        if self.deep and isinstance(data, dict):
+            data["center"] = list(self._exact.center_strings())
+            data["width"] = str(self._exact.width)
+        return data
+
+    @property
+    def exact_view(self):
+        """The centre and width as given (deep/view.py ExactView), or None."""
+        return self._exact
+
+    @property
+    def deep(self) -> bool:
+        """Whether this view renders on the deep (perturbation) path: float64 cannot tell
+        its pixels apart."""
+        from fractal_app.deep import view as deep_view
+
+        return self._exact is not None and deep_view.needs_deep(
+            self._exact, self.resolution[0], self.precision
+        )
 
 
 class MandelbrotScene(_EscapeTimeScene):

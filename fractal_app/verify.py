@@ -417,6 +417,12 @@ def perturbed_scenes(scene) -> list:
                 camera = scene.camera.model_copy(update={"position": tuple(moved)})
                 out.append(scene.model_copy(update={"camera": camera}))
         return out
+    if scene.deep:
+        # Deep views: the pixels' offsets from the exact centre are what float64 holds.
+        from fractal_app.deep.render import nudged
+
+        return [nudged(scene, sign_re * u, sign_im * u) for u in PERTURBATION_ULPS
+                for sign_re, sign_im in ((1, 0), (-1, 0), (0, 1), (0, -1))]
     re, im = scene.center
     for d in nudges(max(abs(re), abs(im), scene.width)):
         for a, b in ((d, 0.0), (-d, 0.0), (0.0, d), (0.0, -d)):

@@ -174,6 +174,9 @@ def warm_scenes() -> Iterator:
             if not is_3d:
                 yield parse_scene({**base, "output": "counts"})
                 yield parse_scene({**base, "output": "image", "smooth": False})
+    # The deep (perturbation) path's kernels: one signature each, whatever the output.
+    yield parse_scene({"fractal": "mandelbrot", "resolution": list(_WARM_RESOLUTION),
+                       "center": ["-1.7497591451303665", "0"], "width": "1e-20"})
 
 
 def warm_kernel_cache() -> None:

@@ -1,0 +1,120 @@
+"""Deep zoom (perturbation, rescaled doubles) against the plain float64 block kernel.
+
+    .venv/bin/pytest benchmarks/bench_deepzoom.py -s
+    FRACTAL_DEEP_FULL_HD=1 .venv/bin/pytest benchmarks/bench_deepzoom.py -s -k full_hd
+
+Effective throughput is G iterations/s: the sum of the escape counts over the best wall
+time (what the pixels needed, whatever work the method actually did), for views next to
+minibrots near c = i at widths 1e-40, 1e-300 and 1e-1000 (the examples' construction), and
+for the plain float64 block kernel at width 3.5 in the same run. The issue's targets: deep
+>= 0.5x the plain kernel at 1e-40 and >= 1.0x at 1e-300 (they need BLA, which is not
+implemented yet: the run records the miss). The reference orbit is timed on its own.
+
+The opt-in Full HD case renders 1920x1080 at 1e-300, max_iter 100,000 through
+``fractal-app render`` (2 providers) and reports the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gmpy2
+import numpy as np
+import pytest
+from harness import check_target
+
+from fractal_app import render
+from fractal_app.deep import orbit as orbits
+from fractal_app.deep.locate import near_i
+from fractal_app.deep.render import reference_for
+from fractal_app.scene import parse_scene
+
+SIZE = (240, 135)
+PLAIN = {"fractal": "mandelbrot", "resolution": [480, 270], "center": [-0.75, 0.0],
+         "width": 3.5, "max_iter": 1000, "output": "counts"}
+# width exponent -> (first period to try, max_iter); periods from tests/test_deep.py's rule
+DEPTHS = {40: (53, 4_000), 300: (400, 12_000), 1000: (1330, 36_000)}
+TARGETS = {40: 0.5, 300: 1.0}
+_plain_rate: list[float] = []
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def deep_params(exponent: int, size=SIZE) -> dict:
+    period, max_iter = DEPTHS.get(exponent, (400, 100_000))
+    bits = int(exponent * 3.33 * 1.3) + 256
+    while True:
+        c, mini = near_i(period, bits)
+        if gmpy2.log10(mini) < -exponent - 0.3:
+            break
+        period += 1
+    with gmpy2.context(gmpy2.get_context(), precision=bits):
+        centre = [format(c.real, f".{exponent + 20}e"), format(c.imag, f".{exponent + 20}e")]
+    return {"fractal": "mandelbrot", "resolution": list(size), "center": centre,
+            "width": f"1e-{exponent}", "max_iter": max_iter, "output": "counts"}
+
+
+def _rate(benchmark, scene) -> float:
+    counts = benchmark.pedantic(render.render_band, args=(scene, 0, scene.height_px), rounds=2)
+    return float(counts.sum(dtype=np.int64)) / benchmark.stats.stats.min / 1e9
+
+
+@pytest.mark.benchmark(group="deepzoom")
+def test_plain_float64_block_kernel(warmed_benchmark, summary):
+    rate = _rate(warmed_benchmark, parse_scene(PLAIN))
+    _plain_rate.append(rate)
+    warmed_benchmark.extra_info.update(cpu=cpu_model(), g_iterations_per_s=rate)
+    summary(f"deepzoom on {cpu_model()}: plain float64 block kernel {rate:.3f} G it/s")
+
+
+@pytest.mark.benchmark(group="deepzoom")
+@pytest.mark.parametrize("exponent", sorted(DEPTHS))
+def test_deep_zoom(warmed_benchmark, summary, exponent):
+    scene = parse_scene(deep_params(exponent))
+    assert scene.deep
+    geo, _ = reference_for(scene)
+    began = time.perf_counter()
+    orbit = orbits.compute_orbit(geo.center_re, geo.center_im, geo.bits, scene.max_iter)
+    orbit_s = time.perf_counter() - began
+    rate = _rate(warmed_benchmark, scene)
+    plain = _plain_rate[0] if _plain_rate else float("nan")
+    ratio = rate / plain
+    warmed_benchmark.extra_info.update(
+        cpu=cpu_model(), g_iterations_per_s=rate, ratio_to_plain=ratio,
+        orbit_seconds=orbit_s, orbit_us_per_iteration=orbit_s / orbit.length * 1e6,
+    )
+    summary(f"deepzoom 1e-{exponent}: {rate:.3f} G it/s effective, {ratio:.3f}x the plain "
+            f"kernel; reference orbit {orbit_s / orbit.length * 1e6:.2f} us/iteration")
+    if exponent in TARGETS and _plain_rate:
+        check_target(warmed_benchmark, f"deep_1e-{exponent}_vs_plain", ratio,
+                     TARGETS[exponent], at_least=True)
+
+
+@pytest.mark.skipif(os.environ.get("FRACTAL_DEEP_FULL_HD") != "1",
+                    reason="opt-in (FRACTAL_DEEP_FULL_HD=1): renders 1920x1080 at 1e-300 with "
+                           "max_iter 100,000, many minutes on 2 cores")
+def test_full_hd_1e300_through_render(tmp_path, summary):
+    params = deep_params(300, (1920, 1080))
+    params.update(max_iter=100_000, output="image")
+    scene_path = tmp_path / "scene.json"
+    scene_path.write_text(json.dumps(params))
+    began = time.perf_counter()
+    command = Path(sys.executable).parent / "fractal-app"
+    subprocess.run([str(command), "render", str(scene_path), "-o", str(tmp_path / "out.png"),
+                    "--quiet"], check=True)
+    summary(f"deepzoom 1920x1080 1e-300 max_iter 100,000 through render: "
+            f"{time.perf_counter() - began:.0f} s")

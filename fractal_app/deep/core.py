@@ -1,0 +1,224 @@
+"""Perturbation of one Mandelbrot pixel against a reference orbit: the deep path's scalar core.
+
+Written once as plain Python, compiled by ``deep/cpu.py`` with ``numba.njit`` and by
+``deep/cuda.py`` with ``numba.cuda.jit(device=True)`` (see :func:`compile_core`).
+
+The pixel is ``c = C + dc``, where ``C`` is the view's centre, iterated in arbitrary
+precision once (``deep/orbit.py``: ``Z_0 = 0, Z_1, ...``). The pixel's orbit is
+``z_n = Z_m + dz`` and only the small difference is iterated, in float64:
+
+    dz <- 2 Z_m dz + dz^2 + dc,    m <- m + 1
+
+Rebasing (Zhuoran, 2021): when ``|z| < |dz|`` or the reference runs out, continue from the
+start of the reference with ``dz = z, m = 0`` (valid because ``Z_0 = 0``). This keeps
+``dz`` small against ``z`` and so avoids the precision loss ("glitches") of plain
+perturbation, with one reference for the whole image.
+
+Rescaled doubles: past about 1e-300 ``dz`` and ``dc`` underflow float64. The pixel keeps
+``dz = w * 2^S`` with ``w`` a float64 pair near 1 and ``S`` an integer, and iterates
+
+    w <- 2 Z_m w + 2^S w^2 + dc * 2^-S
+
+where ``2^S`` (``s`` below) may itself underflow to 0: then ``dz^2`` is below 2^-1074
+relative to ``2 Z dz`` and dropping it is exact in float64 terms. That holds while ``|Z_m|``
+is not tiny; iterations where both ``Z_m`` and ``dz`` are below 2^TINY_EXP (just after a
+rebase, where ``Z_0 = 0``, and where the reference passes close to 0 near a minibrot) run
+in full float-with-exponent arithmetic ("careful" steps, rare), using the reference's own
+mantissa and exponent so no tiny ``Z_m`` is lost to underflow.
+
+The escape count is the one of ``kernels/escape.py``: completed iterations before
+``|z|^2 > 4`` is first observed, or ``max_iter``; the second result is that ``|z|^2``.
+"""
+
+import math
+
+# Below 2^TINY_EXP a reference value or a perturbation is "tiny": its products may
+# underflow float64, so steps where both are tiny run in float-with-exponent arithmetic.
+TINY_EXP = -400
+# Where |w| leaves [2^-RENORM_EXP, 2^RENORM_EXP], fold its exponent into S.
+RENORM_EXP = 16
+# With S at or above this, |dz|^2 is a normal float64 and the rebase test runs in doubles.
+DOUBLE_TEST_EXP = -480
+# An exponent standing for zero.
+ZERO_EXP = -(1 << 28)
+
+
+def madd(a, b, c):
+    """a * b + c, rounded twice. Every multiply-add a GPU would fuse goes through here, so a
+    test can compile the core with a fused one (one rounding) and see what a GPU sends."""
+    return a * b + c
+
+
+def fe_normalize(re, im, e):
+    """(re, im) * 2^e with max(|re|, |im|) in [0.5, 1), or (0, 0, ZERO_EXP)."""
+    big = max(abs(re), abs(im))
+    if big == 0.0:
+        return 0.0, 0.0, ZERO_EXP
+    k = math.frexp(big)[1]
+    return math.ldexp(re, -k), math.ldexp(im, -k), e + k
+
+
+def fe_add(ar, ai, ae, br, bi, be):
+    """(ar, ai) * 2^ae + (br, bi) * 2^be, normalised. Mantissas must be normalised (or zero
+    with ZERO_EXP); a term more than 1100 binary orders below the other is dropped."""
+    if ae >= be:
+        d = be - ae
+        if d < -1100:
+            return fe_normalize(ar, ai, ae)
+        return fe_normalize(ar + math.ldexp(br, d), ai + math.ldexp(bi, d), ae)
+    d = ae - be
+    if d < -1100:
+        return fe_normalize(br, bi, be)
+    return fe_normalize(br + math.ldexp(ar, d), bi + math.ldexp(ai, d), be)
+
+
+def fe_less(ar, ai, ae, br, bi, be):
+    """|a| < |b| for float-with-exponent complex numbers."""
+    ar, ai, ae = fe_normalize(ar, ai, ae)
+    br, bi, be = fe_normalize(br, bi, be)
+    a2 = ar * ar + ai * ai
+    b2 = br * br + bi * bi
+    if a2 == 0.0:
+        return b2 > 0.0
+    if b2 == 0.0:
+        return False
+    # Normalised mantissas: |mantissa|^2 lies in [0.25, 2), so exponents decide beyond 1.
+    if ae + 1 < be:
+        return True
+    if be + 1 < ae:
+        return False
+    return a2 < math.ldexp(b2, 2 * (be - ae))
+
+
+def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, max_iter):
+    """Escape count and |z|^2 of the pixel c = C + (dcr, dci) * 2^dce.
+
+    zr_ref, zi_ref: the reference Z_0 .. Z_N as float64 (N + 1 values, Z_0 = 0; the last
+    one escaped or is Z_max_iter). mr_ref, mi_ref, e_ref: the same values as normalised
+    mantissas and exponents (exact where the float64 ones underflow).
+    """
+    last = zr_ref.shape[0] - 1
+    # dc, normalised
+    # int(): exponents are Python ints in the CUDA simulator too (math.ldexp insists).
+    dcr, dci, dce = fe_normalize(dcr, dci, int(dce))
+    # dz = 0 at the start: keep S at dc's scale.
+    wr = 0.0
+    wi = 0.0
+    S = dce
+    s = math.ldexp(1.0, S)
+    dr = math.ldexp(dcr, dce - S)
+    di = math.ldexp(dci, dce - S)
+    m = 0
+    n = 0
+    mag2 = 0.0
+    while True:
+        Zr = zr_ref[m]
+        Zi = zi_ref[m]
+        ze = int(e_ref[m])
+        careful = ze < TINY_EXP and S < TINY_EXP
+        rebase = False
+        if careful:
+            # z = Z + dz is tiny: it cannot escape; test |z| < |dz| exactly.
+            qr, qi, qe = fe_add(mr_ref[m], mi_ref[m], ze, wr, wi, S)
+            mag2 = math.ldexp(qr * qr + qi * qi, 2 * qe) if qe > -600 else 0.0
+            if n >= max_iter:
+                return n, mag2
+            rebase = m == last or fe_less(qr, qi, qe, wr, wi, S)
+        else:
+            xr = madd(wr, s, Zr)
+            xi = madd(wi, s, Zi)
+            mag2 = madd(xr, xr, xi * xi)
+            if mag2 > 4.0 or n >= max_iter:
+                return n, mag2
+            if m == last:
+                rebase = True
+            elif S >= DOUBLE_TEST_EXP:
+                rebase = mag2 < (wr * wr + wi * wi) * (s * s)
+            elif ze < TINY_EXP:
+                qr, qi, qe = fe_add(mr_ref[m], mi_ref[m], ze, wr, wi, S)
+                rebase = fe_less(qr, qi, qe, wr, wi, S)
+            if rebase:
+                qr, qi, qe = fe_add(mr_ref[m], mi_ref[m], ze, wr, wi, S)
+        if rebase:
+            wr, wi, S = qr, qi, qe
+            if S == ZERO_EXP:
+                S = dce
+            m = 0
+            Zr = zr_ref[0]
+            Zi = zi_ref[0]
+            s = math.ldexp(1.0, S)
+            dr = math.ldexp(dcr, dce - S)
+            di = math.ldexp(dci, dce - S)
+            ze = int(e_ref[0])
+            careful = S < TINY_EXP
+        if careful:
+            # dz <- 2 Z dz + dz^2 + dc, each term with its own exponent.
+            ar = mr_ref[m]
+            ai = mi_ref[m]
+            pr = 2.0 * (ar * wr - ai * wi)
+            pi = 2.0 * (ar * wi + ai * wr)
+            tr, ti, te = fe_normalize(pr, pi, ze + S)
+            qr2 = wr * wr - wi * wi
+            qi2 = 2.0 * wr * wi
+            ur, ui, ue = fe_normalize(qr2, qi2, 2 * S)
+            tr, ti, te = fe_add(tr, ti, te, ur, ui, ue)
+            wr, wi, S = fe_add(tr, ti, te, dcr, dci, dce)
+            if S == ZERO_EXP:
+                S = dce
+            s = math.ldexp(1.0, S)
+            dr = math.ldexp(dcr, dce - S)
+            di = math.ldexp(dci, dce - S)
+        else:
+            tr = madd(Zr, wr, -(Zi * wi))
+            ti = madd(Zr, wi, Zi * wr)
+            qr = madd(wr, wr, -(wi * wi))
+            qi = 2.0 * wr * wi
+            wr = madd(2.0, tr, madd(s, qr, dr))
+            wi = madd(2.0, ti, madd(s, qi, di))
+            big = max(abs(wr), abs(wi))
+            if big > 65536.0:
+                if big < 2.0**48 and S > -1000 and S < 900:
+                    # Exact power-of-two steps: no libm calls on the common path.
+                    wr *= 2.0**-32
+                    wi *= 2.0**-32
+                    S += 32
+                    s *= 2.0**32
+                    dr *= 2.0**-32
+                    di *= 2.0**-32
+                else:
+                    wr, wi, S = fe_normalize(wr, wi, S)
+                    s = math.ldexp(1.0, S)
+                    dr = math.ldexp(dcr, dce - S)
+                    di = math.ldexp(dci, dce - S)
+            elif big < 1.0 / 65536.0 and big > 0.0:
+                wr, wi, S = fe_normalize(wr, wi, S)
+                s = math.ldexp(1.0, S)
+                dr = math.ldexp(dcr, dce - S)
+                di = math.ldexp(dci, dce - S)
+        m += 1
+        n += 1
+
+
+def compile_core(jit, fused_madd=None):
+    """The core compiled by ``jit`` (numba.njit(inline="always") or a cuda device jit);
+    its helpers first, so the compiled core calls compiled helpers. ``fused_madd`` (a
+    compiled a * b + c with one rounding) stands in for :func:`madd` in GPU-like tests."""
+    g = {
+        "math": math,
+        "TINY_EXP": TINY_EXP,
+        "RENORM_EXP": RENORM_EXP,
+        "DOUBLE_TEST_EXP": DOUBLE_TEST_EXP,
+        "ZERO_EXP": ZERO_EXP,
+    }
+    import types
+
+    out = {}
+    if fused_madd is not None:
+        g["madd"] = fused_madd
+    for fn in (madd, fe_normalize, fe_add, fe_less, mandelbrot_perturbed):
+        if fn is madd and fused_madd is not None:
+            continue
+        clone = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__)
+        g[fn.__name__] = jit(clone)
+        out[fn.__name__] = g[fn.__name__]
+    return types.SimpleNamespace(**out)

@@ -1,0 +1,112 @@
+"""The deep path's CUDA kernels without a GPU: the same perturbation core as the CPU, run in
+Numba's CUDA simulator on a tiny deep view (bit for bit against the CPU), and compiled to
+real PTX for sm_75 and sm_90 (checked by ptxas where it is installed).
+
+The simulator must be chosen before numba is imported, so that check runs in a child
+process that executes this file as a script (see the bottom).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PTXAS = shutil.which("ptxas") or (
+    "/usr/local/cuda/bin/ptxas" if Path("/usr/local/cuda/bin/ptxas").exists() else None
+)
+
+
+def test_deep_cuda_kernels_match_the_cpu_bit_for_bit_in_the_simulator():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[-1] == "checked=2"
+
+
+def _signature(kernel_name):
+    from numba import types
+
+    f8 = types.float64
+    orbit = (f8[::1], f8[::1], f8[::1], f8[::1], types.int64[::1])
+    if kernel_name == "grid_kernel":
+        outputs = (types.uint32[:, ::1], types.float64[:, ::1])
+    else:
+        outputs = (types.uint32[::1], types.float64[::1])
+    return (f8[::1], f8[::1], types.int64, *orbit, types.int64, *outputs)
+
+
+@pytest.mark.parametrize("cc", [(7, 5), (9, 0)], ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
+@pytest.mark.parametrize("kernel_name", ["grid_kernel", "points_kernel"])
+def test_deep_kernels_compile_to_ptx(kernel_name, cc):
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("compile_ptx needs the real numba.cuda, not the simulator")
+    from numba import cuda
+
+    from fractal_app.deep import cuda as deep_cuda
+
+    kernel = getattr(deep_cuda, kernel_name)
+    try:
+        ptx, _ = cuda.compile_ptx(kernel, _signature(kernel_name), cc=cc)
+    except Exception as exc:  # a missing libnvrtc/NVVM is an environment problem: say so
+        if "nvrtc" in str(exc).lower() or "nvvm" in str(exc).lower():
+            pytest.skip(f"NVVM/NVRTC not installed here ({exc})")
+        raise
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    assert ".entry" in ptx
+    if PTXAS is None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.ptx"
+        path.write_text(ptx)
+        result = subprocess.run([PTXAS, f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o",
+                                 str(Path(folder) / "kernel.cubin")],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def _simulator_checks():
+    """A tiny 1e-300 view near a minibrot: the simulated CUDA kernels equal the CPU's."""
+    import gmpy2
+
+    from fractal_app.deep import cpu, cuda
+    from fractal_app.deep.locate import near_i
+    from fractal_app.deep.render import reference_for
+    from fractal_app.scene import parse_scene
+
+    bits = 1600
+    c, _ = near_i(401, bits)
+    with gmpy2.context(gmpy2.get_context(), precision=bits):
+        centre = [format(c.real, ".330e"), format(c.imag, ".330e")]
+    scene = parse_scene({"fractal": "mandelbrot", "resolution": [5, 4], "center": centre,
+                         "width": "1e-300", "max_iter": 5000, "output": "counts"})
+    geo, orbit = reference_for(scene)
+    cols = (np.arange(5) - 2.0) * geo.pixel_mantissa
+    rows = (1.5 - np.arange(4)) * geo.pixel_mantissa
+    checked = 0
+    want = np.empty((4, 5), np.uint32), np.empty((4, 5))
+    got = np.empty((4, 5), np.uint32), np.empty((4, 5))
+    cpu.perturb_grid(cols, rows, geo.pixel_exp, *orbit.arrays(), 5000, *want)
+    cuda.perturb_grid(cols, rows, geo.pixel_exp, *orbit.arrays(), 5000, *got)
+    assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+    assert want[0].min() > 401
+    checked += 1
+    re = np.repeat(cols, 4)
+    im = np.tile(rows, 5)
+    want_p = np.empty(20, np.uint32), np.empty(20)
+    got_p = np.empty(20, np.uint32), np.empty(20)
+    cpu.perturb_points(re, im, geo.pixel_exp, *orbit.arrays(), 5000, *want_p)
+    cuda.perturb_points(re, im, geo.pixel_exp, *orbit.arrays(), 5000, *got_p)
+    assert np.array_equal(want_p[0], got_p[0]) and np.array_equal(want_p[1], got_p[1])
+    checked += 1
+    print(f"checked={checked}")
+
+
+if __name__ == "__main__":
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
+    _simulator_checks()
