@@ -1,0 +1,317 @@
+"""The services' public port: an asyncio front that owns every client connection and relays
+its HTTP/2 bytes to the ``grpc.aio`` server, which listens only on a private unix socket.
+
+Two things a Golem node needs that grpc core's own listener does not give:
+
+- **TLS without ALPN.** The node's client (grpclib, with task-api's plain ``ssl.SSLContext``)
+  offers no ALPN, and grpc core's TLS server drops such clients after the handshake ("missing
+  selected ALPN property"). The front terminates TLS with Python's ``ssl``: TLS 1.2 or later,
+  a client certificate required and pinned to ``task_api_client_cert.pem`` byte for byte, and
+  ALPN ``h2`` selected when a client (grpcio) asks for it.
+- **A reply is never followed by a GOAWAY it can share a read with.** When grpc core stops it
+  sends GOAWAY, then a PING, while replies may still be on their way. The h2 library behind
+  grpclib closes its connection state on a GOAWAY and raises a protocol error on anything that
+  follows, throwing away replies it had already parsed from the same read ("Connection lost").
+  The front forwards every frame of the server's but GOAWAY, and sends the server's last
+  GOAWAY itself only when the server has closed the connection, as the last thing before the
+  client's connection is closed: nothing follows it any more.
+
+Only frame headers are read (9 bytes, RFC 9113 section 4.1); payloads pass untouched. The
+front is a hop inside one process: a few tens of microseconds per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_FRAME_HEADER_SIZE = 9
+_GOAWAY = 0x7
+_TLS_HANDSHAKE_TIMEOUT_S = 10.0
+
+
+def private_backend_name() -> str:
+    """A fresh abstract unix socket name for the gRPC server behind the front.
+
+    Abstract sockets live in the network namespace (a container's own), need no file (the
+    image's file system is read-only, and nothing is left behind when the process is killed)
+    and vanish with the process.
+    """
+    return f"fractal-app-{secrets.token_hex(12)}"
+
+
+def server_tls_context(key_file: Path, cert_file: Path, client_cert_pem: bytes) -> ssl.SSLContext:
+    """Mutual TLS as the node sets it up: our key and certificate, the client's certificate as
+    the only trusted one. Raises ``ssl.SSLError``/``OSError`` for unusable files."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=client_cert_pem.decode("ascii", errors="replace"))
+    # grpcio clients refuse a server that selects no protocol; clients without ALPN get none.
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` ("[::]" or "::": every interface, IPv4 too).
+
+    Raises OSError when the address is taken or unknown.
+    """
+    host = host.strip("[]")
+    if host in ("", "::", "0.0.0.0"):
+        candidates = [(socket.AF_INET6, ("::", port)), (socket.AF_INET, ("0.0.0.0", port))]
+        if host == "0.0.0.0":
+            candidates = candidates[1:]
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        candidates = [(family, address) for family, _, _, _, address in infos[:1]]
+    error: OSError | None = None
+    for family, address in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and address[0] == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 as well
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        except OSError as caught:  # e.g. no IPv6 in this container: try IPv4
+            sock.close()
+            error = caught
+    assert error is not None
+    raise error
+
+
+class _ServerFrames:
+    """The server-to-client byte stream, split at frame headers, with GOAWAY frames held back.
+
+    ``feed`` returns the bytes to forward now; ``goaway`` is the latest GOAWAY frame withheld.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._payload_left = 0  # bytes of the current forwarded frame not yet passed on
+        self.goaway: bytes | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        self._pending += data
+        out = bytearray()
+        while self._pending:
+            if self._payload_left:
+                taken = min(self._payload_left, len(self._pending))
+                out += self._pending[:taken]
+                del self._pending[:taken]
+                self._payload_left -= taken
+                continue
+            if len(self._pending) < _FRAME_HEADER_SIZE:
+                break
+            length = int.from_bytes(self._pending[:3], "big")
+            if self._pending[3] == _GOAWAY:
+                size = _FRAME_HEADER_SIZE + length
+                if len(self._pending) < size:
+                    break  # GOAWAY frames are small; wait for all of it
+                self.goaway = bytes(self._pending[:size])
+                del self._pending[:size]
+                continue
+            out += self._pending[:_FRAME_HEADER_SIZE]
+            del self._pending[:_FRAME_HEADER_SIZE]
+            self._payload_left = length
+        return bytes(out)
+
+
+class _Relay:
+    """One client connection and its connection to the gRPC server."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.client: asyncio.Transport | None = None
+        self.backend: asyncio.Transport | None = None
+        self.frames = _ServerFrames()
+        self.early: list[bytes] = []  # client bytes that came before the backend connected
+        self.closed = asyncio.get_running_loop().create_future()
+        self.client_gone = False
+
+    # --- client side ---
+    def client_connected(self, transport: asyncio.Transport) -> None:
+        self.client = transport
+        if not self.front.accepts_peer(transport):
+            transport.abort()
+            return
+        self.front.relays.add(self)
+        asyncio.get_running_loop().create_task(self._connect_backend())
+
+    async def _connect_backend(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_unix_connection(
+                lambda: _BackendSide(self), "\0" + self.front.backend_name
+            )
+        except OSError as error:
+            logger.warning("cannot reach the gRPC server behind the front: %s", error)
+            self._close_client()
+
+    def from_client(self, data: bytes) -> None:
+        if self.backend is None:
+            self.early.append(data)
+        else:
+            self.backend.write(data)
+
+    def client_lost(self) -> None:
+        self.client_gone = True
+        if self.backend is not None:
+            self.backend.close()
+        self.front.relays.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # --- backend side ---
+    def backend_connected(self, transport: asyncio.Transport) -> None:
+        self.backend = transport
+        if self.client_gone:
+            transport.close()
+            return
+        for data in self.early:
+            transport.write(data)
+        self.early.clear()
+
+    def from_backend(self, data: bytes) -> None:
+        forward = self.frames.feed(data)
+        if forward and self.client is not None and not self.client_gone:
+            self.client.write(forward)
+
+    def backend_lost(self) -> None:
+        self._close_client()
+
+    def _close_client(self) -> None:
+        if self.client is not None and not self.client_gone:
+            if self.frames.goaway is not None:
+                self.client.write(self.frames.goaway)  # the last frame on this connection
+            self.client.close()  # after everything written has been flushed
+
+
+class _ClientSide(asyncio.Protocol):
+    def __init__(self, front: Front) -> None:
+        self.relay = _Relay(front)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.relay.client_connected(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.from_client(data)
+
+    def eof_received(self) -> bool:
+        return False  # close; the backend side follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.client_lost()
+
+    # The client reads slower than the server writes: stop reading from the server.
+    def pause_writing(self) -> None:
+        if self.relay.backend is not None:
+            self.relay.backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.relay.backend is not None:
+            self.relay.backend.resume_reading()
+
+
+class _BackendSide(asyncio.Protocol):
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.relay.backend_connected(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.from_backend(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.backend_lost()
+
+    def pause_writing(self) -> None:
+        if self.relay.client is not None:
+            self.relay.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.relay.client is not None and not self.relay.client_gone:
+            self.relay.client.resume_reading()
+
+
+class Front:
+    """Listens on the public port (plaintext or mutual TLS) and relays to ``backend_name``."""
+
+    def __init__(
+        self,
+        backend_name: str,
+        tls: ssl.SSLContext | None = None,
+        client_cert_der: bytes | None = None,
+    ) -> None:
+        self.backend_name = backend_name
+        self.tls = tls
+        self.client_cert_der = client_cert_der
+        self.relays: set[_Relay] = set()
+        self._server: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start accepting on ``host:port``; the bound port. OSError if it cannot listen."""
+        sock = listening_socket(host, port)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _ClientSide(self),
+                sock=sock,
+                ssl=self.tls,
+                ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT_S if self.tls else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return sock.getsockname()[1]
+
+    def accepts_peer(self, transport: asyncio.BaseTransport) -> bool:
+        """With TLS: is the client's certificate exactly ``task_api_client_cert.pem``?
+
+        The handshake already required a certificate that chains to it (the only trusted
+        one); the byte comparison pins it, so no other certificate with its name passes.
+        """
+        if self.client_cert_der is None:
+            return True
+        ssl_object = transport.get_extra_info("ssl_object")
+        peer = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if peer != self.client_cert_der:
+            logger.warning(
+                "refused a TLS client from %s: its certificate is not task_api_client_cert.pem",
+                transport.get_extra_info("peername"),
+            )
+            return False
+        return True
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Until every client connection has been flushed and closed (the gRPC server closes
+        its side of each when it stops), or ``timeout`` seconds; then what is left is cut."""
+        pending = [relay.closed for relay in self.relays]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for relay in list(self.relays):
+            logger.warning("a client connection did not close in %.1f s; cutting it", timeout)
+            if relay.client is not None:
+                relay.client.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
