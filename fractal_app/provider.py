@@ -8,11 +8,11 @@ the kernels load when the one request arrives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import grpc
 from fractal_app.errors import FailedPrecondition, InvalidArgument
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
-from fractal_app.server import resume_gc_after_startup, rpc_errors
+from fractal_app.server import Preload, resume_gc_after_startup, rpc_errors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,6 +83,11 @@ class Provider:
         self.stop = stop
         self.backend = backend or os.environ.get(BACKEND_ENV_VAR) or None
         self._handled = False
+        self.preload: Preload | None = None  # started once SERVING; requests wait for it
+
+    async def _preloaded(self) -> None:
+        if self.preload is not None:
+            await self.preload.wait()
 
     def _take_the_one_request(self) -> None:
         if self._handled:
@@ -98,6 +103,7 @@ class Provider:
         """
         self._take_the_one_request()
         try:
+            await self._preloaded()
             return await self._compute(task_id, subtask_id, params_json)
         finally:
             self.stop.set()
@@ -155,6 +161,7 @@ class Provider:
     async def run_benchmark(self) -> float:
         self._take_the_one_request()
         try:
+            await self._preloaded()
             from fractal_app import render
 
             backend = render.resolve_backend(self.backend, "docker_cpu")
@@ -220,7 +227,7 @@ class ProviderService:
         overlaps that gap instead of adding to the request's time.
         """
         resume_gc = not gc.isenabled()  # the entrypoint paused it for the start-up
-        threading.Thread(target=_preload, args=(resume_gc,), name="preload", daemon=True).start()
+        self.app.preload = Preload(functools.partial(_preload, resume_gc))
 
     def close(self) -> None:
         pass

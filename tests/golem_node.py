@@ -83,7 +83,7 @@ async def wait_for_channel(
             reply = await Stub(channel, health_pb2, "Health").Check(request, timeout=5)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return channel
-        except (StreamTerminatedError, ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, StreamTerminatedError, ConnectionError, ssl.SSLError):
             pass
         channel.close()
         await asyncio.sleep(poll_s)
