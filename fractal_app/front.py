@@ -136,9 +136,10 @@ class _Relay:
         self.client: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
         self.frames = _ServerFrames()
-        self.early: list[bytes] = []  # client bytes that came before the backend connected
         self.closed = asyncio.get_running_loop().create_future()
         self.client_gone = False
+        self._connecting: asyncio.Task | None = None  # held: the loop keeps tasks weakly
+        self._early: list[bytes] = []  # anything read before the backend connected
 
     # --- client side ---
     def client_connected(self, transport: asyncio.Transport) -> None:
@@ -147,7 +148,8 @@ class _Relay:
             transport.abort()
             return
         self.front.relays.add(self)
-        asyncio.get_running_loop().create_task(self._connect_backend())
+        transport.pause_reading()  # until there is somewhere to send what the client says
+        self._connecting = asyncio.get_running_loop().create_task(self._connect_backend())
 
     async def _connect_backend(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,7 +163,7 @@ class _Relay:
 
     def from_client(self, data: bytes) -> None:
         if self.backend is None:
-            self.early.append(data)
+            self._early.append(data)
         else:
             self.backend.write(data)
 
@@ -178,10 +180,11 @@ class _Relay:
         self.backend = transport
         if self.client_gone:
             transport.close()
-            return
-        for data in self.early:
-            transport.write(data)
-        self.early.clear()
+        elif self.client is not None:
+            for data in self._early:
+                transport.write(data)
+            self._early.clear()
+            self.client.resume_reading()
 
     def from_backend(self, data: bytes) -> None:
         forward = self.frames.feed(data)

@@ -2,9 +2,12 @@
 
 Both apps are ``grpc.aio`` servers that a Golem node polls through the standard health
 service, optionally over mutual TLS, and stops with SIGTERM or a ``Shutdown`` rpc. This module
-does exactly that and nothing app-specific: servicers come in through ``register``.
+does exactly that and nothing app-specific: servicers come in through ``register``. Clients
+reach the gRPC server through the front of :mod:`fractal_app.front` (TLS without ALPN, and
+replies that are never followed by a GOAWAY in the same read).
 
-Imported by the short-lived provider, so it stays light: grpc and the domain errors only.
+Imported by the short-lived provider, so it stays light: grpc, the standard library's ssl and
+the domain errors only.
 """
 
 from __future__ import annotations
