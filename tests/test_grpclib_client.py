@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -93,10 +94,17 @@ async def run_many(root: Path, rpcs: list[str]) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
+# About 0.6 CPU-s per fresh provider: a minute or two on two idle cores, far more when shared.
+@pytest.mark.timeout(max(1800, 6 * (COMPUTES + BENCHMARKS + SHUTDOWNS)))
 def test_no_reply_is_lost_when_fresh_providers_exit(tmp_path: Path) -> None:
     rpcs = ["Compute"] * COMPUTES + ["RunBenchmark"] * BENCHMARKS + ["Shutdown"] * SHUTDOWNS
+    started = time.monotonic()
     failures = asyncio.run(run_many(tmp_path, rpcs))
     counts = {rpc: len(found) for rpc, found in failures.items()}
+    print(
+        f"\n{len(rpcs)} fresh providers ({COMPUTES} Compute, {BENCHMARKS} RunBenchmark,"
+        f" {SHUTDOWNS} Shutdown) in {time.monotonic() - started:.0f} s; failed: {counts}"
+    )
     first = next((found[0] for found in failures.values()), "")
     assert not failures, f"replies lost or failed, by rpc: {counts}; first:\n{first}"
 
