@@ -259,11 +259,11 @@ class Front:
         self,
         backend_name: str,
         tls: ssl.SSLContext | None = None,
-        client_cert_der: bytes | None = None,
+        client_certs_der: frozenset[bytes] | None = None,
     ) -> None:
         self.backend_name = backend_name
         self.tls = tls
-        self.client_cert_der = client_cert_der
+        self.client_certs_der = client_certs_der
         self.relays: set[_Relay] = set()
         self._server: asyncio.Server | None = None
 
@@ -289,11 +289,11 @@ class Front:
         The handshake already required a certificate that chains to it (the only trusted
         one); the byte comparison pins it, so no other certificate with its name passes.
         """
-        if self.client_cert_der is None:
+        if self.client_certs_der is None:
             return True
         ssl_object = transport.get_extra_info("ssl_object")
         peer = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        if peer != self.client_cert_der:
+        if peer not in self.client_certs_der:
             logger.warning(
                 "refused a TLS client from %s: its certificate is not task_api_client_cert.pem",
                 transport.get_extra_info("peername"),

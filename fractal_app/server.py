@@ -18,6 +18,7 @@ import functools
 import gc
 import inspect
 import logging
+import re
 import signal
 import ssl
 import threading
@@ -106,6 +107,10 @@ _MAX_INTERNAL_DETAIL = 300
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
 
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+)
+
 # How long stopping waits for the clients' connections to be flushed and closed once the
 # gRPC server has stopped (it closes its side of each at once).
 _CLOSE_TIMEOUT_S = 5.0
@@ -174,9 +179,9 @@ def _read_pem(path: Path) -> bytes:
     return data
 
 
-def server_tls(work_dir: Path) -> tuple[ssl.SSLContext, bytes] | None:
+def server_tls(work_dir: Path) -> tuple[ssl.SSLContext, frozenset[bytes]] | None:
     """Mutual TLS from the three pem files in ``work_dir``: the server's TLS context and the
-    client certificate (DER) it accepts; None for plaintext.
+    client certificates (DER) it accepts; None for plaintext.
 
     All three must be present for TLS (PROTOCOL.md); the client must present exactly
     ``task_api_client_cert.pem``.
@@ -197,17 +202,22 @@ def server_tls(work_dir: Path) -> tuple[ssl.SSLContext, bytes] | None:
         _read_pem(work_dir / name)
     client_pem = _read_pem(work_dir / CLIENT_CERT_FILE)
     try:
-        client_der = ssl.PEM_cert_to_DER_cert(client_pem.decode("ascii"))
+        client_ders = frozenset(
+            ssl.PEM_cert_to_DER_cert(block.decode("ascii"))
+            for block in _PEM_CERTIFICATE.findall(client_pem)
+        )
+        if not client_ders:
+            raise ValueError(f"{CLIENT_CERT_FILE} holds no CERTIFICATE block")
         context = front.server_tls_context(
             work_dir / SERVER_KEY_FILE, work_dir / SERVER_CERT_FILE, client_pem
         )
     except (ValueError, UnicodeDecodeError, ssl.SSLError) as error:
         raise ServerStartError(
             f"cannot serve TLS with the pem files in {work_dir}: {error}; the node must write"
-            f" a matching {SERVER_KEY_FILE} and {SERVER_CERT_FILE} and a {CLIENT_CERT_FILE}"
-            " holding one certificate"
+            f" a matching {SERVER_KEY_FILE} and {SERVER_CERT_FILE} and the client's"
+            f" certificate in {CLIENT_CERT_FILE}"
         ) from error
-    return context, client_der
+    return context, client_ders
 
 
 class AppServer:

@@ -25,7 +25,7 @@ from grpclib.exceptions import StreamTerminatedError
 
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
-from fractal_app.server import create_server, rpc_errors
+from fractal_app.server import ServerStartError, create_server, rpc_errors
 
 CALL_TIMEOUT = 10.0
 # What a refused grpclib client sees, depending on when in the handshake the server says no.
@@ -216,5 +216,35 @@ def test_grpcio_impostor_certificate_is_refused(node) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await grpcio_calls(port, credentials)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(scenario())
+
+
+# --- the pem files ------------------------------------------------------------------------------
+
+
+def test_client_certificate_file_with_text_around_it_still_pins_it(node, tmp_path: Path) -> None:
+    work_dir, certs = node
+    described = b"Subject: CN=golem.local\n" + certs.client_cert + b"\n# written by the node\n"
+    (work_dir / "task_api_client_cert.pem").write_bytes(described)
+    context = upstream_context(
+        tmp_path, certs.client_key, certs.client_cert, work_dir / "task_api_server_cert.pem"
+    )
+
+    async def scenario() -> None:
+        async with serving(work_dir) as port:
+            assert await grpclib_calls(port, context) == SERVED
+
+    asyncio.run(scenario())
+
+
+def test_server_key_of_another_certificate_stops_start_with_the_file_names(node) -> None:
+    work_dir, _ = node
+    other_key, _ = node_style()
+    (work_dir / "task_api_server_key.pem").write_bytes(other_key)
+
+    async def scenario() -> None:
+        with pytest.raises(ServerStartError, match="task_api_server_key.pem"):
+            await create_server(0, work_dir, lambda s: None, "127.0.0.1")
 
     asyncio.run(scenario())
