@@ -8,13 +8,15 @@ Two things a Golem node needs that grpc core's own listener does not give:
   selected ALPN property"). The front terminates TLS with Python's ``ssl``: TLS 1.2 or later,
   a client certificate required and pinned to ``task_api_client_cert.pem`` byte for byte, and
   ALPN ``h2`` selected when a client (grpcio) asks for it.
-- **A reply is never followed by a GOAWAY it can share a read with.** When grpc core stops it
-  sends GOAWAY, then a PING, while replies may still be on their way. The h2 library behind
-  grpclib closes its connection state on a GOAWAY and raises a protocol error on anything that
-  follows, throwing away replies it had already parsed from the same read ("Connection lost").
-  The front forwards every frame of the server's but GOAWAY, and sends the server's last
-  GOAWAY itself only when the server has closed the connection, as the last thing before the
-  client's connection is closed: nothing follows it any more.
+- **A reply is read before the connection ends.** When grpc core stops it sends GOAWAY and a
+  PING, while replies may still be on their way. grpclib ends every open stream the moment it
+  processes a GOAWAY or a closed connection, replies it has already received but not yet
+  handed to the caller included ("Connection lost"), and the h2 library behind it rejects
+  anything after a GOAWAY. So the front forwards every frame of the server's but GOAWAY; when
+  the server closes the connection, the front sends a PING of its own behind the last reply
+  and only once the client has acknowledged it (its h2 answers while it processes that read,
+  so the caller has been handed the reply) sends the server's GOAWAY and closes the
+  connection. A client that does not answer within a second is closed on anyway.
 
 Only frame headers are read (9 bytes, RFC 9113 section 4.1); payloads pass untouched. The
 front is a hop inside one process: a few tens of microseconds per read.
@@ -33,7 +35,14 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _FRAME_HEADER_SIZE = 9
+_CLIENT_PREFACE_SIZE = 24  # "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PING = 0x6
 _GOAWAY = 0x7
+_ACK = 0x1
+# How long a client gets to acknowledge the front's last PING before its connection is closed.
+_PING_ACK_TIMEOUT_S = 1.0
+# A watched (control) frame longer than this is not a PING or GOAWAY worth holding: pass it on.
+_MAX_WATCHED_FRAME = 16384
 _TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -91,41 +100,54 @@ def listening_socket(host: str, port: int) -> socket.socket:
     raise error
 
 
-class _ServerFrames:
-    """The server-to-client byte stream, split at frame headers, with GOAWAY frames held back.
+class _Frames:
+    """One direction's byte stream, walked frame header by frame header.
 
-    ``feed`` returns the bytes to forward now; ``goaway`` is the latest GOAWAY frame withheld.
+    ``feed`` returns the bytes to pass on and the whole frames of the ``watch`` types (small
+    control frames) seen; frames of the ``hold`` types (a subset) are not passed on. The
+    client's stream starts with the 24-byte connection preface, which passes untouched.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, watch: frozenset[int], hold: frozenset[int] = frozenset(), preface: int = 0
+    ) -> None:
+        self._watch = watch
+        self._hold = hold
         self._pending = bytearray()
-        self._payload_left = 0  # bytes of the current forwarded frame not yet passed on
-        self.goaway: bytes | None = None
+        self._passing = preface  # bytes to pass on before the next frame header
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
         self._pending += data
         out = bytearray()
+        seen: list[bytes] = []
         while self._pending:
-            if self._payload_left:
-                taken = min(self._payload_left, len(self._pending))
+            if self._passing:
+                taken = min(self._passing, len(self._pending))
                 out += self._pending[:taken]
                 del self._pending[:taken]
-                self._payload_left -= taken
+                self._passing -= taken
                 continue
             if len(self._pending) < _FRAME_HEADER_SIZE:
                 break
             length = int.from_bytes(self._pending[:3], "big")
-            if self._pending[3] == _GOAWAY:
+            kind = self._pending[3]
+            if kind in self._watch and length <= _MAX_WATCHED_FRAME:
                 size = _FRAME_HEADER_SIZE + length
                 if len(self._pending) < size:
-                    break  # GOAWAY frames are small; wait for all of it
-                self.goaway = bytes(self._pending[:size])
+                    break  # control frames are small: wait for all of one
+                seen.append(bytes(self._pending[:size]))
+                if kind not in self._hold:
+                    out += self._pending[:size]
                 del self._pending[:size]
                 continue
             out += self._pending[:_FRAME_HEADER_SIZE]
             del self._pending[:_FRAME_HEADER_SIZE]
-            self._payload_left = length
-        return bytes(out)
+            self._passing = length
+        return bytes(out), seen
+
+
+def _ping(opaque: bytes, ack: bool = False) -> bytes:
+    return len(opaque).to_bytes(3, "big") + bytes([_PING, _ACK if ack else 0]) + bytes(4) + opaque
 
 
 class _Relay:
@@ -135,9 +157,14 @@ class _Relay:
         self.front = front
         self.client: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
-        self.frames = _ServerFrames()
+        self.server_frames = _Frames(watch=frozenset({_GOAWAY}), hold=frozenset({_GOAWAY}))
+        self.client_frames = _Frames(watch=frozenset({_PING}), preface=_CLIENT_PREFACE_SIZE)
+        self.goaway: bytes | None = None  # the server's latest, sent last
         self.closed = asyncio.get_running_loop().create_future()
         self.client_gone = False
+        self.backend_gone = False
+        self._last_ping_ack: bytes | None = None  # the ACK that lets the connection close
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task | None = None  # held: the loop keeps tasks weakly
         self._early: list[bytes] = []  # anything read before the backend connected
 
@@ -159,17 +186,25 @@ class _Relay:
             )
         except OSError as error:
             logger.warning("cannot reach the gRPC server behind the front: %s", error)
-            self._close_client()
+            self.backend_gone = True
+            self._finish()
 
     def from_client(self, data: bytes) -> None:
-        if self.backend is None:
-            self._early.append(data)
+        forward, pings = self.client_frames.feed(data)
+        if self._last_ping_ack is not None and self._last_ping_ack in pings:
+            self._finish()
+        elif self.backend_gone:
+            pass  # nobody to tell any more
+        elif self.backend is None:
+            self._early.append(forward)
         else:
-            self.backend.write(data)
+            self.backend.write(forward)
 
     def client_lost(self) -> None:
         self.client_gone = True
-        if self.backend is not None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        if self.backend is not None and not self.backend_gone:
             self.backend.close()
         self.front.relays.discard(self)
         if not self.closed.done():
@@ -187,18 +222,34 @@ class _Relay:
             self.client.resume_reading()
 
     def from_backend(self, data: bytes) -> None:
-        forward = self.frames.feed(data)
+        forward, goaways = self.server_frames.feed(data)
+        if goaways:
+            self.goaway = goaways[-1]
+            logger.debug("holding back the server's GOAWAY until the connection closes")
         if forward and self.client is not None and not self.client_gone:
             self.client.write(forward)
 
     def backend_lost(self) -> None:
-        self._close_client()
+        """The server closed: a PING behind the last reply; GOAWAY and close on its ACK."""
+        self.backend_gone = True
+        if self.client is None or self.client_gone:
+            return
+        opaque = secrets.token_bytes(8)
+        self._last_ping_ack = _ping(opaque, ack=True)
+        self.client.write(_ping(opaque))
+        self.client.resume_reading()  # were it paused for the server, the ACK must get through
+        loop = asyncio.get_running_loop()
+        self._ack_timer = loop.call_later(_PING_ACK_TIMEOUT_S, self._finish)
 
-    def _close_client(self) -> None:
-        if self.client is not None and not self.client_gone:
-            if self.frames.goaway is not None:
-                self.client.write(self.frames.goaway)  # the last frame on this connection
-            self.client.close()  # after everything written has been flushed
+    def _finish(self) -> None:
+        """Close the client's connection: everything written is flushed, the GOAWAY last."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        if self.client is None or self.client_gone or self.client.is_closing():
+            return
+        if self.goaway is not None:
+            self.client.write(self.goaway)
+        self.client.close()
 
 
 class _ClientSide(asyncio.Protocol):

@@ -172,8 +172,10 @@ class ProviderClient:
         try:
             return await call
         finally:
-            await self.app.wait_until_shutdown_complete()
-            self.channel.close()
+            try:
+                await self.app.wait_until_shutdown_complete()
+            finally:
+                self.channel.close()
 
     async def compute(self, task_id: str, subtask_id: str, params: dict) -> Path:
         request = pb.ComputeRequest(
@@ -233,5 +235,7 @@ class RequestorClient:
         try:
             await self.stub.Shutdown(pb.ShutdownRequest(), timeout=RPC_TIMEOUT_S)
         finally:
-            await self.app.wait_until_shutdown_complete()
-            self.channel.close()
+            try:
+                await self.app.wait_until_shutdown_complete()
+            finally:
+                self.channel.close()

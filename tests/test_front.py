@@ -8,7 +8,7 @@ import socket
 import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from fractal_app.front import _ServerFrames, listening_socket
+from fractal_app.front import _GOAWAY, _PING, _Frames, listening_socket
 
 
 def frame_bytes() -> tuple[list[bytes], list[bytes]]:
@@ -24,18 +24,42 @@ def frame_bytes() -> tuple[list[bytes], list[bytes]]:
     return frames, [first_goaway, final_goaway]
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_every_frame_but_goaway_passes_in_order_however_the_reads_fall(seed: int) -> None:
-    frames, goaways = frame_bytes()
-    stream = b"".join(frames)
+def fed_in_random_reads(frames: _Frames, stream: bytes, seed: int) -> tuple[bytes, list[bytes]]:
     rng = random.Random(seed)
-    splitter, passed, position = _ServerFrames(), b"", 0
+    passed, seen, position = b"", [], 0
     while position < len(stream):
-        size = rng.choice([1, 2, 8, 9, 10, 100, 5000, 20000])
-        passed += splitter.feed(stream[position : position + size])
-        position += size
+        size = rng.choice([1, 2, 8, 9, 10, 24, 100, 5000, 20000])
+        forward, watched = frames.feed(stream[position : position + size])
+        passed, seen, position = passed + forward, seen + watched, position + size
+    return passed, seen
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_server_frames_pass_in_order_without_goaway_however_the_reads_fall(seed: int) -> None:
+    frames, goaways = frame_bytes()
+    splitter = _Frames(watch=frozenset({_GOAWAY}), hold=frozenset({_GOAWAY}))
+    passed, seen = fed_in_random_reads(splitter, b"".join(frames), seed)
     assert passed == b"".join(frame for frame in frames if frame not in goaways)
-    assert splitter.goaway == goaways[-1]  # the latest one is what the client gets, last
+    assert seen == goaways  # the relay sends the latest one, last
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_client_pings_are_seen_and_passed_after_the_preface(seed: int) -> None:
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    ack = PingFrame(0, opaque_data=b"front-ok", flags=["ACK"]).serialize()
+    frames, _ = frame_bytes()
+    stream = preface + frames[0] + ack + b"".join(frames[1:])
+    watcher = _Frames(watch=frozenset({_PING}), preface=len(preface))
+    passed, seen = fed_in_random_reads(watcher, stream, seed)
+    assert passed == stream
+    assert seen == [ack, PingFrame(0, opaque_data=b"12345678").serialize()]
+
+
+def test_a_huge_frame_of_a_watched_type_is_passed_not_buffered() -> None:
+    header = (1 << 20).to_bytes(3, "big") + bytes([_PING, 0]) + bytes(4)
+    watcher = _Frames(watch=frozenset({_PING}))
+    passed, seen = watcher.feed(header + b"x" * 100)
+    assert passed == header + b"x" * 100 and seen == []
 
 
 def test_listening_socket_on_every_interface_takes_ipv4_too() -> None:
