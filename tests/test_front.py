@@ -1,14 +1,23 @@
-"""The public front's own parts: the server-frame splitter and the listening socket."""
+"""The public front: its frame walker, its listening socket, and how a connection ends."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+import time
+from pathlib import Path
 
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import StreamEnded
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from fractal_app.front import _GOAWAY, _PING, _Frames, listening_socket
+from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+from fractal_app.server import create_server, rpc_errors, run_until_stopped
 
 
 def frame_bytes() -> tuple[list[bytes], list[bytes]]:
@@ -79,3 +88,67 @@ def test_listening_socket_refuses_a_port_in_use() -> None:
             listening_socket("127.0.0.1", first.getsockname()[1])
     finally:
         first.close()
+
+
+# --- the end of a connection, as an h2 client sees it ------------------------------------------
+
+
+class ShutdownOnly(pb_grpc.ProviderAppServicer):
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+
+    @rpc_errors
+    async def Shutdown(self, request, context):  # noqa: N802 - gRPC method names
+        self.stop.set()  # the server stops while this reply is on its way, as a provider does
+        return pb.ShutdownReply()
+
+
+async def last_words(tmp_path: Path, answer_pings: bool) -> tuple[list[str], float]:
+    """Send Shutdown from a bare h2 client (the library under grpclib); what it then sees
+    until the connection ends, and the seconds from the reply's end to the end."""
+    stop = asyncio.Event()
+    server, port = await create_server(
+        0,
+        tmp_path,
+        lambda s: pb_grpc.add_ProviderAppServicer_to_server(ShutdownOnly(stop), s),
+        "127.0.0.1",
+    )
+    runner = asyncio.create_task(run_until_stopped(server, stop, grace=1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    h2 = H2Connection(H2Configuration(client_side=True))
+    h2.initiate_connection()
+    h2.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "app"),
+                        (":path", "/golem_task_api.ProviderApp/Shutdown"),
+                        ("content-type", "application/grpc"), ("te", "trailers")])  # fmt: skip
+    h2.send_data(1, b"\0\0\0\0\0", end_stream=True)  # an empty ShutdownRequest
+    writer.write(h2.data_to_send())
+    seen: list[str] = []
+    reply_ended = 0.0
+    while True:
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        if not data:
+            seen.append("EOF")
+            break
+        for event in h2.receive_data(data):  # ProtocolError if a frame followed a GOAWAY
+            if isinstance(event, StreamEnded):
+                reply_ended = time.monotonic()
+            seen.append(type(event).__name__)
+        if answer_pings:
+            writer.write(h2.data_to_send())  # h2 queued an ACK for each PING
+    gone = time.monotonic() - reply_ended
+    writer.close()
+    await runner
+    return seen[seen.index("StreamEnded") :], gone
+
+
+def test_connection_ends_with_goaway_only_after_the_client_answered_a_ping(tmp_path) -> None:
+    seen, _ = asyncio.run(last_words(tmp_path, answer_pings=True))
+    # After the reply: the front's PING (answered), then the server's GOAWAY, then the end.
+    assert seen[-3:] == ["PingReceived", "ConnectionTerminated", "EOF"], seen
+    assert seen.count("ConnectionTerminated") == 1
+
+
+def test_a_client_that_never_answers_is_closed_on_after_a_second(tmp_path) -> None:
+    seen, gone = asyncio.run(last_words(tmp_path, answer_pings=False))
+    assert seen[-2:] == ["ConnectionTerminated", "EOF"], seen
+    assert 1.0 <= gone < 10.0
