@@ -18,8 +18,7 @@ Two things a Golem node needs that grpc core's own listener does not give:
   so the caller has been handed the reply) sends the server's GOAWAY and closes the
   connection. A client that does not answer within a second is closed on anyway.
 
-Only frame headers are read (9 bytes, RFC 9113 section 4.1); payloads pass untouched. The
-front is a hop inside one process: a few tens of microseconds per read.
+Only frame headers are read (9 bytes, RFC 9113 section 4.1); payloads pass untouched.
 """
 
 from __future__ import annotations
@@ -84,8 +83,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         candidates = [(family, address) for family, _, _, _, address in infos[:1]]
     error: OSError | None = None
     for family, address in candidates:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = None
         try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and address[0] == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 as well
@@ -94,7 +94,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
             sock.setblocking(False)
             return sock
         except OSError as caught:  # e.g. no IPv6 in this container: try IPv4
-            sock.close()
+            if sock is not None:
+                sock.close()
             error = caught
     assert error is not None
     raise error
