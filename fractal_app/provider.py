@@ -224,7 +224,8 @@ class ProviderService:
         Every request needs NumPy, Numba and the renderer (about half a CPU-second of imports
         and Numba set-up), and a node usually sends the request a little after the health
         check succeeds, or launches providers ahead of their subtasks; loading them now
-        overlaps that gap instead of adding to the request's time.
+        overlaps that gap instead of adding to the request's time. The request waits for the
+        preload to finish rather than load beside it (see :class:`server.Preload`).
         """
         resume_gc = not gc.isenabled()  # the entrypoint paused it for the start-up
         self.app.preload = Preload(functools.partial(_preload, resume_gc))
