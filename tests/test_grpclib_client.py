@@ -1,9 +1,10 @@
 """The app through a Golem node's own client (grpclib over h2; see golem_node.py).
 
 A node sends its first rpc the instant health says SERVING, and a provider exits right after
-its one reply: every reply must still arrive. Before the front held grpc's GOAWAY back, 6 of
-10 Compute replies (and every Shutdown reply) were lost this way, and one Compute in about 130
-failed with "generator already executing" (the request racing the background preload).
+its one reply: every reply must still arrive. Before the front (fractal_app/front.py), 7 of
+10 Compute replies and every RunBenchmark and Shutdown reply (3 of 3 each) were lost this way
+("Connection lost"), and a Compute could fail with "generator already executing" (the request
+racing the background preload).
 """
 
 from __future__ import annotations
