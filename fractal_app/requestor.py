@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -50,7 +51,7 @@ from fractal_app.images import image_for_env
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.protocol.constants import SUBTASK_OUTPUTS_DIR
-from fractal_app.server import resume_gc_after_startup, rpc_errors
+from fractal_app.server import Preload, resume_gc_after_startup, rpc_errors
 from fractal_app.store import BandRow, TaskPaths, TaskStore, check_name
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class Requestor:
         )
         self._files = ThreadPoolExecutor(max_workers=4, thread_name_prefix="files")
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.preload: Preload | None = None  # kernel work waits for it (see server.Preload)
 
     def close(self) -> None:
         """Stop every running verification and close the stores."""
@@ -166,10 +168,16 @@ class Requestor:
 
     async def _run(self, func, *args):
         """Run a spot check (or the benchmark) on the verification pool."""
+        await self._preloaded()
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
 
     async def _file_work(self, func, *args):
+        await self._preloaded()  # the cost estimate runs kernels here
         return await asyncio.get_running_loop().run_in_executor(self._files, func, *args)
+
+    async def _preloaded(self) -> None:
+        if self.preload is not None:
+            await self.preload.wait()
 
     async def _db(self, func, *args):
         """Run a store operation (a committed transaction) on the store thread."""
@@ -741,7 +749,7 @@ class RequestorService:
         # waits as little as possible for them. (Tasks need no loading: each is re-opened
         # from its folder when an rpc first names it.)
         resume_gc = not gc.isenabled()  # the entrypoint paused it for the start-up
-        threading.Thread(target=_preload, args=(resume_gc,), name="preload", daemon=True).start()
+        self.app.preload = Preload(functools.partial(_preload, resume_gc))
 
     def register(self, server: grpc.aio.Server) -> None:
         from fractal_app.decoding import add_servicer

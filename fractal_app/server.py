@@ -2,20 +2,26 @@
 
 Both apps are ``grpc.aio`` servers that a Golem node polls through the standard health
 service, optionally over mutual TLS, and stops with SIGTERM or a ``Shutdown`` rpc. This module
-does exactly that and nothing app-specific: servicers come in through ``register``.
+does exactly that and nothing app-specific: servicers come in through ``register``. Clients
+reach the gRPC server through the front of :mod:`fractal_app.front` (TLS without ALPN, and
+replies that are never followed by a GOAWAY in the same read).
 
-Imported by the short-lived provider, so it stays light: grpc and the domain errors only.
+Imported by the short-lived provider, so it stays light: grpc, the standard library's ssl and
+the domain errors only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import inspect
 import logging
+import re
 import signal
-import weakref
+import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +29,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fractal_app import errors
+from fractal_app import errors, front
 from fractal_app.protocol.constants import (
     CLIENT_CERT_FILE,
     SERVER_CERT_FILE,
@@ -32,6 +38,7 @@ from fractal_app.protocol.constants import (
 )
 
 logger = logging.getLogger(__name__)
+
 
 def pause_gc_for_startup() -> None:
     """Turn the cyclic garbage collector off while a service starts.
@@ -58,6 +65,33 @@ def resume_gc_after_startup(paused: bool) -> None:
         gc.enable()
 
 
+class Preload:
+    """What a service's requests need (NumPy, Numba, the kernels), loaded in a background
+    thread from start-up on; a request awaits it before it starts.
+
+    Loading overlaps the gap between SERVING and the first request, and a request never loads
+    beside it: Numba's target contexts are not thread-safe while they fill their registries,
+    and a request that refreshed them while the preload did failed with "generator already
+    executing" (about one Compute in 130 sent the instant health said SERVING).
+    """
+
+    def __init__(self, load: Callable[[], None]) -> None:
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._load = load
+        threading.Thread(target=self._run, name="preload", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        finally:  # the request loads what failed itself, and reports any error
+            self._done.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the preload has finished (at once if it has)."""
+        if not self._done.done():
+            await asyncio.wrap_future(self._done)
+
+
 # Domain error -> gRPC status. Order matters only for subclasses (none overlap today);
 # scene.SceneError is an InvalidArgument, so it needs no entry of its own.
 _STATUS_FOR_ERROR: tuple[tuple[type[errors.AppError], grpc.StatusCode], ...] = (
@@ -75,10 +109,13 @@ _MAX_INTERNAL_DETAIL = 300
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
 
-# Each server's health servicer, so that stopping can answer NOT_SERVING during the grace period.
-_HEALTH_OF: weakref.WeakKeyDictionary[grpc.aio.Server, health.aio.HealthServicer] = (
-    weakref.WeakKeyDictionary()
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
 )
+
+# How long stopping waits for the clients' connections to be flushed and closed once the
+# gRPC server has stopped (it closes its side of each at once).
+_CLOSE_TIMEOUT_S = 5.0
 
 
 class ServerStartError(RuntimeError):
@@ -149,11 +186,12 @@ def _read_pem(path: Path) -> bytes:
     return data
 
 
-def server_credentials(work_dir: Path) -> grpc.ServerCredentials | None:
-    """Mutual-TLS credentials from the three pem files in ``work_dir``, or None for plaintext.
+def server_tls(work_dir: Path) -> tuple[ssl.SSLContext, frozenset[bytes]] | None:
+    """Mutual TLS from the three pem files in ``work_dir``: the server's TLS context and the
+    client certificates (DER) it accepts; None for plaintext.
 
-    All three must be present for TLS (PROTOCOL.md); the client must present a certificate
-    that ``task_api_client_cert.pem`` vouches for.
+    All three must be present for TLS (PROTOCOL.md); the client must present exactly
+    ``task_api_client_cert.pem``.
     """
     present = [name for name in TLS_FILES if (work_dir / name).is_file()]
     if len(present) < len(TLS_FILES):
@@ -167,11 +205,48 @@ def server_credentials(work_dir: Path) -> grpc.ServerCredentials | None:
                 ", ".join(missing),
             )
         return None
-    return grpc.ssl_server_credentials(
-        [(_read_pem(work_dir / SERVER_KEY_FILE), _read_pem(work_dir / SERVER_CERT_FILE))],
-        root_certificates=_read_pem(work_dir / CLIENT_CERT_FILE),
-        require_client_auth=True,
-    )
+    for name in (SERVER_KEY_FILE, SERVER_CERT_FILE):
+        _read_pem(work_dir / name)
+    client_pem = _read_pem(work_dir / CLIENT_CERT_FILE)
+    try:
+        client_ders = frozenset(
+            ssl.PEM_cert_to_DER_cert(block.decode("ascii"))
+            for block in _PEM_CERTIFICATE.findall(client_pem)
+        )
+        if not client_ders:
+            raise ValueError(f"{CLIENT_CERT_FILE} holds no CERTIFICATE block")
+        context = front.server_tls_context(
+            work_dir / SERVER_KEY_FILE, work_dir / SERVER_CERT_FILE, client_pem
+        )
+    except (ValueError, UnicodeDecodeError, ssl.SSLError) as error:
+        raise ServerStartError(
+            f"cannot serve TLS with the pem files in {work_dir}: {error}; the node must write"
+            f" a matching {SERVER_KEY_FILE} and {SERVER_CERT_FILE} and the client's"
+            f" certificate in {CLIENT_CERT_FILE}"
+        ) from error
+    return context, client_ders
+
+
+class AppServer:
+    """A started service: the ``grpc.aio`` server on a private socket behind its public front
+    (:mod:`fractal_app.front`), and its health servicer."""
+
+    def __init__(
+        self, grpc_server: grpc.aio.Server, public: front.Front, health: health.aio.HealthServicer
+    ) -> None:
+        self.grpc_server = grpc_server
+        self.front = public
+        self.health = health
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting, give in-flight rpcs ``grace`` seconds, then close every connection
+        once what was written to it has been flushed (replies first, GOAWAY last)."""
+        self.front.stop_accepting()
+        await self.grpc_server.stop(grace)
+        await self.front.wait_closed(timeout=_CLOSE_TIMEOUT_S)
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
 
 
 async def create_server(
@@ -179,38 +254,36 @@ async def create_server(
     work_dir: Path,
     register: Callable[[grpc.aio.Server], None],
     host: str = "[::]",
-) -> tuple[grpc.aio.Server, int]:
+) -> tuple[AppServer, int]:
     """Start a ``grpc.aio`` server with the health service and the app's servicers.
 
-    ``register(server)`` adds the app's servicers. The server listens on ``host:port``
-    (port 0 picks a free one) with mutual TLS when ``work_dir`` holds the three pem files,
-    plaintext otherwise, and answers SERVING for the empty service name from the moment it
-    accepts connections. Returns the started server and the port it is bound to.
+    ``register(server)`` adds the app's servicers. Clients reach it on ``host:port`` (port 0
+    picks a free one) through the front, with mutual TLS when ``work_dir`` holds the three pem
+    files, plaintext otherwise; the server answers SERVING for the empty service name from
+    the moment it accepts connections. Returns the started server and the public port.
     """
-    # SO_REUSEPORT would let a second server silently share a fixed port with the first.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    tls = server_tls(Path(work_dir))
+    server = grpc.aio.server()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     register(server)
 
+    backend = front.private_backend_name()
+    if server.add_insecure_port(f"unix-abstract:{backend}") == 0:
+        raise ServerStartError(f"cannot listen on the private socket @{backend}")
+    public = front.Front(backend, *(tls or (None, None)))
     address = f"{host}:{port}"
-    credentials = server_credentials(Path(work_dir))
-    try:
-        if credentials is None:
-            bound_port = server.add_insecure_port(address)
-        else:
-            bound_port = server.add_secure_port(address, credentials)
-    except RuntimeError as error:
-        raise ServerStartError(
-            f"cannot listen on {address}: {error}; is another process using port {port}?"
-        ) from error
-    if bound_port == 0:
-        raise ServerStartError(f"cannot listen on {address}; is port {port} already in use?")
-
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    _HEALTH_OF[server] = health_servicer
     await server.start()
-    if credentials is None:
+    try:
+        bound_port = await public.listen(host, port)
+    except OSError as error:
+        await server.stop(None)
+        raise ServerStartError(
+            f"cannot listen on {address}: {error.strerror or error}; is another process using"
+            f" port {port}?"
+        ) from error
+    if tls is None:
         logger.info("serving plaintext on %s:%d (no TLS files in %s)", host, bound_port, work_dir)
     else:
         logger.info(
@@ -219,12 +292,10 @@ async def create_server(
             bound_port,
             work_dir,
         )
-    return server, bound_port
+    return AppServer(server, public, health_servicer), bound_port
 
 
-async def run_until_stopped(
-    server: grpc.aio.Server, stop: asyncio.Event, grace: float = 1.0
-) -> None:
+async def run_until_stopped(server: AppServer, stop: asyncio.Event, grace: float = 1.0) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then stop gracefully.
 
     In-flight rpcs (such as the ``Shutdown`` that set ``stop``) get ``grace`` seconds to
@@ -251,9 +322,7 @@ async def run_until_stopped(
         await asyncio.wait({stop_waiter, termination}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop_waiter.cancel()
-        health_servicer = _HEALTH_OF.get(server)
-        if health_servicer is not None:
-            await health_servicer.enter_graceful_shutdown()  # NOT_SERVING from now on
+        await server.health.enter_graceful_shutdown()  # NOT_SERVING from now on
         # Not cancelled: grpc's termination waiter shares the future that stop() awaits, and
         # cancelling it would cancel the shutdown too. stop() completes it instead.
         await server.stop(grace)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fractal_app.protocol.constants import CLIENT_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
@@ -80,6 +80,65 @@ def write_certs(work_dir: Path) -> MtlsCerts:
     The client key is returned, not written: the node keeps it to itself.
     """
     certs = make_certs()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / SERVER_KEY_FILE).write_bytes(certs.server_key)
+    (work_dir / SERVER_CERT_FILE).write_bytes(certs.server_cert)
+    (work_dir / CLIENT_CERT_FILE).write_bytes(certs.client_cert)
+    return certs
+
+
+NODE_NAMES = ("golem.local", "localhost", "127.0.0.1")
+
+
+def node_style(
+    *, subject_of: x509.Certificate | None = None, issuer: tuple[bytes, bytes] | None = None
+) -> tuple[bytes, bytes]:
+    """A key and certificate (PEM) as a Golem node makes them for the Task API: RSA 2048,
+    self-signed, CN ``golem.local``, SAN golem.local/localhost/127.0.0.1, CA:TRUE.
+
+    ``subject_of`` copies another certificate's subject and serial onto a fresh key (an
+    impostor); ``issuer`` (key PEM, certificate PEM) signs with that identity instead of
+    self-signing (a certificate issued by a trusted CA:TRUE certificate).
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE_NAMES[0])])
+    serial = x509.random_serial_number()
+    if subject_of is not None:
+        name, serial = subject_of.subject, subject_of.serial_number
+    issuer_name, signing_key = name, key
+    if issuer is not None:  # a subject of its own: OpenSSL takes subject == issuer as self-signed
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"issued.{NODE_NAMES[0]}")])
+        signing_key = serialization.load_pem_private_key(issuer[0], password=None)
+        issuer_name = x509.load_pem_x509_certificate(issuer[1]).subject
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names = [x509.DNSName("golem.local"), x509.DNSName("localhost")]
+    alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .sign(signing_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def write_node_certs(work_dir: Path) -> MtlsCerts:
+    """The node's three pem files in ``work_dir``, made the node's way; the client key is
+    returned, not written."""
+    server_key, server_cert = node_style()
+    client_key, client_cert = node_style()
+    certs = MtlsCerts(server_key, server_cert, client_key, client_cert)
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / SERVER_KEY_FILE).write_bytes(certs.server_key)
     (work_dir / SERVER_CERT_FILE).write_bytes(certs.server_cert)
