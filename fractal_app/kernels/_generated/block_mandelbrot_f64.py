@@ -12,7 +12,11 @@ still running from where they stopped (so a block's lanes stay busy together).
 import numba
 from numba import prange
 
+from fractal_app.kernels import escape
 from fractal_app.kernels._generated.select import select
+
+# Past escape, each lane's |z|^2 for smooth colouring comes from the scalar cores' own tail.
+colour_tail = escape.compile_tail(numba.njit(nogil=True))
 
 LANES = 32
 # Points per parallel task in resume_points.
@@ -450,69 +454,133 @@ def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, kee
             n31 = select(run31, done, n31)
             it += 1
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = colour_tail(
+            0, zr0, zi0, c0, ci, power,
+            zr0 * zr0 + zi0 * zi0, escape2)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = colour_tail(
+            0, zr1, zi1, c1, ci, power,
+            zr1 * zr1 + zi1 * zi1, escape2)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = colour_tail(
+            0, zr2, zi2, c2, ci, power,
+            zr2 * zr2 + zi2 * zi2, escape2)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = colour_tail(
+            0, zr3, zi3, c3, ci, power,
+            zr3 * zr3 + zi3 * zi3, escape2)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = colour_tail(
+            0, zr4, zi4, c4, ci, power,
+            zr4 * zr4 + zi4 * zi4, escape2)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = colour_tail(
+            0, zr5, zi5, c5, ci, power,
+            zr5 * zr5 + zi5 * zi5, escape2)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = colour_tail(
+            0, zr6, zi6, c6, ci, power,
+            zr6 * zr6 + zi6 * zi6, escape2)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = colour_tail(
+            0, zr7, zi7, c7, ci, power,
+            zr7 * zr7 + zi7 * zi7, escape2)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = colour_tail(
+            0, zr8, zi8, c8, ci, power,
+            zr8 * zr8 + zi8 * zi8, escape2)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = colour_tail(
+            0, zr9, zi9, c9, ci, power,
+            zr9 * zr9 + zi9 * zi9, escape2)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = colour_tail(
+            0, zr10, zi10, c10, ci, power,
+            zr10 * zr10 + zi10 * zi10, escape2)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = colour_tail(
+            0, zr11, zi11, c11, ci, power,
+            zr11 * zr11 + zi11 * zi11, escape2)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = colour_tail(
+            0, zr12, zi12, c12, ci, power,
+            zr12 * zr12 + zi12 * zi12, escape2)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = colour_tail(
+            0, zr13, zi13, c13, ci, power,
+            zr13 * zr13 + zi13 * zi13, escape2)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = colour_tail(
+            0, zr14, zi14, c14, ci, power,
+            zr14 * zr14 + zi14 * zi14, escape2)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = colour_tail(
+            0, zr15, zi15, c15, ci, power,
+            zr15 * zr15 + zi15 * zi15, escape2)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = colour_tail(
+            0, zr16, zi16, c16, ci, power,
+            zr16 * zr16 + zi16 * zi16, escape2)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = colour_tail(
+            0, zr17, zi17, c17, ci, power,
+            zr17 * zr17 + zi17 * zi17, escape2)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = colour_tail(
+            0, zr18, zi18, c18, ci, power,
+            zr18 * zr18 + zi18 * zi18, escape2)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = colour_tail(
+            0, zr19, zi19, c19, ci, power,
+            zr19 * zr19 + zi19 * zi19, escape2)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = colour_tail(
+            0, zr20, zi20, c20, ci, power,
+            zr20 * zr20 + zi20 * zi20, escape2)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = colour_tail(
+            0, zr21, zi21, c21, ci, power,
+            zr21 * zr21 + zi21 * zi21, escape2)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = colour_tail(
+            0, zr22, zi22, c22, ci, power,
+            zr22 * zr22 + zi22 * zi22, escape2)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = colour_tail(
+            0, zr23, zi23, c23, ci, power,
+            zr23 * zr23 + zi23 * zi23, escape2)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = colour_tail(
+            0, zr24, zi24, c24, ci, power,
+            zr24 * zr24 + zi24 * zi24, escape2)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = colour_tail(
+            0, zr25, zi25, c25, ci, power,
+            zr25 * zr25 + zi25 * zi25, escape2)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = colour_tail(
+            0, zr26, zi26, c26, ci, power,
+            zr26 * zr26 + zi26 * zi26, escape2)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = colour_tail(
+            0, zr27, zi27, c27, ci, power,
+            zr27 * zr27 + zi27 * zi27, escape2)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = colour_tail(
+            0, zr28, zi28, c28, ci, power,
+            zr28 * zr28 + zi28 * zi28, escape2)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = colour_tail(
+            0, zr29, zi29, c29, ci, power,
+            zr29 * zr29 + zi29 * zi29, escape2)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = colour_tail(
+            0, zr30, zi30, c30, ci, power,
+            zr30 * zr30 + zi30 * zi30, escape2)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = colour_tail(
+            0, zr31, zi31, c31, ci, power,
+            zr31 * zr31 + zi31 * zi31, escape2)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0
@@ -1010,69 +1078,133 @@ def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter,
             n31 = select(run31, done, n31)
             it += 1
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = colour_tail(
+            0, zr0, zi0, c0, ci0, power,
+            zr0 * zr0 + zi0 * zi0, escape2)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = colour_tail(
+            0, zr1, zi1, c1, ci1, power,
+            zr1 * zr1 + zi1 * zi1, escape2)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = colour_tail(
+            0, zr2, zi2, c2, ci2, power,
+            zr2 * zr2 + zi2 * zi2, escape2)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = colour_tail(
+            0, zr3, zi3, c3, ci3, power,
+            zr3 * zr3 + zi3 * zi3, escape2)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = colour_tail(
+            0, zr4, zi4, c4, ci4, power,
+            zr4 * zr4 + zi4 * zi4, escape2)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = colour_tail(
+            0, zr5, zi5, c5, ci5, power,
+            zr5 * zr5 + zi5 * zi5, escape2)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = colour_tail(
+            0, zr6, zi6, c6, ci6, power,
+            zr6 * zr6 + zi6 * zi6, escape2)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = colour_tail(
+            0, zr7, zi7, c7, ci7, power,
+            zr7 * zr7 + zi7 * zi7, escape2)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = colour_tail(
+            0, zr8, zi8, c8, ci8, power,
+            zr8 * zr8 + zi8 * zi8, escape2)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = colour_tail(
+            0, zr9, zi9, c9, ci9, power,
+            zr9 * zr9 + zi9 * zi9, escape2)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = colour_tail(
+            0, zr10, zi10, c10, ci10, power,
+            zr10 * zr10 + zi10 * zi10, escape2)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = colour_tail(
+            0, zr11, zi11, c11, ci11, power,
+            zr11 * zr11 + zi11 * zi11, escape2)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = colour_tail(
+            0, zr12, zi12, c12, ci12, power,
+            zr12 * zr12 + zi12 * zi12, escape2)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = colour_tail(
+            0, zr13, zi13, c13, ci13, power,
+            zr13 * zr13 + zi13 * zi13, escape2)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = colour_tail(
+            0, zr14, zi14, c14, ci14, power,
+            zr14 * zr14 + zi14 * zi14, escape2)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = colour_tail(
+            0, zr15, zi15, c15, ci15, power,
+            zr15 * zr15 + zi15 * zi15, escape2)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = colour_tail(
+            0, zr16, zi16, c16, ci16, power,
+            zr16 * zr16 + zi16 * zi16, escape2)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = colour_tail(
+            0, zr17, zi17, c17, ci17, power,
+            zr17 * zr17 + zi17 * zi17, escape2)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = colour_tail(
+            0, zr18, zi18, c18, ci18, power,
+            zr18 * zr18 + zi18 * zi18, escape2)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = colour_tail(
+            0, zr19, zi19, c19, ci19, power,
+            zr19 * zr19 + zi19 * zi19, escape2)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = colour_tail(
+            0, zr20, zi20, c20, ci20, power,
+            zr20 * zr20 + zi20 * zi20, escape2)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = colour_tail(
+            0, zr21, zi21, c21, ci21, power,
+            zr21 * zr21 + zi21 * zi21, escape2)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = colour_tail(
+            0, zr22, zi22, c22, ci22, power,
+            zr22 * zr22 + zi22 * zi22, escape2)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = colour_tail(
+            0, zr23, zi23, c23, ci23, power,
+            zr23 * zr23 + zi23 * zi23, escape2)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = colour_tail(
+            0, zr24, zi24, c24, ci24, power,
+            zr24 * zr24 + zi24 * zi24, escape2)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = colour_tail(
+            0, zr25, zi25, c25, ci25, power,
+            zr25 * zr25 + zi25 * zi25, escape2)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = colour_tail(
+            0, zr26, zi26, c26, ci26, power,
+            zr26 * zr26 + zi26 * zi26, escape2)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = colour_tail(
+            0, zr27, zi27, c27, ci27, power,
+            zr27 * zr27 + zi27 * zi27, escape2)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = colour_tail(
+            0, zr28, zi28, c28, ci28, power,
+            zr28 * zr28 + zi28 * zi28, escape2)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = colour_tail(
+            0, zr29, zi29, c29, ci29, power,
+            zr29 * zr29 + zi29 * zi29, escape2)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = colour_tail(
+            0, zr30, zi30, c30, ci30, power,
+            zr30 * zr30 + zi30 * zi30, escape2)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = colour_tail(
+            0, zr31, zi31, c31, ci31, power,
+            zr31 * zr31 + zi31 * zi31, escape2)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0

@@ -12,7 +12,11 @@ still running from where they stopped (so a block's lanes stay busy together).
 import numba
 from numba import prange
 
+from fractal_app.kernels import escape
 from fractal_app.kernels._generated.select import select
+
+# Past escape, each lane's |z|^2 for smooth colouring comes from the scalar cores' own tail.
+colour_tail = escape.compile_tail(numba.njit(nogil=True))
 
 LANES = 64
 # Points per parallel task in resume_points.
@@ -1091,133 +1095,261 @@ def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, kee
             n63 = select(run63, done, n63)
             it += 1
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = colour_tail(
+            3, zr0, zi0, c0, ci, power,
+            zr0 * zr0 + zi0 * zi0, escape2)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = colour_tail(
+            3, zr1, zi1, c1, ci, power,
+            zr1 * zr1 + zi1 * zi1, escape2)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = colour_tail(
+            3, zr2, zi2, c2, ci, power,
+            zr2 * zr2 + zi2 * zi2, escape2)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = colour_tail(
+            3, zr3, zi3, c3, ci, power,
+            zr3 * zr3 + zi3 * zi3, escape2)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = colour_tail(
+            3, zr4, zi4, c4, ci, power,
+            zr4 * zr4 + zi4 * zi4, escape2)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = colour_tail(
+            3, zr5, zi5, c5, ci, power,
+            zr5 * zr5 + zi5 * zi5, escape2)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = colour_tail(
+            3, zr6, zi6, c6, ci, power,
+            zr6 * zr6 + zi6 * zi6, escape2)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = colour_tail(
+            3, zr7, zi7, c7, ci, power,
+            zr7 * zr7 + zi7 * zi7, escape2)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = colour_tail(
+            3, zr8, zi8, c8, ci, power,
+            zr8 * zr8 + zi8 * zi8, escape2)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = colour_tail(
+            3, zr9, zi9, c9, ci, power,
+            zr9 * zr9 + zi9 * zi9, escape2)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = colour_tail(
+            3, zr10, zi10, c10, ci, power,
+            zr10 * zr10 + zi10 * zi10, escape2)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = colour_tail(
+            3, zr11, zi11, c11, ci, power,
+            zr11 * zr11 + zi11 * zi11, escape2)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = colour_tail(
+            3, zr12, zi12, c12, ci, power,
+            zr12 * zr12 + zi12 * zi12, escape2)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = colour_tail(
+            3, zr13, zi13, c13, ci, power,
+            zr13 * zr13 + zi13 * zi13, escape2)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = colour_tail(
+            3, zr14, zi14, c14, ci, power,
+            zr14 * zr14 + zi14 * zi14, escape2)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = colour_tail(
+            3, zr15, zi15, c15, ci, power,
+            zr15 * zr15 + zi15 * zi15, escape2)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = colour_tail(
+            3, zr16, zi16, c16, ci, power,
+            zr16 * zr16 + zi16 * zi16, escape2)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = colour_tail(
+            3, zr17, zi17, c17, ci, power,
+            zr17 * zr17 + zi17 * zi17, escape2)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = colour_tail(
+            3, zr18, zi18, c18, ci, power,
+            zr18 * zr18 + zi18 * zi18, escape2)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = colour_tail(
+            3, zr19, zi19, c19, ci, power,
+            zr19 * zr19 + zi19 * zi19, escape2)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = colour_tail(
+            3, zr20, zi20, c20, ci, power,
+            zr20 * zr20 + zi20 * zi20, escape2)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = colour_tail(
+            3, zr21, zi21, c21, ci, power,
+            zr21 * zr21 + zi21 * zi21, escape2)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = colour_tail(
+            3, zr22, zi22, c22, ci, power,
+            zr22 * zr22 + zi22 * zi22, escape2)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = colour_tail(
+            3, zr23, zi23, c23, ci, power,
+            zr23 * zr23 + zi23 * zi23, escape2)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = colour_tail(
+            3, zr24, zi24, c24, ci, power,
+            zr24 * zr24 + zi24 * zi24, escape2)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = colour_tail(
+            3, zr25, zi25, c25, ci, power,
+            zr25 * zr25 + zi25 * zi25, escape2)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = colour_tail(
+            3, zr26, zi26, c26, ci, power,
+            zr26 * zr26 + zi26 * zi26, escape2)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = colour_tail(
+            3, zr27, zi27, c27, ci, power,
+            zr27 * zr27 + zi27 * zi27, escape2)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = colour_tail(
+            3, zr28, zi28, c28, ci, power,
+            zr28 * zr28 + zi28 * zi28, escape2)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = colour_tail(
+            3, zr29, zi29, c29, ci, power,
+            zr29 * zr29 + zi29 * zi29, escape2)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = colour_tail(
+            3, zr30, zi30, c30, ci, power,
+            zr30 * zr30 + zi30 * zi30, escape2)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = colour_tail(
+            3, zr31, zi31, c31, ci, power,
+            zr31 * zr31 + zi31 * zi31, escape2)
         counts[min(k0 + 32, last)] = n32
-        mag2[min(k0 + 32, last)] = zr32 * zr32 + zi32 * zi32
+        mag2[min(k0 + 32, last)] = colour_tail(
+            3, zr32, zi32, c32, ci, power,
+            zr32 * zr32 + zi32 * zi32, escape2)
         counts[min(k0 + 33, last)] = n33
-        mag2[min(k0 + 33, last)] = zr33 * zr33 + zi33 * zi33
+        mag2[min(k0 + 33, last)] = colour_tail(
+            3, zr33, zi33, c33, ci, power,
+            zr33 * zr33 + zi33 * zi33, escape2)
         counts[min(k0 + 34, last)] = n34
-        mag2[min(k0 + 34, last)] = zr34 * zr34 + zi34 * zi34
+        mag2[min(k0 + 34, last)] = colour_tail(
+            3, zr34, zi34, c34, ci, power,
+            zr34 * zr34 + zi34 * zi34, escape2)
         counts[min(k0 + 35, last)] = n35
-        mag2[min(k0 + 35, last)] = zr35 * zr35 + zi35 * zi35
+        mag2[min(k0 + 35, last)] = colour_tail(
+            3, zr35, zi35, c35, ci, power,
+            zr35 * zr35 + zi35 * zi35, escape2)
         counts[min(k0 + 36, last)] = n36
-        mag2[min(k0 + 36, last)] = zr36 * zr36 + zi36 * zi36
+        mag2[min(k0 + 36, last)] = colour_tail(
+            3, zr36, zi36, c36, ci, power,
+            zr36 * zr36 + zi36 * zi36, escape2)
         counts[min(k0 + 37, last)] = n37
-        mag2[min(k0 + 37, last)] = zr37 * zr37 + zi37 * zi37
+        mag2[min(k0 + 37, last)] = colour_tail(
+            3, zr37, zi37, c37, ci, power,
+            zr37 * zr37 + zi37 * zi37, escape2)
         counts[min(k0 + 38, last)] = n38
-        mag2[min(k0 + 38, last)] = zr38 * zr38 + zi38 * zi38
+        mag2[min(k0 + 38, last)] = colour_tail(
+            3, zr38, zi38, c38, ci, power,
+            zr38 * zr38 + zi38 * zi38, escape2)
         counts[min(k0 + 39, last)] = n39
-        mag2[min(k0 + 39, last)] = zr39 * zr39 + zi39 * zi39
+        mag2[min(k0 + 39, last)] = colour_tail(
+            3, zr39, zi39, c39, ci, power,
+            zr39 * zr39 + zi39 * zi39, escape2)
         counts[min(k0 + 40, last)] = n40
-        mag2[min(k0 + 40, last)] = zr40 * zr40 + zi40 * zi40
+        mag2[min(k0 + 40, last)] = colour_tail(
+            3, zr40, zi40, c40, ci, power,
+            zr40 * zr40 + zi40 * zi40, escape2)
         counts[min(k0 + 41, last)] = n41
-        mag2[min(k0 + 41, last)] = zr41 * zr41 + zi41 * zi41
+        mag2[min(k0 + 41, last)] = colour_tail(
+            3, zr41, zi41, c41, ci, power,
+            zr41 * zr41 + zi41 * zi41, escape2)
         counts[min(k0 + 42, last)] = n42
-        mag2[min(k0 + 42, last)] = zr42 * zr42 + zi42 * zi42
+        mag2[min(k0 + 42, last)] = colour_tail(
+            3, zr42, zi42, c42, ci, power,
+            zr42 * zr42 + zi42 * zi42, escape2)
         counts[min(k0 + 43, last)] = n43
-        mag2[min(k0 + 43, last)] = zr43 * zr43 + zi43 * zi43
+        mag2[min(k0 + 43, last)] = colour_tail(
+            3, zr43, zi43, c43, ci, power,
+            zr43 * zr43 + zi43 * zi43, escape2)
         counts[min(k0 + 44, last)] = n44
-        mag2[min(k0 + 44, last)] = zr44 * zr44 + zi44 * zi44
+        mag2[min(k0 + 44, last)] = colour_tail(
+            3, zr44, zi44, c44, ci, power,
+            zr44 * zr44 + zi44 * zi44, escape2)
         counts[min(k0 + 45, last)] = n45
-        mag2[min(k0 + 45, last)] = zr45 * zr45 + zi45 * zi45
+        mag2[min(k0 + 45, last)] = colour_tail(
+            3, zr45, zi45, c45, ci, power,
+            zr45 * zr45 + zi45 * zi45, escape2)
         counts[min(k0 + 46, last)] = n46
-        mag2[min(k0 + 46, last)] = zr46 * zr46 + zi46 * zi46
+        mag2[min(k0 + 46, last)] = colour_tail(
+            3, zr46, zi46, c46, ci, power,
+            zr46 * zr46 + zi46 * zi46, escape2)
         counts[min(k0 + 47, last)] = n47
-        mag2[min(k0 + 47, last)] = zr47 * zr47 + zi47 * zi47
+        mag2[min(k0 + 47, last)] = colour_tail(
+            3, zr47, zi47, c47, ci, power,
+            zr47 * zr47 + zi47 * zi47, escape2)
         counts[min(k0 + 48, last)] = n48
-        mag2[min(k0 + 48, last)] = zr48 * zr48 + zi48 * zi48
+        mag2[min(k0 + 48, last)] = colour_tail(
+            3, zr48, zi48, c48, ci, power,
+            zr48 * zr48 + zi48 * zi48, escape2)
         counts[min(k0 + 49, last)] = n49
-        mag2[min(k0 + 49, last)] = zr49 * zr49 + zi49 * zi49
+        mag2[min(k0 + 49, last)] = colour_tail(
+            3, zr49, zi49, c49, ci, power,
+            zr49 * zr49 + zi49 * zi49, escape2)
         counts[min(k0 + 50, last)] = n50
-        mag2[min(k0 + 50, last)] = zr50 * zr50 + zi50 * zi50
+        mag2[min(k0 + 50, last)] = colour_tail(
+            3, zr50, zi50, c50, ci, power,
+            zr50 * zr50 + zi50 * zi50, escape2)
         counts[min(k0 + 51, last)] = n51
-        mag2[min(k0 + 51, last)] = zr51 * zr51 + zi51 * zi51
+        mag2[min(k0 + 51, last)] = colour_tail(
+            3, zr51, zi51, c51, ci, power,
+            zr51 * zr51 + zi51 * zi51, escape2)
         counts[min(k0 + 52, last)] = n52
-        mag2[min(k0 + 52, last)] = zr52 * zr52 + zi52 * zi52
+        mag2[min(k0 + 52, last)] = colour_tail(
+            3, zr52, zi52, c52, ci, power,
+            zr52 * zr52 + zi52 * zi52, escape2)
         counts[min(k0 + 53, last)] = n53
-        mag2[min(k0 + 53, last)] = zr53 * zr53 + zi53 * zi53
+        mag2[min(k0 + 53, last)] = colour_tail(
+            3, zr53, zi53, c53, ci, power,
+            zr53 * zr53 + zi53 * zi53, escape2)
         counts[min(k0 + 54, last)] = n54
-        mag2[min(k0 + 54, last)] = zr54 * zr54 + zi54 * zi54
+        mag2[min(k0 + 54, last)] = colour_tail(
+            3, zr54, zi54, c54, ci, power,
+            zr54 * zr54 + zi54 * zi54, escape2)
         counts[min(k0 + 55, last)] = n55
-        mag2[min(k0 + 55, last)] = zr55 * zr55 + zi55 * zi55
+        mag2[min(k0 + 55, last)] = colour_tail(
+            3, zr55, zi55, c55, ci, power,
+            zr55 * zr55 + zi55 * zi55, escape2)
         counts[min(k0 + 56, last)] = n56
-        mag2[min(k0 + 56, last)] = zr56 * zr56 + zi56 * zi56
+        mag2[min(k0 + 56, last)] = colour_tail(
+            3, zr56, zi56, c56, ci, power,
+            zr56 * zr56 + zi56 * zi56, escape2)
         counts[min(k0 + 57, last)] = n57
-        mag2[min(k0 + 57, last)] = zr57 * zr57 + zi57 * zi57
+        mag2[min(k0 + 57, last)] = colour_tail(
+            3, zr57, zi57, c57, ci, power,
+            zr57 * zr57 + zi57 * zi57, escape2)
         counts[min(k0 + 58, last)] = n58
-        mag2[min(k0 + 58, last)] = zr58 * zr58 + zi58 * zi58
+        mag2[min(k0 + 58, last)] = colour_tail(
+            3, zr58, zi58, c58, ci, power,
+            zr58 * zr58 + zi58 * zi58, escape2)
         counts[min(k0 + 59, last)] = n59
-        mag2[min(k0 + 59, last)] = zr59 * zr59 + zi59 * zi59
+        mag2[min(k0 + 59, last)] = colour_tail(
+            3, zr59, zi59, c59, ci, power,
+            zr59 * zr59 + zi59 * zi59, escape2)
         counts[min(k0 + 60, last)] = n60
-        mag2[min(k0 + 60, last)] = zr60 * zr60 + zi60 * zi60
+        mag2[min(k0 + 60, last)] = colour_tail(
+            3, zr60, zi60, c60, ci, power,
+            zr60 * zr60 + zi60 * zi60, escape2)
         counts[min(k0 + 61, last)] = n61
-        mag2[min(k0 + 61, last)] = zr61 * zr61 + zi61 * zi61
+        mag2[min(k0 + 61, last)] = colour_tail(
+            3, zr61, zi61, c61, ci, power,
+            zr61 * zr61 + zi61 * zi61, escape2)
         counts[min(k0 + 62, last)] = n62
-        mag2[min(k0 + 62, last)] = zr62 * zr62 + zi62 * zi62
+        mag2[min(k0 + 62, last)] = colour_tail(
+            3, zr62, zi62, c62, ci, power,
+            zr62 * zr62 + zi62 * zi62, escape2)
         counts[min(k0 + 63, last)] = n63
-        mag2[min(k0 + 63, last)] = zr63 * zr63 + zi63 * zi63
+        mag2[min(k0 + 63, last)] = colour_tail(
+            3, zr63, zi63, c63, ci, power,
+            zr63 * zr63 + zi63 * zi63, escape2)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0
@@ -2452,133 +2584,261 @@ def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter,
             n63 = select(run63, done, n63)
             it += 1
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = colour_tail(
+            3, zr0, zi0, c0, ci0, power,
+            zr0 * zr0 + zi0 * zi0, escape2)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = colour_tail(
+            3, zr1, zi1, c1, ci1, power,
+            zr1 * zr1 + zi1 * zi1, escape2)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = colour_tail(
+            3, zr2, zi2, c2, ci2, power,
+            zr2 * zr2 + zi2 * zi2, escape2)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = colour_tail(
+            3, zr3, zi3, c3, ci3, power,
+            zr3 * zr3 + zi3 * zi3, escape2)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = colour_tail(
+            3, zr4, zi4, c4, ci4, power,
+            zr4 * zr4 + zi4 * zi4, escape2)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = colour_tail(
+            3, zr5, zi5, c5, ci5, power,
+            zr5 * zr5 + zi5 * zi5, escape2)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = colour_tail(
+            3, zr6, zi6, c6, ci6, power,
+            zr6 * zr6 + zi6 * zi6, escape2)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = colour_tail(
+            3, zr7, zi7, c7, ci7, power,
+            zr7 * zr7 + zi7 * zi7, escape2)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = colour_tail(
+            3, zr8, zi8, c8, ci8, power,
+            zr8 * zr8 + zi8 * zi8, escape2)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = colour_tail(
+            3, zr9, zi9, c9, ci9, power,
+            zr9 * zr9 + zi9 * zi9, escape2)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = colour_tail(
+            3, zr10, zi10, c10, ci10, power,
+            zr10 * zr10 + zi10 * zi10, escape2)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = colour_tail(
+            3, zr11, zi11, c11, ci11, power,
+            zr11 * zr11 + zi11 * zi11, escape2)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = colour_tail(
+            3, zr12, zi12, c12, ci12, power,
+            zr12 * zr12 + zi12 * zi12, escape2)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = colour_tail(
+            3, zr13, zi13, c13, ci13, power,
+            zr13 * zr13 + zi13 * zi13, escape2)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = colour_tail(
+            3, zr14, zi14, c14, ci14, power,
+            zr14 * zr14 + zi14 * zi14, escape2)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = colour_tail(
+            3, zr15, zi15, c15, ci15, power,
+            zr15 * zr15 + zi15 * zi15, escape2)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = colour_tail(
+            3, zr16, zi16, c16, ci16, power,
+            zr16 * zr16 + zi16 * zi16, escape2)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = colour_tail(
+            3, zr17, zi17, c17, ci17, power,
+            zr17 * zr17 + zi17 * zi17, escape2)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = colour_tail(
+            3, zr18, zi18, c18, ci18, power,
+            zr18 * zr18 + zi18 * zi18, escape2)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = colour_tail(
+            3, zr19, zi19, c19, ci19, power,
+            zr19 * zr19 + zi19 * zi19, escape2)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = colour_tail(
+            3, zr20, zi20, c20, ci20, power,
+            zr20 * zr20 + zi20 * zi20, escape2)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = colour_tail(
+            3, zr21, zi21, c21, ci21, power,
+            zr21 * zr21 + zi21 * zi21, escape2)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = colour_tail(
+            3, zr22, zi22, c22, ci22, power,
+            zr22 * zr22 + zi22 * zi22, escape2)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = colour_tail(
+            3, zr23, zi23, c23, ci23, power,
+            zr23 * zr23 + zi23 * zi23, escape2)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = colour_tail(
+            3, zr24, zi24, c24, ci24, power,
+            zr24 * zr24 + zi24 * zi24, escape2)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = colour_tail(
+            3, zr25, zi25, c25, ci25, power,
+            zr25 * zr25 + zi25 * zi25, escape2)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = colour_tail(
+            3, zr26, zi26, c26, ci26, power,
+            zr26 * zr26 + zi26 * zi26, escape2)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = colour_tail(
+            3, zr27, zi27, c27, ci27, power,
+            zr27 * zr27 + zi27 * zi27, escape2)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = colour_tail(
+            3, zr28, zi28, c28, ci28, power,
+            zr28 * zr28 + zi28 * zi28, escape2)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = colour_tail(
+            3, zr29, zi29, c29, ci29, power,
+            zr29 * zr29 + zi29 * zi29, escape2)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = colour_tail(
+            3, zr30, zi30, c30, ci30, power,
+            zr30 * zr30 + zi30 * zi30, escape2)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = colour_tail(
+            3, zr31, zi31, c31, ci31, power,
+            zr31 * zr31 + zi31 * zi31, escape2)
         counts[min(k0 + 32, last)] = n32
-        mag2[min(k0 + 32, last)] = zr32 * zr32 + zi32 * zi32
+        mag2[min(k0 + 32, last)] = colour_tail(
+            3, zr32, zi32, c32, ci32, power,
+            zr32 * zr32 + zi32 * zi32, escape2)
         counts[min(k0 + 33, last)] = n33
-        mag2[min(k0 + 33, last)] = zr33 * zr33 + zi33 * zi33
+        mag2[min(k0 + 33, last)] = colour_tail(
+            3, zr33, zi33, c33, ci33, power,
+            zr33 * zr33 + zi33 * zi33, escape2)
         counts[min(k0 + 34, last)] = n34
-        mag2[min(k0 + 34, last)] = zr34 * zr34 + zi34 * zi34
+        mag2[min(k0 + 34, last)] = colour_tail(
+            3, zr34, zi34, c34, ci34, power,
+            zr34 * zr34 + zi34 * zi34, escape2)
         counts[min(k0 + 35, last)] = n35
-        mag2[min(k0 + 35, last)] = zr35 * zr35 + zi35 * zi35
+        mag2[min(k0 + 35, last)] = colour_tail(
+            3, zr35, zi35, c35, ci35, power,
+            zr35 * zr35 + zi35 * zi35, escape2)
         counts[min(k0 + 36, last)] = n36
-        mag2[min(k0 + 36, last)] = zr36 * zr36 + zi36 * zi36
+        mag2[min(k0 + 36, last)] = colour_tail(
+            3, zr36, zi36, c36, ci36, power,
+            zr36 * zr36 + zi36 * zi36, escape2)
         counts[min(k0 + 37, last)] = n37
-        mag2[min(k0 + 37, last)] = zr37 * zr37 + zi37 * zi37
+        mag2[min(k0 + 37, last)] = colour_tail(
+            3, zr37, zi37, c37, ci37, power,
+            zr37 * zr37 + zi37 * zi37, escape2)
         counts[min(k0 + 38, last)] = n38
-        mag2[min(k0 + 38, last)] = zr38 * zr38 + zi38 * zi38
+        mag2[min(k0 + 38, last)] = colour_tail(
+            3, zr38, zi38, c38, ci38, power,
+            zr38 * zr38 + zi38 * zi38, escape2)
         counts[min(k0 + 39, last)] = n39
-        mag2[min(k0 + 39, last)] = zr39 * zr39 + zi39 * zi39
+        mag2[min(k0 + 39, last)] = colour_tail(
+            3, zr39, zi39, c39, ci39, power,
+            zr39 * zr39 + zi39 * zi39, escape2)
         counts[min(k0 + 40, last)] = n40
-        mag2[min(k0 + 40, last)] = zr40 * zr40 + zi40 * zi40
+        mag2[min(k0 + 40, last)] = colour_tail(
+            3, zr40, zi40, c40, ci40, power,
+            zr40 * zr40 + zi40 * zi40, escape2)
         counts[min(k0 + 41, last)] = n41
-        mag2[min(k0 + 41, last)] = zr41 * zr41 + zi41 * zi41
+        mag2[min(k0 + 41, last)] = colour_tail(
+            3, zr41, zi41, c41, ci41, power,
+            zr41 * zr41 + zi41 * zi41, escape2)
         counts[min(k0 + 42, last)] = n42
-        mag2[min(k0 + 42, last)] = zr42 * zr42 + zi42 * zi42
+        mag2[min(k0 + 42, last)] = colour_tail(
+            3, zr42, zi42, c42, ci42, power,
+            zr42 * zr42 + zi42 * zi42, escape2)
         counts[min(k0 + 43, last)] = n43
-        mag2[min(k0 + 43, last)] = zr43 * zr43 + zi43 * zi43
+        mag2[min(k0 + 43, last)] = colour_tail(
+            3, zr43, zi43, c43, ci43, power,
+            zr43 * zr43 + zi43 * zi43, escape2)
         counts[min(k0 + 44, last)] = n44
-        mag2[min(k0 + 44, last)] = zr44 * zr44 + zi44 * zi44
+        mag2[min(k0 + 44, last)] = colour_tail(
+            3, zr44, zi44, c44, ci44, power,
+            zr44 * zr44 + zi44 * zi44, escape2)
         counts[min(k0 + 45, last)] = n45
-        mag2[min(k0 + 45, last)] = zr45 * zr45 + zi45 * zi45
+        mag2[min(k0 + 45, last)] = colour_tail(
+            3, zr45, zi45, c45, ci45, power,
+            zr45 * zr45 + zi45 * zi45, escape2)
         counts[min(k0 + 46, last)] = n46
-        mag2[min(k0 + 46, last)] = zr46 * zr46 + zi46 * zi46
+        mag2[min(k0 + 46, last)] = colour_tail(
+            3, zr46, zi46, c46, ci46, power,
+            zr46 * zr46 + zi46 * zi46, escape2)
         counts[min(k0 + 47, last)] = n47
-        mag2[min(k0 + 47, last)] = zr47 * zr47 + zi47 * zi47
+        mag2[min(k0 + 47, last)] = colour_tail(
+            3, zr47, zi47, c47, ci47, power,
+            zr47 * zr47 + zi47 * zi47, escape2)
         counts[min(k0 + 48, last)] = n48
-        mag2[min(k0 + 48, last)] = zr48 * zr48 + zi48 * zi48
+        mag2[min(k0 + 48, last)] = colour_tail(
+            3, zr48, zi48, c48, ci48, power,
+            zr48 * zr48 + zi48 * zi48, escape2)
         counts[min(k0 + 49, last)] = n49
-        mag2[min(k0 + 49, last)] = zr49 * zr49 + zi49 * zi49
+        mag2[min(k0 + 49, last)] = colour_tail(
+            3, zr49, zi49, c49, ci49, power,
+            zr49 * zr49 + zi49 * zi49, escape2)
         counts[min(k0 + 50, last)] = n50
-        mag2[min(k0 + 50, last)] = zr50 * zr50 + zi50 * zi50
+        mag2[min(k0 + 50, last)] = colour_tail(
+            3, zr50, zi50, c50, ci50, power,
+            zr50 * zr50 + zi50 * zi50, escape2)
         counts[min(k0 + 51, last)] = n51
-        mag2[min(k0 + 51, last)] = zr51 * zr51 + zi51 * zi51
+        mag2[min(k0 + 51, last)] = colour_tail(
+            3, zr51, zi51, c51, ci51, power,
+            zr51 * zr51 + zi51 * zi51, escape2)
         counts[min(k0 + 52, last)] = n52
-        mag2[min(k0 + 52, last)] = zr52 * zr52 + zi52 * zi52
+        mag2[min(k0 + 52, last)] = colour_tail(
+            3, zr52, zi52, c52, ci52, power,
+            zr52 * zr52 + zi52 * zi52, escape2)
         counts[min(k0 + 53, last)] = n53
-        mag2[min(k0 + 53, last)] = zr53 * zr53 + zi53 * zi53
+        mag2[min(k0 + 53, last)] = colour_tail(
+            3, zr53, zi53, c53, ci53, power,
+            zr53 * zr53 + zi53 * zi53, escape2)
         counts[min(k0 + 54, last)] = n54
-        mag2[min(k0 + 54, last)] = zr54 * zr54 + zi54 * zi54
+        mag2[min(k0 + 54, last)] = colour_tail(
+            3, zr54, zi54, c54, ci54, power,
+            zr54 * zr54 + zi54 * zi54, escape2)
         counts[min(k0 + 55, last)] = n55
-        mag2[min(k0 + 55, last)] = zr55 * zr55 + zi55 * zi55
+        mag2[min(k0 + 55, last)] = colour_tail(
+            3, zr55, zi55, c55, ci55, power,
+            zr55 * zr55 + zi55 * zi55, escape2)
         counts[min(k0 + 56, last)] = n56
-        mag2[min(k0 + 56, last)] = zr56 * zr56 + zi56 * zi56
+        mag2[min(k0 + 56, last)] = colour_tail(
+            3, zr56, zi56, c56, ci56, power,
+            zr56 * zr56 + zi56 * zi56, escape2)
         counts[min(k0 + 57, last)] = n57
-        mag2[min(k0 + 57, last)] = zr57 * zr57 + zi57 * zi57
+        mag2[min(k0 + 57, last)] = colour_tail(
+            3, zr57, zi57, c57, ci57, power,
+            zr57 * zr57 + zi57 * zi57, escape2)
         counts[min(k0 + 58, last)] = n58
-        mag2[min(k0 + 58, last)] = zr58 * zr58 + zi58 * zi58
+        mag2[min(k0 + 58, last)] = colour_tail(
+            3, zr58, zi58, c58, ci58, power,
+            zr58 * zr58 + zi58 * zi58, escape2)
         counts[min(k0 + 59, last)] = n59
-        mag2[min(k0 + 59, last)] = zr59 * zr59 + zi59 * zi59
+        mag2[min(k0 + 59, last)] = colour_tail(
+            3, zr59, zi59, c59, ci59, power,
+            zr59 * zr59 + zi59 * zi59, escape2)
         counts[min(k0 + 60, last)] = n60
-        mag2[min(k0 + 60, last)] = zr60 * zr60 + zi60 * zi60
+        mag2[min(k0 + 60, last)] = colour_tail(
+            3, zr60, zi60, c60, ci60, power,
+            zr60 * zr60 + zi60 * zi60, escape2)
         counts[min(k0 + 61, last)] = n61
-        mag2[min(k0 + 61, last)] = zr61 * zr61 + zi61 * zi61
+        mag2[min(k0 + 61, last)] = colour_tail(
+            3, zr61, zi61, c61, ci61, power,
+            zr61 * zr61 + zi61 * zi61, escape2)
         counts[min(k0 + 62, last)] = n62
-        mag2[min(k0 + 62, last)] = zr62 * zr62 + zi62 * zi62
+        mag2[min(k0 + 62, last)] = colour_tail(
+            3, zr62, zi62, c62, ci62, power,
+            zr62 * zr62 + zi62 * zi62, escape2)
         counts[min(k0 + 63, last)] = n63
-        mag2[min(k0 + 63, last)] = zr63 * zr63 + zi63 * zi63
+        mag2[min(k0 + 63, last)] = colour_tail(
+            3, zr63, zi63, c63, ci63, power,
+            zr63 * zr63 + zi63 * zi63, escape2)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0

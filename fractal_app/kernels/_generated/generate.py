@@ -22,6 +22,8 @@ tests/test_escape_blocks.py fails while the committed modules are stale.
 
 from pathlib import Path
 
+from fractal_app.kernels.escape import KIND_OF_FRACTAL
+
 # (fractal, precision) -> lanes iterated together. f64: 4 zmm vectors of 8; f32: 4 of 16.
 BLOCK_KERNELS = {
     ("mandelbrot", "f64"): 32,
@@ -48,7 +50,11 @@ still running from where they stopped (so a block's lanes stay busy together).
 import numba
 from numba import prange
 
+from fractal_app.kernels import escape
 from fractal_app.kernels._generated.select import select
+
+# Past escape, each lane's |z|^2 for smooth colouring comes from the scalar cores' own tail.
+colour_tail = escape.compile_tail(numba.njit(nogil=True))
 
 LANES = {lanes}
 # Points per parallel task in resume_points.
@@ -182,11 +188,16 @@ def _block(fractal: str, precision: str, lanes: int, resume: bool) -> list[str]:
     lines += [body + f"done = {int_type}(it + 1)"]
     lines += _lanes("n{l} = select(run{l}, done, n{l})", lanes, body)
     lines += [body + "it += 1"]
+    # |z|^2 as the scalar cores give it: continued past escape for colouring (colour_tail).
+    kind = KIND_OF_FRACTAL[fractal]
     for lane in range(lanes):
         at = sample.format(l=lane)
+        c_re, c_im = (add_re, add_im) if fractal == "julia" else (f"c{lane}", im_of)
         lines += [
             ind + f"counts[{at}] = n{lane}",
-            ind + f"mag2[{at}] = zr{lane} * zr{lane} + zi{lane} * zi{lane}",
+            ind + f"mag2[{at}] = colour_tail(",
+            ind + f"    {kind}, zr{lane}, zi{lane}, {c_re}, {c_im.format(l=lane)}, power,",
+            ind + f"    zr{lane} * zr{lane} + zi{lane} * zi{lane}, escape2)",
         ]
     lines += [ind + "if keep_z:"]
     for lane in range(lanes):
