@@ -17,9 +17,9 @@ DEFAULT_WORK_DIR = Path("/golem/work")
 ROLES = ("requestor", "provider")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m fractal_app") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fractal_app",
+        prog=prog,
         description="Serve the fractal-app requestor or provider Golem Task API.",
     )
     parser.add_argument("role", choices=ROLES, help="which Golem Task API service to run")
@@ -93,8 +93,9 @@ async def serve(
         service.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m fractal_app") -> int:
+    """Serve as the command line says; ``prog``: the command's name in usage and errors."""
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
         format=f"%(asctime)s {args.role}[%(process)d] %(levelname)s %(name)s: %(message)s",

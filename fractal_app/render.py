@@ -24,6 +24,11 @@ from fractal_app.errors import FailedPrecondition, InvalidArgument
 
 BACKENDS = ("cpu", "cuda")
 
+# Fractals drawn with the imaginary axis pointing down (row 0 at the smallest Im): the
+# convention of Burning Ship renderers, under which the ship stands upright. Every other
+# fractal's imaginary axis points up.
+IMAGINARY_AXIS_DOWN = frozenset({"burning_ship"})
+
 # Samples iterated per kernel call (per chunk of rows): bounds the temporary count and
 # |z|^2 arrays (12 bytes a sample) for large supersampled bands.
 MAX_SAMPLES_PER_CHUNK = 1 << 22
@@ -208,6 +213,8 @@ def _sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
     position = (index.astype(np.float64)[:, None] - 0.5) + offsets[None, :]
     if axis == "re":
         return scene.center[0] + (position - (scene.width_px - 1) / 2) * px
+    if scene.fractal in IMAGINARY_AXIS_DOWN:
+        return scene.center[1] + (position - (scene.height_px - 1) / 2) * px
     return scene.center[1] + ((scene.height_px - 1) / 2 - position) * px
 
 

@@ -26,7 +26,10 @@ def pixel_coordinate(scene, row, col, a=0, b=0):
     x = col - 0.5 + (b + 0.5) / s
     y = row - 0.5 + (a + 0.5) / s
     re = scene.center[0] + (x - (scene.resolution[0] - 1) / 2) * px
-    im = scene.center[1] + ((scene.resolution[1] - 1) / 2 - y) * px
+    if scene.fractal == "burning_ship":  # drawn with the imaginary axis pointing down
+        im = scene.center[1] + (y - (scene.resolution[1] - 1) / 2) * px
+    else:
+        im = scene.center[1] + ((scene.resolution[1] - 1) / 2 - y) * px
     return re, im
 
 

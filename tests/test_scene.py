@@ -190,7 +190,7 @@ def test_parameter_size_limit_is_stated():
 @pytest.mark.parametrize(
     "params, says",
     [
-        (scene_with(max_itr=5), "field 'max_itr' is not a known parameter: did you mean 'max_iter'?"),
+        (scene_with(max_itr=5), "'max_itr' is not a known parameter: did you mean 'max_iter'?"),
         (scene_with(palete="fire"), "did you mean 'palette'?"),
         (scene_with(power=5), "'power' is not a mandelbrot parameter: it is for multibrot and "
                               "mandelbulb; remove it"),

@@ -29,7 +29,9 @@ from fractal_app.kernels import color, escape
 from fractal_app.kernels._generated.generate import BLOCK_KERNELS, module_name
 
 _inline = numba.njit(inline="always")
-cores = escape.compile_cores(_inline)
+# The colour tail is called, not inlined, as the generated block kernels call it (see
+# escape.compile_cores), so both give the same bits.
+cores = escape.compile_cores(_inline, tail_jit=numba.njit(nogil=True))
 colours = color.compile_color(_inline)
 _escape = cores.escape
 _sample_rgb = colours.sample_rgb

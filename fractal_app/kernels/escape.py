@@ -136,33 +136,34 @@ def colour_tail(kind, x, y, cr, ci, power, mag2, escape2):
     """|z|^2 after ``tail_iterations(power)`` more iterations of the fractal ``kind`` from
     z = x + iy (c = cr + i ci), in float64, if the sample escaped (mag2 > escape2);
     otherwise mag2 unchanged (the sample never escaped, or stopped at a pass's cap)."""
+    # Names of its own: inlined into a core (inline="always"), a variable sharing a name
+    # with one of the core's (pr, t) was typed float32 there, and rounded the tail.
     if not (mag2 > escape2):
         return float(mag2)
-    zr = float(x)
-    zi = float(y)
-    ar = float(cr)
-    ai = float(ci)
-    for _ in range(tail_iterations(power)):
+    tail_zr = float(x)
+    tail_zi = float(y)
+    tail_cr = float(cr)
+    tail_ci = float(ci)
+    for _tail_step in range(tail_iterations(power)):
         if kind == MULTIBROT:
-            pr = zr
-            pi = zi
-            for _ in range(power - 1):
-                t = pr * zr - pi * zi
-                pi = pr * zi + pi * zr
-                pr = t
-            zr = pr + ar
-            zi = pi + ai
+            tail_pr = tail_zr
+            tail_pi = tail_zi
+            for _tail_factor in range(power - 1):
+                tail_t = tail_pr * tail_zr - tail_pi * tail_zi
+                tail_pi = tail_pr * tail_zi + tail_pi * tail_zr
+                tail_pr = tail_t
+            tail_zr = tail_pr + tail_cr
+            tail_zi = tail_pi + tail_ci
         else:
             if kind == BURNING_SHIP:
-                zr = abs(zr)
-                zi = abs(zi)
-            t = zr * zr - zi * zi + ar
-            zi = 2.0 * zr * zi + ai
-            zr = t
-    return zr * zr + zi * zi
+                tail_zr = abs(tail_zr)
+                tail_zi = abs(tail_zi)
+            tail_t = tail_zr * tail_zr - tail_zi * tail_zi + tail_cr
+            tail_zi = 2.0 * tail_zr * tail_zi + tail_ci
+            tail_zr = tail_t
+    return tail_zr * tail_zr + tail_zi * tail_zi
 
-
-def compile_cores(jit, exact_mul=None):
+def compile_cores(jit, exact_mul=None, tail_jit=None):
     """The cores compiled by ``jit`` (a decorator: numba.njit(inline="always") or
     numba.cuda.jit(device=True, inline="always")), plus ``escape``, which dispatches on
     the fractal kind (a constant above) so one kernel serves every 2D fractal.
@@ -173,11 +174,15 @@ def compile_cores(jit, exact_mul=None):
     none: the only contraction NVVM finds there, xy + xy -> fma(x, y, x*y), rounds exactly
     like 2 * (x*y); tests/test_cuda2d.py checks the PTX.)
 
+    ``tail_jit``: the decorator for ``colour_tail`` (default ``jit``). The CPU build passes a
+    plain numba.njit: inlined into a float32 core by Numba (inline="always"), the tail's
+    float64 arithmetic came out rounded differently from the block kernels' call of it.
+
     Returns a namespace with ``mandelbrot``, ``julia``, ``burning_ship``, ``multibrot``
     and ``escape(kind, cr, ci, jr, ji, power, max_iter, escape2)``, where ``jr, ji`` is
     Julia's c and ``power`` the Multibrot exponent (ignored by the other kinds).
     """
-    tail = compile_tail(jit)
+    tail = compile_tail(tail_jit or jit)
     m = jit(_with_globals(mandelbrot, colour_tail=tail))
     j = jit(_with_globals(julia, colour_tail=tail))
     b = jit(_with_globals(burning_ship, colour_tail=tail))
