@@ -71,7 +71,7 @@ def format_for(path: Path, bit_depth: int, quality: int | None) -> PictureFormat
 
 def convert(png: Path, target: Path, chosen: PictureFormat, quality: int | None) -> None:
     """Write the finished PNG ``png`` to ``target`` in ``chosen`` (atomically: a temporary
-    file beside it, then a rename)."""
+    file beside it, then a rename). ``png`` is consumed: gone afterwards, also on failure."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         if chosen is PNG:
@@ -87,6 +87,7 @@ def convert(png: Path, target: Path, chosen: PictureFormat, quality: int | None)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        png.unlink(missing_ok=True)
 
 
 def read_png(path: Path) -> np.ndarray:

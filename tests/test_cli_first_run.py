@@ -108,7 +108,9 @@ def test_help_texts_are_not_cut_off():
     runner = CliRunner()
     for args in ([], ["render"], ["benchmark"], ["serve"], ["warm-cache"], ["app-definition"]):
         text = runner.invoke(cli.main, [*args, "--help"], terminal_width=80).output
-        assert "..." not in text, text
+        cut = [line for line in text.splitlines()
+               if line.rstrip().endswith("...") and "Usage:" not in line]
+        assert cut == [], text
     listing = runner.invoke(cli.main, ["--help"], terminal_width=80).output
     for command in ("render", "benchmark", "serve", "warm-cache", "app-definition"):
         assert f"  {command} " in listing
