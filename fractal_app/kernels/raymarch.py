@@ -72,7 +72,8 @@ P_SHADOW_DARK = 60  # a penumbra below this is full shadow: stop marching
 P_OBJECT_SIZE = 61  # rough size of the fractal's features: scales the occlusion
 P_AXIS_K3 = 62  # x^2 + z^2 below this counts as on the y axis (power-8 polynomial)
 P_RELAX = 63  # over-relaxation factor of the march's steps (1 = plain sphere tracing)
-P_SIZE = 64
+P_EXPOSURE = 64  # scales all light before tone mapping, as a camera's exposure
+P_SIZE = 65
 
 # ---- slots of the integer parameter vector ip ----
 I_KIND = 0
@@ -357,10 +358,6 @@ def palette_rgb(t, p):
     return min(max(r, 0.0), 1.0), min(max(g, 0.0), 1.0), min(max(b, 0.0), 1.0)
 
 
-# Exposure before tone mapping (a camera's: scales all light).
-EXPOSURE = 1.35
-
-
 def tone_map(x):
     """Filmic curve (Narkowicz's fit of ACES): highlights roll off instead of clipping."""
     return min(max(x * (2.51 * x + 0.03) / (x * (2.43 * x + 0.59) + 0.14), 0.0), 1.0)
@@ -401,16 +398,16 @@ def sample_rgb(dx, dy, dz, p, ip):
     shadow = float(soft_shadow(sx, sy, sz, p, ip)) if facing > 0.0 else 0.0
     occluded = float(occlusion(sx, sy, sz, nx, ny, nz, p, ip))
 
-    # Surface colour from the orbit trap through the palette, softened: pulled a third of the
+    # Surface colour from the orbit trap through the palette, softened: pulled a fifth of the
     # way toward its own grey and kept below 0.85, so that detail reads through the
     # lighting rather than the palette, and a lit face keeps its colour instead of washing
     # out to white.
     position = math.sqrt(float(trap)) * p[P_TRAP_SCALE] * p[P_PALETTE_CYCLES] + p[P_PALETTE_OFFSET]
     pal_r, pal_g, pal_b = palette_rgb(position, p)
     grey = 0.2126 * pal_r + 0.7152 * pal_g + 0.0722 * pal_b
-    al_r = 0.85 * (grey + 0.65 * (pal_r - grey)) + 0.05
-    al_g = 0.85 * (grey + 0.65 * (pal_g - grey)) + 0.05
-    al_b = 0.85 * (grey + 0.65 * (pal_b - grey)) + 0.05
+    al_r = 0.85 * (grey + 0.8 * (pal_r - grey)) + 0.05
+    al_g = 0.85 * (grey + 0.8 * (pal_g - grey)) + 0.05
+    al_b = 0.85 * (grey + 0.8 * (pal_b - grey)) + 0.05
 
     # Ambient occlusion from the samples along the normal and, gently, from the march's step
     # count (rays that needed many steps ran down a crease). Gently: as the only darkening
@@ -446,9 +443,10 @@ def sample_rgb(dx, dy, dz, p, ip):
     light_g = 1.30 * key * 0.93 + 0.30 * fill * 0.90 + 0.30 * sky * 0.85
     light_b = 1.30 * key * 0.82 + 0.30 * fill * 1.10 + 0.30 * sky * 1.05
     # Filmic tone mapping of the exposed light: highlights roll off instead of clipping.
-    r = tone_map(EXPOSURE * (al_r * light_r + spec))
-    g = tone_map(EXPOSURE * (al_g * light_g + spec))
-    b = tone_map(EXPOSURE * (al_b * light_b + spec))
+    exposure = float(p[P_EXPOSURE])
+    r = tone_map(exposure * (al_r * light_r + spec))
+    g = tone_map(exposure * (al_g * light_g + spec))
+    b = tone_map(exposure * (al_b * light_b + spec))
 
     # fog toward the background with the distance travelled
     keep = math.exp(-float(p[P_FOG]) * float(t))
