@@ -136,14 +136,14 @@ def colour_tail(kind, x, y, cr, ci, power, mag2, escape2):
     """|z|^2 after ``tail_iterations(power)`` more iterations of the fractal ``kind`` from
     z = x + iy (c = cr + i ci), in float64, if the sample escaped (mag2 > escape2);
     otherwise mag2 unchanged (the sample never escaped, or stopped at a pass's cap)."""
-    # Names of its own: inlined into a core (inline="always"), a variable sharing a name
-    # with one of the core's (pr, t) was typed float32 there, and rounded the tail.
+    # float(v) + 0.0: float64 in Python and in Numba alike (Numba's float() of a float32 is
+    # a float32, which an inlined copy of this function then iterated in).
     if not (mag2 > escape2):
-        return float(mag2)
-    tail_zr = float(x)
-    tail_zi = float(y)
-    tail_cr = float(cr)
-    tail_ci = float(ci)
+        return float(mag2) + 0.0
+    tail_zr = float(x) + 0.0
+    tail_zi = float(y) + 0.0
+    tail_cr = float(cr) + 0.0
+    tail_ci = float(ci) + 0.0
     for _tail_step in range(tail_iterations(power)):
         if kind == MULTIBROT:
             tail_pr = tail_zr
@@ -175,8 +175,9 @@ def compile_cores(jit, exact_mul=None, tail_jit=None):
     like 2 * (x*y); tests/test_cuda2d.py checks the PTX.)
 
     ``tail_jit``: the decorator for ``colour_tail`` (default ``jit``). The CPU build passes a
-    plain numba.njit: inlined into a float32 core by Numba (inline="always"), the tail's
-    float64 arithmetic came out rounded differently from the block kernels' call of it.
+    plain numba.njit, so that the cores call it as the generated block kernels do: inlined
+    into a float32 core inside a prange kernel, its float64 arithmetic came out rounded
+    differently (tests/test_escape.py compares the two bit for bit).
 
     Returns a namespace with ``mandelbrot``, ``julia``, ``burning_ship``, ``multibrot``
     and ``escape(kind, cr, ci, jr, ji, power, max_iter, escape2)``, where ``jr, ji`` is
