@@ -17,9 +17,9 @@ DEFAULT_WORK_DIR = Path("/golem/work")
 ROLES = ("requestor", "provider")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m fractal_app") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fractal_app",
+        prog=prog,
         description="Serve the fractal-app requestor or provider Golem Task API.",
     )
     parser.add_argument("role", choices=ROLES, help="which Golem Task API service to run")
@@ -93,11 +93,12 @@ async def serve(
         service.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m fractal_app") -> int:
+    """Serve as the command line says; ``prog``: the command's name in usage and errors."""
     from fractal_app.lifeline import adopt
 
     adopt()  # started by `fractal-app render`: die with it, even if it is SIGKILLed
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
         format=f"%(asctime)s {args.role}[%(process)d] %(levelname)s %(name)s: %(message)s",

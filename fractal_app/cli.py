@@ -20,14 +20,22 @@ def main() -> None:
     """Render fractal images across many machines with the Golem Task API."""
 
 
-@main.command()
+@main.command(short_help="Render a scene on this machine, through the Golem lifecycle.")
 @click.argument("scene_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="where to write the image (.png; 'counts' output is written as .tiff)",
+    help="where to write the picture; the suffix chooses the format: .png or .tif/.tiff "
+    "(8 or 16 bits), .jpg/.jpeg or .webp (8 bits). The folder must exist. 'counts' output "
+    "is written as .tiff",
+)
+@click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="JPEG and WebP quality, 1-100 (default 92 for JPEG, 90 for WebP)",
 )
 @click.option(
     "--providers",
@@ -66,6 +74,7 @@ def main() -> None:
 def render(
     scene_file: Path,
     output: Path,
+    quality: int | None,
     providers: int,
     subtasks: int | None,
     backend: str | None,
@@ -78,13 +87,35 @@ def render(
     A requestor and PROVIDERS providers run as separate processes talking gRPC, exactly as a
     Golem node would drive them; every band is verified before it is merged.
     """
-    from fractal_app.local import render_locally
+    from fractal_app import picture_formats
+    from fractal_app.local import output_path_for, render_locally
+    from fractal_app.render import resolve_backend
+    from fractal_app.scene import parse_scene
 
     try:
+        scene_json = scene_file.read_text()
+        scene = parse_scene(scene_json)
+        # Refused up front, not after the render: a picture format or folder that cannot be
+        # written, and a GPU that is not there (every retry would fail the same way).
+        target = output_path_for(output, scene.output)
+        chosen = picture_formats.TIFF
+        if scene.output == "image":
+            chosen = picture_formats.format_for(output, scene.bit_depth, quality)
+        if not target.parent.is_dir():
+            raise click.ClickException(
+                f"the folder {str(target.parent)!r} does not exist: create it first (-o does "
+                "not create folders, so a mistyped path fails before the render, not after)"
+            )
+        if backend == "cuda":
+            resolve_backend(backend, scene.env)
+        # Rendered as the requestor's PNG beside the target, then converted (or renamed).
+        rendered = target
+        if chosen is not picture_formats.PNG and scene.output == "image":
+            rendered = target.with_name(f".{target.name}.rendering.png")
         report = asyncio.run(
             render_locally(
-                scene_file.read_text(),
-                output,
+                scene_json,
+                rendered,
                 providers=providers,
                 subtasks=subtasks,
                 backend=backend,
@@ -93,17 +124,26 @@ def render(
                 keep=keep,
             )
         )
+        if rendered != target:
+            picture_formats.convert(rendered, target, chosen, quality)
     except AppError as error:
         raise click.ClickException(str(error)) from None
     if not quiet:
-        extra = f", {report.rejected} bands rejected and redone" if report.rejected else ""
+        extra = ""
+        if report.rejected:
+            extra = f", {_count(report.rejected, 'band')} rejected and redone"
         click.echo(
-            f"wrote {report.output} ({report.bands} bands in {report.seconds:.1f} s{extra})",
+            f"wrote {target} ({_count(report.bands, 'band')} in {report.seconds:.1f} s{extra})",
             err=True,
         )
 
 
-@main.command()
+def _count(number: int, noun: str) -> str:
+    """'1 band', '3 bands'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+@main.command(short_help="Print this machine's score (M iterations/s).")
 @click.option(
     "--backend",
     type=click.Choice(["cpu", "cuda"]),
@@ -111,7 +151,11 @@ def render(
     help="benchmark this backend (default cpu)",
 )
 def benchmark(backend: str | None) -> None:
-    """Print this machine's score: millions of escape-time iterations per second."""
+    """Print this machine's score: millions of escape-time iterations per second.
+
+    The score RunBenchmark reports to a Golem node: the fixed Mandelbrot workload rendered
+    repeatedly for a few seconds, the fastest repeat counted.
+    """
     from fractal_app import render
 
     try:
@@ -119,10 +163,29 @@ def benchmark(backend: str | None) -> None:
         score = render.run_benchmark(backend=chosen)
     except AppError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"{score:.1f}")
+    workload = render._BENCHMARK_SCENE
+    width, height = workload["resolution"]
+    click.echo(
+        f"{score:.1f} million escape-time iterations per second ({workload['fractal']} "
+        f"{width}x{height}, max_iter {workload['max_iter']}, fastest of repeated renders, "
+        f"backend {chosen}, CPU {_cpu_model()})"
+    )
 
 
-@main.command("app-definition")
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), or what the platform module knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@main.command("app-definition", short_help="Print the app definition for a Golem node.")
 def app_definition() -> None:
     """Print the JSON app definition that registers the app with a Golem node."""
     from fractal_app.app_definition import app_definition as definition
@@ -130,7 +193,7 @@ def app_definition() -> None:
     click.echo(json.dumps(definition(), indent=2))
 
 
-@main.command("warm-cache")
+@main.command("warm-cache", short_help="Compile every kernel into Numba's disk cache.")
 def warm_cache() -> None:
     """Compile every kernel into Numba's on-disk cache (run when building an image)."""
     from fractal_app.warmup import warm_kernel_cache
@@ -168,7 +231,10 @@ def explore(port: int, host: str, open_browser: bool, providers: int) -> None:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(
+    context_settings={"ignore_unknown_options": True},
+    short_help="Serve the requestor or provider API on a port.",
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def serve(args: tuple[str, ...]) -> None:
     """Serve the requestor or provider API: serve requestor|provider PORT [options].
@@ -178,7 +244,7 @@ def serve(args: tuple[str, ...]) -> None:
     from fractal_app.__main__ import exit_without_finalizing
     from fractal_app.__main__ import main as serve_main
 
-    exit_without_finalizing(serve_main(list(args)))
+    exit_without_finalizing(serve_main(list(args), prog="fractal-app serve"))
 
 
 if __name__ == "__main__":

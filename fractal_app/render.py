@@ -24,6 +24,11 @@ from fractal_app.errors import FailedPrecondition, InvalidArgument
 
 BACKENDS = ("cpu", "cuda")
 
+# Fractals drawn with the imaginary axis pointing down (row 0 at the smallest Im): the
+# convention of Burning Ship renderers, under which the ship stands upright. Every other
+# fractal's imaginary axis points up.
+IMAGINARY_AXIS_DOWN = frozenset({"burning_ship"})
+
 # Samples iterated per kernel call (per chunk of rows): bounds the temporary count and
 # |z|^2 arrays (12 bytes a sample) for large supersampled bands.
 MAX_SAMPLES_PER_CHUNK = 1 << 22
@@ -216,6 +221,8 @@ def _sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
     position = (index.astype(np.float64)[:, None] - 0.5) + offsets[None, :]
     if axis == "re":
         return scene.center[0] + (position - (scene.width_px - 1) / 2) * px
+    if scene.fractal in IMAGINARY_AXIS_DOWN:
+        return scene.center[1] + (position - (scene.height_px - 1) / 2) * px
     return scene.center[1] + ((scene.height_px - 1) / 2 - position) * px
 
 
@@ -245,11 +252,13 @@ def _colour(scene, counts: np.ndarray, mag2: np.ndarray, out: np.ndarray) -> Non
     """Colour (P, s, Q, s) samples into out (P, Q, 3) with the CPU colouring kernel."""
     from fractal_app.kernels import cpu
     from fractal_app.kernels.color import srgb_to_linear
+    from fractal_app.kernels.escape import tail_iterations
 
     power = getattr(scene, "power", 2)
     interior = np.array([srgb_to_linear(v / 255.0) for v in scene.interior_color])
     cpu.colour_pixels(
-        counts, mag2, int(scene.max_iter), bool(scene.smooth), 1.0 / math.log(power),
+        counts, mag2, int(scene.max_iter), bool(scene.smooth), tail_iterations(power),
+        1.0 / math.log(power),
         1.0 / math.log(1.0 + scene.max_iter), float(scene.palette_cycles),
         float(scene.palette_offset), _palette(scene.palette), interior,
         _encode_table(scene.bit_depth), 255 if scene.bit_depth == 8 else 65535, out,

@@ -31,11 +31,13 @@ _PALETTES = {
     "electric": ((0.50, 0.40, 0.60), (0.50, 0.50, 0.45), (1.0, 1.0, 0.8), (0.30, 0.55, 0.75)),
 }
 
-# Per fractal: (object size, orbit-trap scale, step factor). The size sets the lengths of
-# the shadow and occlusion probes; the step factor < 1 guards against an estimator that
-# overshoots.
-_MANDELBULB_LOOK = (1.0, 1.0, 1.0)
-_MANDELBOX_LOOK = (2.0, 0.8, 1.0)
+# Per fractal: (object size, orbit-trap scale, step factor, exposure). The size sets the
+# lengths of the shadow and occlusion probes; the step factor < 1 guards against an
+# estimator that overshoots. The Mandelbox's flat faces turn full to the key light, where
+# the Mandelbulb's rounded ones seldom do: it takes less exposure (its faces washed out to
+# white), and a slower orbit-trap gradient (its colour changed at every fold: busy).
+_MANDELBULB_LOOK = (1.0, 1.0, 1.0, 1.7)
+_MANDELBOX_LOOK = (2.0, 0.6, 1.0, 1.0)
 # Over-relaxation of the march's steps (raymarch.march); 1 turns it off.
 RELAX = 1.3
 
@@ -106,7 +108,7 @@ def kernel_inputs(scene) -> KernelInputs:
         # r^power must stay far below float32's range.
         bailout = min(16.0, 2.0 ** (60.0 / power))
         p[rm.P_BAILOUT2] = bailout * bailout
-        size, trap_scale, step_factor = _MANDELBULB_LOOK
+        size, trap_scale, step_factor, exposure = _MANDELBULB_LOOK
     elif scene.fractal == "mandelbox":
         ip[rm.I_KIND] = rm.KIND_MANDELBOX
         scale = float(scene.scale)
@@ -122,7 +124,7 @@ def kernel_inputs(scene) -> KernelInputs:
         else:
             bound = origin_distance + scene.max_distance
         bound = min(bound, origin_distance + scene.max_distance)
-        size, trap_scale, step_factor = _MANDELBOX_LOOK
+        size, trap_scale, step_factor, exposure = _MANDELBOX_LOOK
     else:
         raise InvalidArgument(f"render3d renders mandelbulb and mandelbox, not {scene.fractal!r}")
 
@@ -154,6 +156,7 @@ def kernel_inputs(scene) -> KernelInputs:
     p[rm.P_BACKGROUND : rm.P_BACKGROUND + 3] = [srgb_to_linear(c / 255.0) for c in scene.background]
     p[rm.P_FOG] = scene.fog
     p[rm.P_TRAP_SCALE] = trap_scale
+    p[rm.P_EXPOSURE] = exposure
     p[rm.P_PALETTE_CYCLES] = scene.palette_cycles
     p[rm.P_PALETTE_OFFSET] = scene.palette_offset
     p[rm.P_PALETTE : rm.P_PALETTE + 12] = np.ravel(_PALETTES[scene.palette])

@@ -9,6 +9,7 @@ allowed; the gRPC adapter turns that into INVALID_ARGUMENT.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from decimal import Decimal, InvalidOperation
@@ -124,8 +125,10 @@ class _SceneBase(BaseModel):
     @classmethod
     def _known_palette(cls, value: str) -> str:
         if value not in PALETTE_NAMES:
+            close = difflib.get_close_matches(value[:40], PALETTE_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"unknown palette {value[:40]!r}; choose one of {', '.join(PALETTE_NAMES)}"
+                f"unknown palette {value[:40]!r}{hint}; choose one of {', '.join(PALETTE_NAMES)}"
             )
         return value
 
@@ -326,17 +329,73 @@ FRACTALS = ("mandelbrot", "julia", "burning_ship", "multibrot", "mandelbulb", "m
 _SCENE = TypeAdapter(Scene)
 
 
+_MODELS = {
+    "mandelbrot": MandelbrotScene,
+    "julia": JuliaScene,
+    "burning_ship": BurningShipScene,
+    "multibrot": MultibrotScene,
+    "mandelbulb": MandelbulbScene,
+    "mandelbox": MandelboxScene,
+}
+
+# What a JSON author sees for pydantic's kinds of type error ("Input should be a valid
+# tuple" names a Python type the JSON does not have).
+_TYPE_WORDS = {
+    "tuple_type": "a list (JSON array)",
+    "list_type": "a list (JSON array)",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dict_type": "an object",
+    "int_type": "an integer",
+    "float_type": "a number",
+}
+
+
+def _field_path(loc: list[str | int]) -> str:
+    """"resolution[0]", "camera.fov": the way the JSON is written."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _unknown_key(fractal: str | None, loc: list[str | int]) -> str:
+    """Why a key is not known, with the likely fix: a close name, or the fractals it is for."""
+    field = _field_path(loc)
+    key = str(loc[-1])
+    if fractal in _MODELS and len(loc) == 1:
+        known = list(_MODELS[fractal].model_fields)
+        owners = [name for name, model in _MODELS.items() if key in model.model_fields]
+        if owners:
+            where = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else owners[0]
+            return f"field {field!r} is not a {fractal} parameter: it is for {where}; remove it"
+    elif len(loc) == 2 and loc[0] == "camera":
+        known = list(Camera.model_fields)
+    else:
+        known = []
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f": did you mean {close[0]!r}?" if close else ""
+    return f"field {field!r} is not a known parameter{hint} (see README 'Task parameters')"
+
+
 def _describe(error: dict[str, Any]) -> str:
     """One line per pydantic error: the field path, what is wrong, what is allowed."""
     # Drop the union tag pydantic puts in the location ("mandelbrot" in ("mandelbrot", "max_iter")).
-    loc = [str(p) for p in error["loc"] if p not in FRACTALS]
-    field = ".".join(loc) or "task parameters"
+    raw = list(error["loc"])
+    fractal = raw[0] if raw and raw[0] in FRACTALS else None
+    loc = raw[1:] if fractal else raw
+    field = _field_path(loc) or "task parameters"
     kind = error["type"]
     ctx = error.get("ctx", {})
+    got = error.get("input")
     if kind == "extra_forbidden":
-        return f"field {field!r} is not a known parameter: remove it (see README 'Task parameters')"
+        return _unknown_key(fractal, loc)
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
         return f"field 'fractal' must be one of {', '.join(FRACTALS)}"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"field {_field_path(loc[:-1])!r} has too few items: {field} is missing"
     if kind == "missing":
         return f"field {field!r} is required"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
@@ -346,9 +405,33 @@ def _describe(error: dict[str, Any]) -> str:
             "greater_than": f"> {ctx.get('gt')}",
             "less_than": f"< {ctx.get('lt')}",
         }[kind]
-        return f"field {field!r} must be {bounds} (got {error.get('input')!r})"
-    message = error["msg"].removeprefix("Value error, ")
+        return f"field {field!r} must be {bounds} (got {got!r})"
+    if kind in _TYPE_WORDS:
+        return f"field {field!r} must be {_TYPE_WORDS[kind]} (got {_json_kind(got)})"
+    if kind in ("too_short", "too_long"):
+        wanted = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return (
+            f"field {field!r} must have exactly {wanted} items (got {ctx.get('actual_length')})"
+        )
+    if kind == "literal_error":
+        return f"field {field!r} must be {ctx.get('expected')} (got {got!r})"
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     return f"field {field!r}: {message}" if loc else message
+
+
+def _json_kind(value: Any) -> str:
+    """How a decoded JSON value is called in JSON: number, string, array, object, ..."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
 
 
 def parse_scene(params: str | bytes | dict) -> Scene:

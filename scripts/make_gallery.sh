@@ -11,7 +11,7 @@ import json, sys
 scene = json.load(open(sys.argv[1]))
 three_d = scene["fractal"] in ("mandelbulb", "mandelbox")
 scene["resolution"] = [640, 480] if three_d else [640, 360]
-scene["supersample"] = 2
+scene["supersample"] = max(2, scene.get("supersample", 1))
 json.dump(scene, open(sys.argv[2], "w"))
 PY
   .venv/bin/fractal-app render "$tmp/$name.json" -o "docs/img/$name.png" --quiet

@@ -26,37 +26,59 @@ def pixel_coordinate(scene, row, col, a=0, b=0):
     x = col - 0.5 + (b + 0.5) / s
     y = row - 0.5 + (a + 0.5) / s
     re = scene.center[0] + (x - (scene.resolution[0] - 1) / 2) * px
-    im = scene.center[1] + ((scene.resolution[1] - 1) / 2 - y) * px
+    if scene.fractal == "burning_ship":  # drawn with the imaginary axis pointing down
+        im = scene.center[1] + (y - (scene.resolution[1] - 1) / 2) * px
+    else:
+        im = scene.center[1] + ((scene.resolution[1] - 1) / 2 - y) * px
     return re, im
 
 
+def tail_iterations(power):
+    """How far past escape smooth colouring reads |z| (the contract): the fewest k with
+    power^k >= 8."""
+    k = 1
+    while power**k < 8:
+        k += 1
+    return k
+
+
+def step(scene, x, y, cr, ci):
+    """One iteration z <- f(z) + c of the scene's fractal, in the type of x and y."""
+    if scene.fractal == "burning_ship":
+        x, y = abs(x), abs(y)
+    if scene.fractal == "multibrot":
+        # z^power as repeated products z * z * ... * z
+        wr, wi = x, y
+        for _ in range(scene.power - 1):
+            wr, wi = wr * x - wi * y, wr * y + wi * x
+        return wr + cr, wi + ci
+    return x * x - y * y + cr, type(x)(2) * x * y + ci
+
+
 def escape(scene, re, im):
-    """(count, |z|^2 at escape) of one sample: completed iterations before |z|^2 > 4 is
-    first seen, or max_iter; arithmetic in the scene's precision."""
+    """(count, mag2) of one sample: count = completed iterations before |z|^2 > 4 is first
+    seen, or max_iter, in the scene's precision; mag2 = |z|^2 tail_iterations(power) float64
+    iterations later if the sample escaped (for smooth colouring), else |z|^2 where it
+    stopped."""
     T = scalar_type(scene.precision)
     re, im = T(re), T(im)
-    two, four = T(2), T(4)
+    four = T(4)
     if scene.fractal == "julia":
         x, y = re, im
         cr, ci = T(scene.c[0]), T(scene.c[1])
     else:
         x, y = T(0), T(0)
         cr, ci = re, im
-    power = getattr(scene, "power", 2)
     n = 0
     while n < scene.max_iter and not (x * x + y * y > four):
-        if scene.fractal == "burning_ship":
-            x, y = abs(x), abs(y)
-        if scene.fractal == "multibrot":
-            # z^power as repeated products z * z * ... * z
-            wr, wi = x, y
-            for _ in range(power - 1):
-                wr, wi = wr * x - wi * y, wr * y + wi * x
-            x, y = wr + cr, wi + ci
-        else:
-            x, y = x * x - y * y + cr, two * x * y + ci
+        x, y = step(scene, x, y, cr, ci)
         n += 1
-    return n, float(x * x + y * y)
+    if not (x * x + y * y > four):
+        return n, float(x * x + y * y)
+    x, y, cr, ci = float(x), float(y), float(cr), float(ci)
+    for _ in range(tail_iterations(getattr(scene, "power", 2))):
+        x, y = step(scene, x, y, cr, ci)
+    return n, x * x + y * y
 
 
 def counts_image(scene):
@@ -83,7 +105,8 @@ def pixel_value(scene, row, col, table=None):
                 rgb = interior
             else:
                 t = color.palette_index(
-                    n, mag2, scene.max_iter, scene.smooth, 1.0 / math.log(power),
+                    n, mag2, scene.max_iter, scene.smooth, tail_iterations(power),
+                    1.0 / math.log(power),
                     1.0 / math.log(1.0 + scene.max_iter), scene.palette_cycles,
                     scene.palette_offset,
                 )

@@ -31,7 +31,7 @@ def fractal_app(*args, env=None, timeout=300):
 def test_render_writes_the_image_through_the_whole_lifecycle(tmp_path):
     scene_file = tmp_path / "scene.json"
     scene_file.write_text(json.dumps(SCENE))
-    out = tmp_path / "out" / "picture.png"
+    out = tmp_path / "picture.png"
     keep = tmp_path / "keep"
     done = fractal_app(
         "render",
@@ -172,7 +172,11 @@ def test_render_rejects_a_bad_scene_naming_the_field(tmp_path):
 def test_benchmark_prints_a_score():
     done = fractal_app("benchmark")
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout) > 0
+    score, unit = done.stdout.split(" ", 1)
+    assert float(score) > 0
+    # The unit and what was measured, not a bare number.
+    assert unit.startswith("million escape-time iterations per second (mandelbrot 480x270")
+    assert "backend cpu, CPU " in unit
 
 
 def test_serve_is_the_entrypoint(tmp_path):

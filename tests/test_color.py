@@ -56,23 +56,24 @@ def test_transfer_curve_round_trips_and_quantises_half_up():
 
 
 def test_smooth_index_is_the_continuous_count():
-    """nu = n + 1 - log2(log|z|): with |z| = 2 (just escaped) nu = n + 1 - log2(log 2)."""
+    """nu = n + extra + 1 - log2(log|z|) (|z| read ``extra`` iterations past escape): with
+    extra 0 and |z| = 2 (just escaped) nu = n + 1 - log2(log 2)."""
     inv_log2 = 1.0 / math.log(2.0)
     inv_log_max = 1.0 / math.log(1.0 + 100)
-    t = color.palette_index(10, 4.0, 100, True, inv_log2, inv_log_max, 1.0, 0.0)
+    t = color.palette_index(10, 4.0, 100, True, 0, inv_log2, inv_log_max, 1.0, 0.0)
     nu = 10 + 1 - math.log2(math.log(2.0))
     assert t == pytest.approx(math.log(1 + nu) * inv_log_max)
     # Continuity across a count boundary: escaping at count n with |z| = 2 matches
     # escaping one iteration later with |z| = 4 (about 2 squared).
-    a = color.palette_index(10, 4.0, 100, True, inv_log2, inv_log_max, 1.0, 0.0)
-    b = color.palette_index(11, 16.0, 100, True, inv_log2, inv_log_max, 1.0, 0.0)
+    a = color.palette_index(10, 4.0, 100, True, 0, inv_log2, inv_log_max, 1.0, 0.0)
+    b = color.palette_index(11, 16.0, 100, True, 0, inv_log2, inv_log_max, 1.0, 0.0)
     assert a == pytest.approx(b, abs=1e-9)
-    flat = color.palette_index(10, 16.0, 100, False, inv_log2, inv_log_max, 1.0, 0.0)
+    flat = color.palette_index(10, 16.0, 100, False, 0, inv_log2, inv_log_max, 1.0, 0.0)
     assert flat == pytest.approx(math.log(11) * inv_log_max)
 
 
 def test_cycles_and_offset_wrap_the_index():
-    args = (7, 9.0, 50, True, 1 / math.log(2), 1 / math.log(51))
+    args = (7, 9.0, 50, True, 0, 1 / math.log(2), 1 / math.log(51))
     base = color.palette_index(*args, 1.0, 0.0)
     assert 0 <= base < 1
     shifted = color.palette_index(*args, 1.0, 0.25)
@@ -124,8 +125,8 @@ def test_supersample_one_equals_the_plain_render():
             if n >= scene.max_iter:
                 expected = list(scene.interior_color)
             else:
-                t = color.palette_index(n, mag2, 90, True, 1 / math.log(2), 1 / math.log(91),
-                                        1.0, 0.0)
+                t = color.palette_index(n, mag2, 90, True, 3, 1 / math.log(2),
+                                        1 / math.log(91), 1.0, 0.0)
                 rgb = color.palette_lookup(table, t)
                 expected = [color.quantize(color.linear_to_srgb(v), 255) for v in rgb]
             assert list(image[row, col]) == expected

@@ -185,3 +185,46 @@ def test_counts_output_needs_plain_pixels():
 def test_parameter_size_limit_is_stated():
     with pytest.raises(SceneError, match=str(MAX_PARAMS_BYTES)):
         parse_scene(" " * (MAX_PARAMS_BYTES + 1))
+
+
+@pytest.mark.parametrize(
+    "params, says",
+    [
+        (scene_with(max_itr=5), "'max_itr' is not a known parameter: did you mean 'max_iter'?"),
+        (scene_with(palete="fire"), "did you mean 'palette'?"),
+        (scene_with(power=5), "'power' is not a mandelbrot parameter: it is for multibrot and "
+                              "mandelbulb; remove it"),
+        (scene_with("mandelbulb", scale=2), "'scale' is not a mandelbulb parameter: it is for "
+                                            "mandelbox"),
+        (scene_with("julia", camera={}), "it is for mandelbulb and mandelbox"),
+        (scene_with("mandelbulb", camera={"fob": 30}), "'camera.fob' is not a known parameter: "
+                                                       "did you mean 'fov'?"),
+        (scene_with(resolution="big"), "field 'resolution' must be a list (JSON array) "
+                                       "(got the string 'big')"),
+        (scene_with(resolution=[64]), "field 'resolution' has too few items: resolution[1] is "
+                                      "missing"),
+        (scene_with(resolution=[64, 48, 2]), "field 'resolution' must have exactly 2 items"),
+        (scene_with(resolution=["a", 48]), "field 'resolution[0]'"),
+        (scene_with(center=3), "field 'center' must be a list (JSON array) (got the number 3)"),
+        (scene_with(bit_depth=12), "field 'bit_depth' must be 8 or 16 (got 12)"),
+        (scene_with(palette="viridi"), "did you mean 'viridis'?"),
+        (scene_with(camera=[1, 2]), "is not a mandelbrot parameter"),
+        (scene_with("mandelbulb", camera=[1, 2]), "field 'camera' must be an object"),
+    ],
+)
+def test_messages_speak_json_and_suggest_the_fix(params, says):
+    """No pydantic wording ("Input should be a valid tuple", "resolution.0") reaches the user;
+    a misspelt key gets the close name, a key of another fractal says which one it is for."""
+    with pytest.raises(SceneError) as caught:
+        parse_scene(params)
+    message = str(caught.value)
+    assert says in message
+    for leak in ("Input should", "valid tuple", "resolution.0", "model_type", "dict_type"):
+        assert leak not in message
+
+
+def test_an_unknown_key_far_from_every_name_gets_no_guess():
+    with pytest.raises(SceneError) as caught:
+        parse_scene(scene_with(zoom=2))
+    assert "did you mean" not in str(caught.value)
+    assert "'zoom' is not a known parameter" in str(caught.value)

@@ -33,6 +33,7 @@ from numba.extending import intrinsic
 
 from fractal_app import verify
 from fractal_app.bandfile import BandMeta, write_band
+from fractal_app.kernels import escape
 from fractal_app.render import render_band
 from fractal_app.scene import parse_scene
 
@@ -55,6 +56,34 @@ def _fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+_tail_iterations = njit(escape.tail_iterations)
+
+
+@njit
+def _colour_tail_fma(kind, x, y, cr, ci, power, mag2, escape2):
+    """escape.colour_tail (float64 iterations past escape, for smooth colouring) with its
+    multiply-adds fused, as a GPU contracts them."""
+    if not (mag2 > escape2):
+        return float(mag2) + 0.0
+    zr, zi = float(x) + 0.0, float(y) + 0.0
+    ar, ai = float(cr) + 0.0, float(ci) + 0.0
+    for _ in range(_tail_iterations(power)):
+        if kind == 3:
+            pr, pi = zr, zi
+            for _ in range(power - 1):
+                t = _fma(pr, zr, -(pi * zi))
+                pi = _fma(pr, zi, pi * zr)
+                pr = t
+            zr, zi = pr + ar, pi + ai
+        else:
+            if kind == 2:
+                zr, zi = abs(zr), abs(zi)
+            t = _fma(zr, zr, -(zi * zi)) + ar
+            zi = _fma(2.0 * zr, zi, ai)
+            zr = t
+    return _fma(zr, zr, zi * zi)
+
+
 @njit(inline="always")
 def _escape_fma(kind, cr, ci, jr, ji, power, max_iter, escape2):
     """escape.py's four cores with every multiply-add a GPU would fuse, fused (same kinds)."""
@@ -75,7 +104,7 @@ def _escape_fma(kind, cr, ci, jr, ji, power, max_iter, escape2):
             y = pi + ai
             mag2 = _fma(x, x, y * y)
             n += 1
-        return n, mag2
+        return n, _colour_tail_fma(kind, x, y, ar, ai, power, mag2, escape2)
     x2 = x * x
     y2 = y * y
     while n < max_iter and x2 + y2 <= escape2:
@@ -88,7 +117,7 @@ def _escape_fma(kind, cr, ci, jr, ji, power, max_iter, escape2):
         x2 = x * x
         y2 = y * y
         n += 1
-    return n, x2 + y2
+    return n, _colour_tail_fma(kind, x, y, ar, ai, power, x2 + y2, escape2)
 
 
 @njit(parallel=True, nogil=True)

@@ -132,18 +132,22 @@ def palette_table(name):
     return table
 
 
-def palette_index(count, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset):
+def palette_index(
+    count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset
+):
     """Where an escaped sample falls in the palette, in [0, 1).
 
-    Smooth colouring uses the continuous count ``nu = count + 1 - log_p(log|z|)`` with |z|
-    taken when |z|^2 first exceeded 4 (escape radius 2; p is the fractal's power). The
-    index grows with log(1 + nu) / log(1 + max_iter), so one palette cycle spans the whole
-    iteration range whatever max_iter is, and ``cycles``/``offset`` stretch and shift it.
-    All in float64, whatever precision the iteration ran in.
+    Smooth colouring uses the continuous count ``nu = count + extra + 1 - log_p(log|z|)``
+    with |z| taken ``extra`` iterations after |z|^2 first exceeded 4 (``mag2``: the
+    kernels continue past escape, escape.colour_tail; p is the fractal's power). Read that
+    far out, nu is continuous across the steps of the escape count. The index grows with
+    log(1 + nu) / log(1 + max_iter), so one palette cycle spans the whole iteration range
+    whatever max_iter is, and ``cycles``/``offset`` stretch and shift it. All in float64,
+    whatever precision the iteration ran in.
     """
     nu = float(count)
     if smooth:
-        nu = nu + 1.0 - math.log(0.5 * math.log(mag2)) * inv_log_power
+        nu = nu + extra + 1.0 - math.log(0.5 * math.log(mag2)) * inv_log_power
         if nu < 0.0:
             nu = 0.0
     t = offset + cycles * math.log(1.0 + nu) * inv_log_max_iter
@@ -171,9 +175,9 @@ def compile_color(jit):
     colour of one escape-time sample, the interior colour when it never escaped.
 
     Returns a namespace with ``linear_to_srgb``, ``quantize``, ``encode``, ``palette_index``,
-    ``palette_lookup`` and ``sample_rgb(count, mag2, max_iter, smooth, inv_log_power,
+    ``palette_lookup`` and ``sample_rgb(count, mag2, max_iter, smooth, extra, inv_log_power,
     inv_log_max_iter, cycles, offset, table, interior)`` (``interior``: a linear-light
-    float64 array of 3).
+    float64 array of 3; ``extra``: escape.tail_iterations of the fractal's power).
     """
     from types import SimpleNamespace
 
@@ -181,12 +185,13 @@ def compile_color(jit):
     lookup = jit(palette_lookup)
 
     def sample_rgb(
-        count, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset, table,
-        interior,
+        count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
+        table, interior,
     ):
         if count >= max_iter:
             return interior[0], interior[1], interior[2]
-        t = index(count, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset)
+        t = index(count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles,
+                  offset)
         return lookup(table, t)
 
     return SimpleNamespace(

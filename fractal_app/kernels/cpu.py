@@ -29,7 +29,9 @@ from fractal_app.kernels import color, escape
 from fractal_app.kernels._generated.generate import BLOCK_KERNELS, module_name
 
 _inline = numba.njit(inline="always")
-cores = escape.compile_cores(_inline)
+# The colour tail is called, not inlined, as the generated block kernels call it (see
+# escape.compile_cores), so both give the same bits.
+cores = escape.compile_cores(_inline, tail_jit=numba.njit(nogil=True))
 colours = color.compile_color(_inline)
 _escape = cores.escape
 _sample_rgb = colours.sample_rgb
@@ -246,11 +248,12 @@ def iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def colour_pixels(
-    counts, mag2, max_iter, smooth, inv_log_power, inv_log_max_iter, cycles, offset, table,
-    interior, encoding, max_value, out,
+    counts, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
+    table, interior, encoding, max_value, out,
 ):
     """counts, mag2: (P, s, Q, s) samples of P x Q pixels; out: (P, Q, 3) uint8/uint16;
-    encoding: color.encode_table(max_value), max_value 255 or 65535."""
+    encoding: color.encode_table(max_value), max_value 255 or 65535; extra: the iterations
+    the kernels continued past escape (escape.tail_iterations)."""
     s = counts.shape[1]
     n_samples = s * s
     for p in prange(counts.shape[0]):
@@ -261,8 +264,8 @@ def colour_pixels(
             for a in range(s):
                 for c in range(s):
                     sr, sg, sb = _sample_rgb(
-                        counts[p, a, q, c], mag2[p, a, q, c], max_iter, smooth, inv_log_power,
-                        inv_log_max_iter, cycles, offset, table, interior,
+                        counts[p, a, q, c], mag2[p, a, q, c], max_iter, smooth, extra,
+                        inv_log_power, inv_log_max_iter, cycles, offset, table, interior,
                     )
                     r += sr
                     g += sg

@@ -1,7 +1,8 @@
 """CUDA kernels: the scalar cores of escape.py compiled with numba.cuda.
 
 Same host-side contract as kernels/cpu.py (``iterate_grid``, ``iterate_points``): sample
-coordinates in, escape counts (uint32) and |z|^2 (float64) out, so render.py colours GPU
+coordinates in, escape counts (uint32) and |z|^2 (float64, read past escape for smooth
+colouring: escape.colour_tail) out, so render.py colours GPU
 and CPU samples with the same CPU colouring kernel. One thread per sample; the grid comes
 from kernels.launch.grid_for, the one place that decides launch geometry.
 

@@ -7,8 +7,9 @@ re-derive the same numbers independently.
 
 Every core returns ``(count, mag2)``: the escape count as defined in the app issue
 (completed iterations before ``|z|^2 > escape2`` is first observed, or ``max_iter``)
-and ``|z|^2`` at that moment, for smooth colouring. The escape radius is 2
-(``escape2 = 4``) in every caller.
+and, for smooth colouring, ``|z|^2`` after ``tail_iterations(power)`` more iterations
+past escape (``colour_tail``; for a sample that never escaped, ``|z|^2`` where it
+stopped). The escape radius is 2 (``escape2 = 4``) in every caller.
 
 Precision follows the arguments: pass float32 coordinates and a float32 ``escape2`` and
 the whole iteration stays in float32. That is why no bare float literal appears below
@@ -45,7 +46,7 @@ def mandelbrot(cr, ci, max_iter, escape2):
         x2 = x * x
         y2 = y * y
         n += 1
-    return n, x2 + y2
+    return n, colour_tail(MANDELBROT, x, y, cr, ci, 2, x2 + y2, escape2)
 
 
 def julia(zr, zi, cr, ci, max_iter, escape2):
@@ -62,7 +63,7 @@ def julia(zr, zi, cr, ci, max_iter, escape2):
         x2 = x * x
         y2 = y * y
         n += 1
-    return n, x2 + y2
+    return n, colour_tail(JULIA, x, y, cr, ci, 2, x2 + y2, escape2)
 
 
 def burning_ship(cr, ci, max_iter, escape2):
@@ -79,7 +80,7 @@ def burning_ship(cr, ci, max_iter, escape2):
         x2 = x * x
         y2 = y * y
         n += 1
-    return n, x2 + y2
+    return n, colour_tail(BURNING_SHIP, x, y, cr, ci, 2, x2 + y2, escape2)
 
 
 def mul(a, b):
@@ -105,10 +106,64 @@ def multibrot(cr, ci, power, max_iter, escape2):
         y = pi + ci
         mag2 = mul(x, x) + mul(y, y)
         n += 1
-    return n, mag2
+    return n, colour_tail(MULTIBROT, x, y, cr, ci, power, mag2, escape2)
 
 
-def compile_cores(jit, exact_mul=None):
+# --- Past escape, for colouring only ------------------------------------------------------
+#
+# Smooth colouring reads a sample's escape potential from log|z|: after k more iterations
+# log|z| is p^k times larger, up to a term of order |c| / |z|^p. Read at the escape radius
+# 2 that term is far from small, and it jumps where the escape count steps by one: the
+# faint seam arcs of every gradient, and a visible arc at |c| = 2. A few iterations later
+# |z| >= 2^(p^k) >= 256 and the term is below 10^-4 (a large bailout, for colouring only:
+# the escape count keeps its definition). The tail runs in float64 whatever the iteration's
+# precision (a float32 z would overflow there at high powers). Its products need not be
+# exact on a GPU: a fused multiply-add moves the colour by an ulp, never the count.
+
+
+def tail_iterations(power):
+    """Iterations continued past escape: the fewest with p^k >= 8 (|z| >= 256 after them,
+    from |z| > 2), few enough that float64 cannot overflow from any escaped z (|z| <= 2^p
+    + |c|)."""
+    if power == 2:
+        return 3
+    if power < 8:
+        return 2
+    return 1
+
+
+def colour_tail(kind, x, y, cr, ci, power, mag2, escape2):
+    """|z|^2 after ``tail_iterations(power)`` more iterations of the fractal ``kind`` from
+    z = x + iy (c = cr + i ci), in float64, if the sample escaped (mag2 > escape2);
+    otherwise mag2 unchanged (the sample never escaped, or stopped at a pass's cap)."""
+    # float(v) + 0.0: float64 in Python and in Numba alike (Numba's float() of a float32 is
+    # a float32, which an inlined copy of this function then iterated in).
+    if not (mag2 > escape2):
+        return float(mag2) + 0.0
+    tail_zr = float(x) + 0.0
+    tail_zi = float(y) + 0.0
+    tail_cr = float(cr) + 0.0
+    tail_ci = float(ci) + 0.0
+    for _tail_step in range(tail_iterations(power)):
+        if kind == MULTIBROT:
+            tail_pr = tail_zr
+            tail_pi = tail_zi
+            for _tail_factor in range(power - 1):
+                tail_t = tail_pr * tail_zr - tail_pi * tail_zi
+                tail_pi = tail_pr * tail_zi + tail_pi * tail_zr
+                tail_pr = tail_t
+            tail_zr = tail_pr + tail_cr
+            tail_zi = tail_pi + tail_ci
+        else:
+            if kind == BURNING_SHIP:
+                tail_zr = abs(tail_zr)
+                tail_zi = abs(tail_zi)
+            tail_t = tail_zr * tail_zr - tail_zi * tail_zi + tail_cr
+            tail_zi = 2.0 * tail_zr * tail_zi + tail_ci
+            tail_zr = tail_t
+    return tail_zr * tail_zr + tail_zi * tail_zi
+
+def compile_cores(jit, exact_mul=None, tail_jit=None):
     """The cores compiled by ``jit`` (a decorator: numba.njit(inline="always") or
     numba.cuda.jit(device=True, inline="always")), plus ``escape``, which dispatches on
     the fractal kind (a constant above) so one kernel serves every 2D fractal.
@@ -119,14 +174,21 @@ def compile_cores(jit, exact_mul=None):
     none: the only contraction NVVM finds there, xy + xy -> fma(x, y, x*y), rounds exactly
     like 2 * (x*y); tests/test_cuda2d.py checks the PTX.)
 
+    ``tail_jit``: the decorator for ``colour_tail`` (default ``jit``). The CPU build passes a
+    plain numba.njit, so that the cores call it as the generated block kernels do: inlined
+    into a float32 core inside a prange kernel, its float64 arithmetic came out rounded
+    differently (tests/test_escape.py compares the two bit for bit).
+
     Returns a namespace with ``mandelbrot``, ``julia``, ``burning_ship``, ``multibrot``
     and ``escape(kind, cr, ci, jr, ji, power, max_iter, escape2)``, where ``jr, ji`` is
     Julia's c and ``power`` the Multibrot exponent (ignored by the other kinds).
     """
-    m = jit(mandelbrot)
-    j = jit(julia)
-    b = jit(burning_ship)
-    p = jit(_with_globals(multibrot, mul=exact_mul if exact_mul is not None else jit(mul)))
+    tail = compile_tail(tail_jit or jit)
+    m = jit(_with_globals(mandelbrot, colour_tail=tail))
+    j = jit(_with_globals(julia, colour_tail=tail))
+    b = jit(_with_globals(burning_ship, colour_tail=tail))
+    p = jit(_with_globals(multibrot, colour_tail=tail,
+                          mul=exact_mul if exact_mul is not None else jit(mul)))
 
     def escape(kind, cr, ci, jr, ji, power, max_iter, escape2):
         if kind == JULIA:
@@ -138,6 +200,12 @@ def compile_cores(jit, exact_mul=None):
         return m(cr, ci, max_iter, escape2)
 
     return SimpleNamespace(mandelbrot=m, julia=j, burning_ship=b, multibrot=p, escape=jit(escape))
+
+
+def compile_tail(jit):
+    """``colour_tail`` compiled by ``jit`` (the cores call it; so do the generated block
+    kernels, once per lane as it stops)."""
+    return jit(_with_globals(colour_tail, tail_iterations=jit(tail_iterations)))
 
 
 def _with_globals(function, **names):

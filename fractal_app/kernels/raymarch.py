@@ -72,7 +72,8 @@ P_SHADOW_DARK = 60  # a penumbra below this is full shadow: stop marching
 P_OBJECT_SIZE = 61  # rough size of the fractal's features: scales the occlusion
 P_AXIS_K3 = 62  # x^2 + z^2 below this counts as on the y axis (power-8 polynomial)
 P_RELAX = 63  # over-relaxation factor of the march's steps (1 = plain sphere tracing)
-P_SIZE = 64
+P_EXPOSURE = 64  # scales all light before tone mapping, as a camera's exposure
+P_SIZE = 65
 
 # ---- slots of the integer parameter vector ip ----
 I_KIND = 0
@@ -397,21 +398,36 @@ def sample_rgb(dx, dy, dz, p, ip):
     shadow = float(soft_shadow(sx, sy, sz, p, ip)) if facing > 0.0 else 0.0
     occluded = float(occlusion(sx, sy, sz, nx, ny, nz, p, ip))
 
-    # surface colour from the orbit trap through the palette
+    # Surface colour from the orbit trap through the palette, softened: pulled a fifth of the
+    # way toward its own grey and kept below 0.85, so that detail reads through the
+    # lighting rather than the palette, and a lit face keeps its colour instead of washing
+    # out to white.
     position = math.sqrt(float(trap)) * p[P_TRAP_SCALE] * p[P_PALETTE_CYCLES] + p[P_PALETTE_OFFSET]
-    al_r, al_g, al_b = palette_rgb(position, p)
+    pal_r, pal_g, pal_b = palette_rgb(position, p)
+    grey = 0.2126 * pal_r + 0.7152 * pal_g + 0.0722 * pal_b
+    al_r = 0.85 * (grey + 0.8 * (pal_r - grey)) + 0.05
+    al_g = 0.85 * (grey + 0.8 * (pal_g - grey)) + 0.05
+    al_b = 0.85 * (grey + 0.8 * (pal_b - grey)) + 0.05
 
-    # ambient occlusion: from the samples along the normal and from the march's step count
+    # Ambient occlusion from the samples along the normal and, gently, from the march's step
+    # count (rays that needed many steps ran down a crease). Gently: as the only darkening
+    # of a crease it drew thin black slivers there.
     ao = min(max(1.0 - 3.0 * occluded / float(p[P_OBJECT_SIZE]), 0.0), 1.0)
-    ao = ao * (1.0 - 0.6 * min(steps / (0.5 * ip[I_MAX_STEPS] + 1.0), 1.0))
+    ao = ao * (1.0 - 0.3 * min(steps / (0.5 * ip[I_MAX_STEPS] + 1.0), 1.0))
 
-    diffuse = max(facing, 0.0) * shadow
-    # sky light from above, a bounce light from the opposite side
-    sky = 0.5 + 0.5 * fny
-    # a weak fill light from the camera, so the side away from the sun is not black
-    fill = max(-(fnx * float(dx) + fny * float(dy) + fnz * float(dz)), 0.0)
-    bounce = max(-(fnx * lx + fnz * lz), 0.0) * max(1.0 - fny, 0.0) * 0.5
-    # Blinn-Phong highlight, half vector between light and the direction to the camera
+    # Three lights, as a studio sets them: a warm key (the scene's light, with soft shadows),
+    # a cool fill from the other side, low and without shadows, so the side away from the
+    # key is lit but darker, and a sky dome from above. The fill and sky are occluded.
+    key = max(facing, 0.0) * shadow
+    fill_x = -lx
+    fill_y = 0.35
+    fill_z = -lz
+    fill_len = math.sqrt(fill_x * fill_x + fill_y * fill_y + fill_z * fill_z)
+    fill = max((fnx * fill_x + fny * fill_y + fnz * fill_z) / fill_len, 0.0) * ao
+    sky = (0.55 + 0.45 * fny) * ao
+    # Blinn-Phong highlight of the key, half vector between light and the direction to the
+    # camera; spec^32 by squaring, spelled out (** would be libm pow in Python but repeated
+    # multiplication in Numba, and the reference must round the same way)
     hvx = lx - float(dx)
     hvy = ly - float(dy)
     hvz = lz - float(dz)
@@ -419,18 +435,18 @@ def sample_rgb(dx, dy, dz, p, ip):
     spec = 0.0
     if hl > 0.0:
         spec = max((fnx * hvx + fny * hvy + fnz * hvz) / hl, 0.0)
-        # spec^32 by squaring, spelled out: ** would be libm pow in Python but repeated
-        # multiplication in Numba, and the reference must round the same way
         for _ in range(5):
             spec = spec * spec
-        spec = spec * diffuse * 0.6
+        spec = spec * key * 0.25
 
-    light_r = 1.70 * diffuse * 1.00 + 0.40 * sky * ao * 0.60 + (0.20 * bounce + 0.25 * fill) * ao
-    light_g = 1.70 * diffuse * 0.90 + 0.40 * sky * ao * 0.70 + (0.20 * bounce + 0.25 * fill) * ao
-    light_b = 1.70 * diffuse * 0.75 + 0.40 * sky * ao * 1.00 + (0.20 * bounce + 0.25 * fill) * ao
-    r = tone_map(al_r * light_r + spec)
-    g = tone_map(al_g * light_g + spec)
-    b = tone_map(al_b * light_b + spec)
+    light_r = 1.30 * key * 1.00 + 0.30 * fill * 0.80 + 0.30 * sky * 0.75
+    light_g = 1.30 * key * 0.93 + 0.30 * fill * 0.90 + 0.30 * sky * 0.85
+    light_b = 1.30 * key * 0.82 + 0.30 * fill * 1.10 + 0.30 * sky * 1.05
+    # Filmic tone mapping of the exposed light: highlights roll off instead of clipping.
+    exposure = float(p[P_EXPOSURE])
+    r = tone_map(exposure * (al_r * light_r + spec))
+    g = tone_map(exposure * (al_g * light_g + spec))
+    b = tone_map(exposure * (al_b * light_b + spec))
 
     # fog toward the background with the distance travelled
     keep = math.exp(-float(p[P_FOG]) * float(t))

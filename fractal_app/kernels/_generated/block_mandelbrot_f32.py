@@ -12,7 +12,10 @@ still running from where they stopped (so a block's lanes stay busy together).
 import numba
 from numba import prange
 
+from fractal_app.kernels import escape
 from fractal_app.kernels._generated.select import select
+
+tail_iterations = numba.njit(escape.tail_iterations)
 
 LANES = 64
 # Points per parallel task in resume_points.
@@ -833,134 +836,775 @@ def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, kee
             n62 = select(run62, done, n62)
             n63 = select(run63, done, n63)
             it += 1
+        tr0 = numba.float64(zr0) + 0.0
+        tr1 = numba.float64(zr1) + 0.0
+        tr2 = numba.float64(zr2) + 0.0
+        tr3 = numba.float64(zr3) + 0.0
+        tr4 = numba.float64(zr4) + 0.0
+        tr5 = numba.float64(zr5) + 0.0
+        tr6 = numba.float64(zr6) + 0.0
+        tr7 = numba.float64(zr7) + 0.0
+        tr8 = numba.float64(zr8) + 0.0
+        tr9 = numba.float64(zr9) + 0.0
+        tr10 = numba.float64(zr10) + 0.0
+        tr11 = numba.float64(zr11) + 0.0
+        tr12 = numba.float64(zr12) + 0.0
+        tr13 = numba.float64(zr13) + 0.0
+        tr14 = numba.float64(zr14) + 0.0
+        tr15 = numba.float64(zr15) + 0.0
+        tr16 = numba.float64(zr16) + 0.0
+        tr17 = numba.float64(zr17) + 0.0
+        tr18 = numba.float64(zr18) + 0.0
+        tr19 = numba.float64(zr19) + 0.0
+        tr20 = numba.float64(zr20) + 0.0
+        tr21 = numba.float64(zr21) + 0.0
+        tr22 = numba.float64(zr22) + 0.0
+        tr23 = numba.float64(zr23) + 0.0
+        tr24 = numba.float64(zr24) + 0.0
+        tr25 = numba.float64(zr25) + 0.0
+        tr26 = numba.float64(zr26) + 0.0
+        tr27 = numba.float64(zr27) + 0.0
+        tr28 = numba.float64(zr28) + 0.0
+        tr29 = numba.float64(zr29) + 0.0
+        tr30 = numba.float64(zr30) + 0.0
+        tr31 = numba.float64(zr31) + 0.0
+        tr32 = numba.float64(zr32) + 0.0
+        tr33 = numba.float64(zr33) + 0.0
+        tr34 = numba.float64(zr34) + 0.0
+        tr35 = numba.float64(zr35) + 0.0
+        tr36 = numba.float64(zr36) + 0.0
+        tr37 = numba.float64(zr37) + 0.0
+        tr38 = numba.float64(zr38) + 0.0
+        tr39 = numba.float64(zr39) + 0.0
+        tr40 = numba.float64(zr40) + 0.0
+        tr41 = numba.float64(zr41) + 0.0
+        tr42 = numba.float64(zr42) + 0.0
+        tr43 = numba.float64(zr43) + 0.0
+        tr44 = numba.float64(zr44) + 0.0
+        tr45 = numba.float64(zr45) + 0.0
+        tr46 = numba.float64(zr46) + 0.0
+        tr47 = numba.float64(zr47) + 0.0
+        tr48 = numba.float64(zr48) + 0.0
+        tr49 = numba.float64(zr49) + 0.0
+        tr50 = numba.float64(zr50) + 0.0
+        tr51 = numba.float64(zr51) + 0.0
+        tr52 = numba.float64(zr52) + 0.0
+        tr53 = numba.float64(zr53) + 0.0
+        tr54 = numba.float64(zr54) + 0.0
+        tr55 = numba.float64(zr55) + 0.0
+        tr56 = numba.float64(zr56) + 0.0
+        tr57 = numba.float64(zr57) + 0.0
+        tr58 = numba.float64(zr58) + 0.0
+        tr59 = numba.float64(zr59) + 0.0
+        tr60 = numba.float64(zr60) + 0.0
+        tr61 = numba.float64(zr61) + 0.0
+        tr62 = numba.float64(zr62) + 0.0
+        tr63 = numba.float64(zr63) + 0.0
+        ti0 = numba.float64(zi0) + 0.0
+        ti1 = numba.float64(zi1) + 0.0
+        ti2 = numba.float64(zi2) + 0.0
+        ti3 = numba.float64(zi3) + 0.0
+        ti4 = numba.float64(zi4) + 0.0
+        ti5 = numba.float64(zi5) + 0.0
+        ti6 = numba.float64(zi6) + 0.0
+        ti7 = numba.float64(zi7) + 0.0
+        ti8 = numba.float64(zi8) + 0.0
+        ti9 = numba.float64(zi9) + 0.0
+        ti10 = numba.float64(zi10) + 0.0
+        ti11 = numba.float64(zi11) + 0.0
+        ti12 = numba.float64(zi12) + 0.0
+        ti13 = numba.float64(zi13) + 0.0
+        ti14 = numba.float64(zi14) + 0.0
+        ti15 = numba.float64(zi15) + 0.0
+        ti16 = numba.float64(zi16) + 0.0
+        ti17 = numba.float64(zi17) + 0.0
+        ti18 = numba.float64(zi18) + 0.0
+        ti19 = numba.float64(zi19) + 0.0
+        ti20 = numba.float64(zi20) + 0.0
+        ti21 = numba.float64(zi21) + 0.0
+        ti22 = numba.float64(zi22) + 0.0
+        ti23 = numba.float64(zi23) + 0.0
+        ti24 = numba.float64(zi24) + 0.0
+        ti25 = numba.float64(zi25) + 0.0
+        ti26 = numba.float64(zi26) + 0.0
+        ti27 = numba.float64(zi27) + 0.0
+        ti28 = numba.float64(zi28) + 0.0
+        ti29 = numba.float64(zi29) + 0.0
+        ti30 = numba.float64(zi30) + 0.0
+        ti31 = numba.float64(zi31) + 0.0
+        ti32 = numba.float64(zi32) + 0.0
+        ti33 = numba.float64(zi33) + 0.0
+        ti34 = numba.float64(zi34) + 0.0
+        ti35 = numba.float64(zi35) + 0.0
+        ti36 = numba.float64(zi36) + 0.0
+        ti37 = numba.float64(zi37) + 0.0
+        ti38 = numba.float64(zi38) + 0.0
+        ti39 = numba.float64(zi39) + 0.0
+        ti40 = numba.float64(zi40) + 0.0
+        ti41 = numba.float64(zi41) + 0.0
+        ti42 = numba.float64(zi42) + 0.0
+        ti43 = numba.float64(zi43) + 0.0
+        ti44 = numba.float64(zi44) + 0.0
+        ti45 = numba.float64(zi45) + 0.0
+        ti46 = numba.float64(zi46) + 0.0
+        ti47 = numba.float64(zi47) + 0.0
+        ti48 = numba.float64(zi48) + 0.0
+        ti49 = numba.float64(zi49) + 0.0
+        ti50 = numba.float64(zi50) + 0.0
+        ti51 = numba.float64(zi51) + 0.0
+        ti52 = numba.float64(zi52) + 0.0
+        ti53 = numba.float64(zi53) + 0.0
+        ti54 = numba.float64(zi54) + 0.0
+        ti55 = numba.float64(zi55) + 0.0
+        ti56 = numba.float64(zi56) + 0.0
+        ti57 = numba.float64(zi57) + 0.0
+        ti58 = numba.float64(zi58) + 0.0
+        ti59 = numba.float64(zi59) + 0.0
+        ti60 = numba.float64(zi60) + 0.0
+        ti61 = numba.float64(zi61) + 0.0
+        ti62 = numba.float64(zi62) + 0.0
+        ti63 = numba.float64(zi63) + 0.0
+        tcr0 = numba.float64(c0) + 0.0
+        tcr1 = numba.float64(c1) + 0.0
+        tcr2 = numba.float64(c2) + 0.0
+        tcr3 = numba.float64(c3) + 0.0
+        tcr4 = numba.float64(c4) + 0.0
+        tcr5 = numba.float64(c5) + 0.0
+        tcr6 = numba.float64(c6) + 0.0
+        tcr7 = numba.float64(c7) + 0.0
+        tcr8 = numba.float64(c8) + 0.0
+        tcr9 = numba.float64(c9) + 0.0
+        tcr10 = numba.float64(c10) + 0.0
+        tcr11 = numba.float64(c11) + 0.0
+        tcr12 = numba.float64(c12) + 0.0
+        tcr13 = numba.float64(c13) + 0.0
+        tcr14 = numba.float64(c14) + 0.0
+        tcr15 = numba.float64(c15) + 0.0
+        tcr16 = numba.float64(c16) + 0.0
+        tcr17 = numba.float64(c17) + 0.0
+        tcr18 = numba.float64(c18) + 0.0
+        tcr19 = numba.float64(c19) + 0.0
+        tcr20 = numba.float64(c20) + 0.0
+        tcr21 = numba.float64(c21) + 0.0
+        tcr22 = numba.float64(c22) + 0.0
+        tcr23 = numba.float64(c23) + 0.0
+        tcr24 = numba.float64(c24) + 0.0
+        tcr25 = numba.float64(c25) + 0.0
+        tcr26 = numba.float64(c26) + 0.0
+        tcr27 = numba.float64(c27) + 0.0
+        tcr28 = numba.float64(c28) + 0.0
+        tcr29 = numba.float64(c29) + 0.0
+        tcr30 = numba.float64(c30) + 0.0
+        tcr31 = numba.float64(c31) + 0.0
+        tcr32 = numba.float64(c32) + 0.0
+        tcr33 = numba.float64(c33) + 0.0
+        tcr34 = numba.float64(c34) + 0.0
+        tcr35 = numba.float64(c35) + 0.0
+        tcr36 = numba.float64(c36) + 0.0
+        tcr37 = numba.float64(c37) + 0.0
+        tcr38 = numba.float64(c38) + 0.0
+        tcr39 = numba.float64(c39) + 0.0
+        tcr40 = numba.float64(c40) + 0.0
+        tcr41 = numba.float64(c41) + 0.0
+        tcr42 = numba.float64(c42) + 0.0
+        tcr43 = numba.float64(c43) + 0.0
+        tcr44 = numba.float64(c44) + 0.0
+        tcr45 = numba.float64(c45) + 0.0
+        tcr46 = numba.float64(c46) + 0.0
+        tcr47 = numba.float64(c47) + 0.0
+        tcr48 = numba.float64(c48) + 0.0
+        tcr49 = numba.float64(c49) + 0.0
+        tcr50 = numba.float64(c50) + 0.0
+        tcr51 = numba.float64(c51) + 0.0
+        tcr52 = numba.float64(c52) + 0.0
+        tcr53 = numba.float64(c53) + 0.0
+        tcr54 = numba.float64(c54) + 0.0
+        tcr55 = numba.float64(c55) + 0.0
+        tcr56 = numba.float64(c56) + 0.0
+        tcr57 = numba.float64(c57) + 0.0
+        tcr58 = numba.float64(c58) + 0.0
+        tcr59 = numba.float64(c59) + 0.0
+        tcr60 = numba.float64(c60) + 0.0
+        tcr61 = numba.float64(c61) + 0.0
+        tcr62 = numba.float64(c62) + 0.0
+        tcr63 = numba.float64(c63) + 0.0
+        tci0 = numba.float64(ci) + 0.0
+        tci1 = numba.float64(ci) + 0.0
+        tci2 = numba.float64(ci) + 0.0
+        tci3 = numba.float64(ci) + 0.0
+        tci4 = numba.float64(ci) + 0.0
+        tci5 = numba.float64(ci) + 0.0
+        tci6 = numba.float64(ci) + 0.0
+        tci7 = numba.float64(ci) + 0.0
+        tci8 = numba.float64(ci) + 0.0
+        tci9 = numba.float64(ci) + 0.0
+        tci10 = numba.float64(ci) + 0.0
+        tci11 = numba.float64(ci) + 0.0
+        tci12 = numba.float64(ci) + 0.0
+        tci13 = numba.float64(ci) + 0.0
+        tci14 = numba.float64(ci) + 0.0
+        tci15 = numba.float64(ci) + 0.0
+        tci16 = numba.float64(ci) + 0.0
+        tci17 = numba.float64(ci) + 0.0
+        tci18 = numba.float64(ci) + 0.0
+        tci19 = numba.float64(ci) + 0.0
+        tci20 = numba.float64(ci) + 0.0
+        tci21 = numba.float64(ci) + 0.0
+        tci22 = numba.float64(ci) + 0.0
+        tci23 = numba.float64(ci) + 0.0
+        tci24 = numba.float64(ci) + 0.0
+        tci25 = numba.float64(ci) + 0.0
+        tci26 = numba.float64(ci) + 0.0
+        tci27 = numba.float64(ci) + 0.0
+        tci28 = numba.float64(ci) + 0.0
+        tci29 = numba.float64(ci) + 0.0
+        tci30 = numba.float64(ci) + 0.0
+        tci31 = numba.float64(ci) + 0.0
+        tci32 = numba.float64(ci) + 0.0
+        tci33 = numba.float64(ci) + 0.0
+        tci34 = numba.float64(ci) + 0.0
+        tci35 = numba.float64(ci) + 0.0
+        tci36 = numba.float64(ci) + 0.0
+        tci37 = numba.float64(ci) + 0.0
+        tci38 = numba.float64(ci) + 0.0
+        tci39 = numba.float64(ci) + 0.0
+        tci40 = numba.float64(ci) + 0.0
+        tci41 = numba.float64(ci) + 0.0
+        tci42 = numba.float64(ci) + 0.0
+        tci43 = numba.float64(ci) + 0.0
+        tci44 = numba.float64(ci) + 0.0
+        tci45 = numba.float64(ci) + 0.0
+        tci46 = numba.float64(ci) + 0.0
+        tci47 = numba.float64(ci) + 0.0
+        tci48 = numba.float64(ci) + 0.0
+        tci49 = numba.float64(ci) + 0.0
+        tci50 = numba.float64(ci) + 0.0
+        tci51 = numba.float64(ci) + 0.0
+        tci52 = numba.float64(ci) + 0.0
+        tci53 = numba.float64(ci) + 0.0
+        tci54 = numba.float64(ci) + 0.0
+        tci55 = numba.float64(ci) + 0.0
+        tci56 = numba.float64(ci) + 0.0
+        tci57 = numba.float64(ci) + 0.0
+        tci58 = numba.float64(ci) + 0.0
+        tci59 = numba.float64(ci) + 0.0
+        tci60 = numba.float64(ci) + 0.0
+        tci61 = numba.float64(ci) + 0.0
+        tci62 = numba.float64(ci) + 0.0
+        tci63 = numba.float64(ci) + 0.0
+        for _tail_step in range(tail_iterations(power)):
+            tt0 = tr0 * tr0 - ti0 * ti0 + tcr0
+            tt1 = tr1 * tr1 - ti1 * ti1 + tcr1
+            tt2 = tr2 * tr2 - ti2 * ti2 + tcr2
+            tt3 = tr3 * tr3 - ti3 * ti3 + tcr3
+            tt4 = tr4 * tr4 - ti4 * ti4 + tcr4
+            tt5 = tr5 * tr5 - ti5 * ti5 + tcr5
+            tt6 = tr6 * tr6 - ti6 * ti6 + tcr6
+            tt7 = tr7 * tr7 - ti7 * ti7 + tcr7
+            tt8 = tr8 * tr8 - ti8 * ti8 + tcr8
+            tt9 = tr9 * tr9 - ti9 * ti9 + tcr9
+            tt10 = tr10 * tr10 - ti10 * ti10 + tcr10
+            tt11 = tr11 * tr11 - ti11 * ti11 + tcr11
+            tt12 = tr12 * tr12 - ti12 * ti12 + tcr12
+            tt13 = tr13 * tr13 - ti13 * ti13 + tcr13
+            tt14 = tr14 * tr14 - ti14 * ti14 + tcr14
+            tt15 = tr15 * tr15 - ti15 * ti15 + tcr15
+            tt16 = tr16 * tr16 - ti16 * ti16 + tcr16
+            tt17 = tr17 * tr17 - ti17 * ti17 + tcr17
+            tt18 = tr18 * tr18 - ti18 * ti18 + tcr18
+            tt19 = tr19 * tr19 - ti19 * ti19 + tcr19
+            tt20 = tr20 * tr20 - ti20 * ti20 + tcr20
+            tt21 = tr21 * tr21 - ti21 * ti21 + tcr21
+            tt22 = tr22 * tr22 - ti22 * ti22 + tcr22
+            tt23 = tr23 * tr23 - ti23 * ti23 + tcr23
+            tt24 = tr24 * tr24 - ti24 * ti24 + tcr24
+            tt25 = tr25 * tr25 - ti25 * ti25 + tcr25
+            tt26 = tr26 * tr26 - ti26 * ti26 + tcr26
+            tt27 = tr27 * tr27 - ti27 * ti27 + tcr27
+            tt28 = tr28 * tr28 - ti28 * ti28 + tcr28
+            tt29 = tr29 * tr29 - ti29 * ti29 + tcr29
+            tt30 = tr30 * tr30 - ti30 * ti30 + tcr30
+            tt31 = tr31 * tr31 - ti31 * ti31 + tcr31
+            tt32 = tr32 * tr32 - ti32 * ti32 + tcr32
+            tt33 = tr33 * tr33 - ti33 * ti33 + tcr33
+            tt34 = tr34 * tr34 - ti34 * ti34 + tcr34
+            tt35 = tr35 * tr35 - ti35 * ti35 + tcr35
+            tt36 = tr36 * tr36 - ti36 * ti36 + tcr36
+            tt37 = tr37 * tr37 - ti37 * ti37 + tcr37
+            tt38 = tr38 * tr38 - ti38 * ti38 + tcr38
+            tt39 = tr39 * tr39 - ti39 * ti39 + tcr39
+            tt40 = tr40 * tr40 - ti40 * ti40 + tcr40
+            tt41 = tr41 * tr41 - ti41 * ti41 + tcr41
+            tt42 = tr42 * tr42 - ti42 * ti42 + tcr42
+            tt43 = tr43 * tr43 - ti43 * ti43 + tcr43
+            tt44 = tr44 * tr44 - ti44 * ti44 + tcr44
+            tt45 = tr45 * tr45 - ti45 * ti45 + tcr45
+            tt46 = tr46 * tr46 - ti46 * ti46 + tcr46
+            tt47 = tr47 * tr47 - ti47 * ti47 + tcr47
+            tt48 = tr48 * tr48 - ti48 * ti48 + tcr48
+            tt49 = tr49 * tr49 - ti49 * ti49 + tcr49
+            tt50 = tr50 * tr50 - ti50 * ti50 + tcr50
+            tt51 = tr51 * tr51 - ti51 * ti51 + tcr51
+            tt52 = tr52 * tr52 - ti52 * ti52 + tcr52
+            tt53 = tr53 * tr53 - ti53 * ti53 + tcr53
+            tt54 = tr54 * tr54 - ti54 * ti54 + tcr54
+            tt55 = tr55 * tr55 - ti55 * ti55 + tcr55
+            tt56 = tr56 * tr56 - ti56 * ti56 + tcr56
+            tt57 = tr57 * tr57 - ti57 * ti57 + tcr57
+            tt58 = tr58 * tr58 - ti58 * ti58 + tcr58
+            tt59 = tr59 * tr59 - ti59 * ti59 + tcr59
+            tt60 = tr60 * tr60 - ti60 * ti60 + tcr60
+            tt61 = tr61 * tr61 - ti61 * ti61 + tcr61
+            tt62 = tr62 * tr62 - ti62 * ti62 + tcr62
+            tt63 = tr63 * tr63 - ti63 * ti63 + tcr63
+            ti0 = 2.0 * tr0 * ti0 + tci0
+            ti1 = 2.0 * tr1 * ti1 + tci1
+            ti2 = 2.0 * tr2 * ti2 + tci2
+            ti3 = 2.0 * tr3 * ti3 + tci3
+            ti4 = 2.0 * tr4 * ti4 + tci4
+            ti5 = 2.0 * tr5 * ti5 + tci5
+            ti6 = 2.0 * tr6 * ti6 + tci6
+            ti7 = 2.0 * tr7 * ti7 + tci7
+            ti8 = 2.0 * tr8 * ti8 + tci8
+            ti9 = 2.0 * tr9 * ti9 + tci9
+            ti10 = 2.0 * tr10 * ti10 + tci10
+            ti11 = 2.0 * tr11 * ti11 + tci11
+            ti12 = 2.0 * tr12 * ti12 + tci12
+            ti13 = 2.0 * tr13 * ti13 + tci13
+            ti14 = 2.0 * tr14 * ti14 + tci14
+            ti15 = 2.0 * tr15 * ti15 + tci15
+            ti16 = 2.0 * tr16 * ti16 + tci16
+            ti17 = 2.0 * tr17 * ti17 + tci17
+            ti18 = 2.0 * tr18 * ti18 + tci18
+            ti19 = 2.0 * tr19 * ti19 + tci19
+            ti20 = 2.0 * tr20 * ti20 + tci20
+            ti21 = 2.0 * tr21 * ti21 + tci21
+            ti22 = 2.0 * tr22 * ti22 + tci22
+            ti23 = 2.0 * tr23 * ti23 + tci23
+            ti24 = 2.0 * tr24 * ti24 + tci24
+            ti25 = 2.0 * tr25 * ti25 + tci25
+            ti26 = 2.0 * tr26 * ti26 + tci26
+            ti27 = 2.0 * tr27 * ti27 + tci27
+            ti28 = 2.0 * tr28 * ti28 + tci28
+            ti29 = 2.0 * tr29 * ti29 + tci29
+            ti30 = 2.0 * tr30 * ti30 + tci30
+            ti31 = 2.0 * tr31 * ti31 + tci31
+            ti32 = 2.0 * tr32 * ti32 + tci32
+            ti33 = 2.0 * tr33 * ti33 + tci33
+            ti34 = 2.0 * tr34 * ti34 + tci34
+            ti35 = 2.0 * tr35 * ti35 + tci35
+            ti36 = 2.0 * tr36 * ti36 + tci36
+            ti37 = 2.0 * tr37 * ti37 + tci37
+            ti38 = 2.0 * tr38 * ti38 + tci38
+            ti39 = 2.0 * tr39 * ti39 + tci39
+            ti40 = 2.0 * tr40 * ti40 + tci40
+            ti41 = 2.0 * tr41 * ti41 + tci41
+            ti42 = 2.0 * tr42 * ti42 + tci42
+            ti43 = 2.0 * tr43 * ti43 + tci43
+            ti44 = 2.0 * tr44 * ti44 + tci44
+            ti45 = 2.0 * tr45 * ti45 + tci45
+            ti46 = 2.0 * tr46 * ti46 + tci46
+            ti47 = 2.0 * tr47 * ti47 + tci47
+            ti48 = 2.0 * tr48 * ti48 + tci48
+            ti49 = 2.0 * tr49 * ti49 + tci49
+            ti50 = 2.0 * tr50 * ti50 + tci50
+            ti51 = 2.0 * tr51 * ti51 + tci51
+            ti52 = 2.0 * tr52 * ti52 + tci52
+            ti53 = 2.0 * tr53 * ti53 + tci53
+            ti54 = 2.0 * tr54 * ti54 + tci54
+            ti55 = 2.0 * tr55 * ti55 + tci55
+            ti56 = 2.0 * tr56 * ti56 + tci56
+            ti57 = 2.0 * tr57 * ti57 + tci57
+            ti58 = 2.0 * tr58 * ti58 + tci58
+            ti59 = 2.0 * tr59 * ti59 + tci59
+            ti60 = 2.0 * tr60 * ti60 + tci60
+            ti61 = 2.0 * tr61 * ti61 + tci61
+            ti62 = 2.0 * tr62 * ti62 + tci62
+            ti63 = 2.0 * tr63 * ti63 + tci63
+            tr0 = tt0
+            tr1 = tt1
+            tr2 = tt2
+            tr3 = tt3
+            tr4 = tt4
+            tr5 = tt5
+            tr6 = tt6
+            tr7 = tt7
+            tr8 = tt8
+            tr9 = tt9
+            tr10 = tt10
+            tr11 = tt11
+            tr12 = tt12
+            tr13 = tt13
+            tr14 = tt14
+            tr15 = tt15
+            tr16 = tt16
+            tr17 = tt17
+            tr18 = tt18
+            tr19 = tt19
+            tr20 = tt20
+            tr21 = tt21
+            tr22 = tt22
+            tr23 = tt23
+            tr24 = tt24
+            tr25 = tt25
+            tr26 = tt26
+            tr27 = tt27
+            tr28 = tt28
+            tr29 = tt29
+            tr30 = tt30
+            tr31 = tt31
+            tr32 = tt32
+            tr33 = tt33
+            tr34 = tt34
+            tr35 = tt35
+            tr36 = tt36
+            tr37 = tt37
+            tr38 = tt38
+            tr39 = tt39
+            tr40 = tt40
+            tr41 = tt41
+            tr42 = tt42
+            tr43 = tt43
+            tr44 = tt44
+            tr45 = tt45
+            tr46 = tt46
+            tr47 = tt47
+            tr48 = tt48
+            tr49 = tt49
+            tr50 = tt50
+            tr51 = tt51
+            tr52 = tt52
+            tr53 = tt53
+            tr54 = tt54
+            tr55 = tt55
+            tr56 = tt56
+            tr57 = tt57
+            tr58 = tt58
+            tr59 = tt59
+            tr60 = tt60
+            tr61 = tt61
+            tr62 = tt62
+            tr63 = tt63
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        m0 = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = select(
+            m0 > escape2, tr0 * tr0 + ti0 * ti0,
+            numba.float64(m0) + 0.0)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        m1 = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = select(
+            m1 > escape2, tr1 * tr1 + ti1 * ti1,
+            numba.float64(m1) + 0.0)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        m2 = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = select(
+            m2 > escape2, tr2 * tr2 + ti2 * ti2,
+            numba.float64(m2) + 0.0)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        m3 = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = select(
+            m3 > escape2, tr3 * tr3 + ti3 * ti3,
+            numba.float64(m3) + 0.0)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        m4 = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = select(
+            m4 > escape2, tr4 * tr4 + ti4 * ti4,
+            numba.float64(m4) + 0.0)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        m5 = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = select(
+            m5 > escape2, tr5 * tr5 + ti5 * ti5,
+            numba.float64(m5) + 0.0)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        m6 = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = select(
+            m6 > escape2, tr6 * tr6 + ti6 * ti6,
+            numba.float64(m6) + 0.0)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        m7 = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = select(
+            m7 > escape2, tr7 * tr7 + ti7 * ti7,
+            numba.float64(m7) + 0.0)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        m8 = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = select(
+            m8 > escape2, tr8 * tr8 + ti8 * ti8,
+            numba.float64(m8) + 0.0)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        m9 = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = select(
+            m9 > escape2, tr9 * tr9 + ti9 * ti9,
+            numba.float64(m9) + 0.0)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        m10 = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = select(
+            m10 > escape2, tr10 * tr10 + ti10 * ti10,
+            numba.float64(m10) + 0.0)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        m11 = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = select(
+            m11 > escape2, tr11 * tr11 + ti11 * ti11,
+            numba.float64(m11) + 0.0)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        m12 = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = select(
+            m12 > escape2, tr12 * tr12 + ti12 * ti12,
+            numba.float64(m12) + 0.0)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        m13 = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = select(
+            m13 > escape2, tr13 * tr13 + ti13 * ti13,
+            numba.float64(m13) + 0.0)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        m14 = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = select(
+            m14 > escape2, tr14 * tr14 + ti14 * ti14,
+            numba.float64(m14) + 0.0)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        m15 = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = select(
+            m15 > escape2, tr15 * tr15 + ti15 * ti15,
+            numba.float64(m15) + 0.0)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        m16 = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = select(
+            m16 > escape2, tr16 * tr16 + ti16 * ti16,
+            numba.float64(m16) + 0.0)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        m17 = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = select(
+            m17 > escape2, tr17 * tr17 + ti17 * ti17,
+            numba.float64(m17) + 0.0)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        m18 = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = select(
+            m18 > escape2, tr18 * tr18 + ti18 * ti18,
+            numba.float64(m18) + 0.0)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        m19 = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = select(
+            m19 > escape2, tr19 * tr19 + ti19 * ti19,
+            numba.float64(m19) + 0.0)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        m20 = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = select(
+            m20 > escape2, tr20 * tr20 + ti20 * ti20,
+            numba.float64(m20) + 0.0)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        m21 = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = select(
+            m21 > escape2, tr21 * tr21 + ti21 * ti21,
+            numba.float64(m21) + 0.0)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        m22 = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = select(
+            m22 > escape2, tr22 * tr22 + ti22 * ti22,
+            numba.float64(m22) + 0.0)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        m23 = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = select(
+            m23 > escape2, tr23 * tr23 + ti23 * ti23,
+            numba.float64(m23) + 0.0)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        m24 = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = select(
+            m24 > escape2, tr24 * tr24 + ti24 * ti24,
+            numba.float64(m24) + 0.0)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        m25 = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = select(
+            m25 > escape2, tr25 * tr25 + ti25 * ti25,
+            numba.float64(m25) + 0.0)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        m26 = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = select(
+            m26 > escape2, tr26 * tr26 + ti26 * ti26,
+            numba.float64(m26) + 0.0)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        m27 = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = select(
+            m27 > escape2, tr27 * tr27 + ti27 * ti27,
+            numba.float64(m27) + 0.0)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        m28 = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = select(
+            m28 > escape2, tr28 * tr28 + ti28 * ti28,
+            numba.float64(m28) + 0.0)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        m29 = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = select(
+            m29 > escape2, tr29 * tr29 + ti29 * ti29,
+            numba.float64(m29) + 0.0)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        m30 = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = select(
+            m30 > escape2, tr30 * tr30 + ti30 * ti30,
+            numba.float64(m30) + 0.0)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        m31 = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = select(
+            m31 > escape2, tr31 * tr31 + ti31 * ti31,
+            numba.float64(m31) + 0.0)
         counts[min(k0 + 32, last)] = n32
-        mag2[min(k0 + 32, last)] = zr32 * zr32 + zi32 * zi32
+        m32 = zr32 * zr32 + zi32 * zi32
+        mag2[min(k0 + 32, last)] = select(
+            m32 > escape2, tr32 * tr32 + ti32 * ti32,
+            numba.float64(m32) + 0.0)
         counts[min(k0 + 33, last)] = n33
-        mag2[min(k0 + 33, last)] = zr33 * zr33 + zi33 * zi33
+        m33 = zr33 * zr33 + zi33 * zi33
+        mag2[min(k0 + 33, last)] = select(
+            m33 > escape2, tr33 * tr33 + ti33 * ti33,
+            numba.float64(m33) + 0.0)
         counts[min(k0 + 34, last)] = n34
-        mag2[min(k0 + 34, last)] = zr34 * zr34 + zi34 * zi34
+        m34 = zr34 * zr34 + zi34 * zi34
+        mag2[min(k0 + 34, last)] = select(
+            m34 > escape2, tr34 * tr34 + ti34 * ti34,
+            numba.float64(m34) + 0.0)
         counts[min(k0 + 35, last)] = n35
-        mag2[min(k0 + 35, last)] = zr35 * zr35 + zi35 * zi35
+        m35 = zr35 * zr35 + zi35 * zi35
+        mag2[min(k0 + 35, last)] = select(
+            m35 > escape2, tr35 * tr35 + ti35 * ti35,
+            numba.float64(m35) + 0.0)
         counts[min(k0 + 36, last)] = n36
-        mag2[min(k0 + 36, last)] = zr36 * zr36 + zi36 * zi36
+        m36 = zr36 * zr36 + zi36 * zi36
+        mag2[min(k0 + 36, last)] = select(
+            m36 > escape2, tr36 * tr36 + ti36 * ti36,
+            numba.float64(m36) + 0.0)
         counts[min(k0 + 37, last)] = n37
-        mag2[min(k0 + 37, last)] = zr37 * zr37 + zi37 * zi37
+        m37 = zr37 * zr37 + zi37 * zi37
+        mag2[min(k0 + 37, last)] = select(
+            m37 > escape2, tr37 * tr37 + ti37 * ti37,
+            numba.float64(m37) + 0.0)
         counts[min(k0 + 38, last)] = n38
-        mag2[min(k0 + 38, last)] = zr38 * zr38 + zi38 * zi38
+        m38 = zr38 * zr38 + zi38 * zi38
+        mag2[min(k0 + 38, last)] = select(
+            m38 > escape2, tr38 * tr38 + ti38 * ti38,
+            numba.float64(m38) + 0.0)
         counts[min(k0 + 39, last)] = n39
-        mag2[min(k0 + 39, last)] = zr39 * zr39 + zi39 * zi39
+        m39 = zr39 * zr39 + zi39 * zi39
+        mag2[min(k0 + 39, last)] = select(
+            m39 > escape2, tr39 * tr39 + ti39 * ti39,
+            numba.float64(m39) + 0.0)
         counts[min(k0 + 40, last)] = n40
-        mag2[min(k0 + 40, last)] = zr40 * zr40 + zi40 * zi40
+        m40 = zr40 * zr40 + zi40 * zi40
+        mag2[min(k0 + 40, last)] = select(
+            m40 > escape2, tr40 * tr40 + ti40 * ti40,
+            numba.float64(m40) + 0.0)
         counts[min(k0 + 41, last)] = n41
-        mag2[min(k0 + 41, last)] = zr41 * zr41 + zi41 * zi41
+        m41 = zr41 * zr41 + zi41 * zi41
+        mag2[min(k0 + 41, last)] = select(
+            m41 > escape2, tr41 * tr41 + ti41 * ti41,
+            numba.float64(m41) + 0.0)
         counts[min(k0 + 42, last)] = n42
-        mag2[min(k0 + 42, last)] = zr42 * zr42 + zi42 * zi42
+        m42 = zr42 * zr42 + zi42 * zi42
+        mag2[min(k0 + 42, last)] = select(
+            m42 > escape2, tr42 * tr42 + ti42 * ti42,
+            numba.float64(m42) + 0.0)
         counts[min(k0 + 43, last)] = n43
-        mag2[min(k0 + 43, last)] = zr43 * zr43 + zi43 * zi43
+        m43 = zr43 * zr43 + zi43 * zi43
+        mag2[min(k0 + 43, last)] = select(
+            m43 > escape2, tr43 * tr43 + ti43 * ti43,
+            numba.float64(m43) + 0.0)
         counts[min(k0 + 44, last)] = n44
-        mag2[min(k0 + 44, last)] = zr44 * zr44 + zi44 * zi44
+        m44 = zr44 * zr44 + zi44 * zi44
+        mag2[min(k0 + 44, last)] = select(
+            m44 > escape2, tr44 * tr44 + ti44 * ti44,
+            numba.float64(m44) + 0.0)
         counts[min(k0 + 45, last)] = n45
-        mag2[min(k0 + 45, last)] = zr45 * zr45 + zi45 * zi45
+        m45 = zr45 * zr45 + zi45 * zi45
+        mag2[min(k0 + 45, last)] = select(
+            m45 > escape2, tr45 * tr45 + ti45 * ti45,
+            numba.float64(m45) + 0.0)
         counts[min(k0 + 46, last)] = n46
-        mag2[min(k0 + 46, last)] = zr46 * zr46 + zi46 * zi46
+        m46 = zr46 * zr46 + zi46 * zi46
+        mag2[min(k0 + 46, last)] = select(
+            m46 > escape2, tr46 * tr46 + ti46 * ti46,
+            numba.float64(m46) + 0.0)
         counts[min(k0 + 47, last)] = n47
-        mag2[min(k0 + 47, last)] = zr47 * zr47 + zi47 * zi47
+        m47 = zr47 * zr47 + zi47 * zi47
+        mag2[min(k0 + 47, last)] = select(
+            m47 > escape2, tr47 * tr47 + ti47 * ti47,
+            numba.float64(m47) + 0.0)
         counts[min(k0 + 48, last)] = n48
-        mag2[min(k0 + 48, last)] = zr48 * zr48 + zi48 * zi48
+        m48 = zr48 * zr48 + zi48 * zi48
+        mag2[min(k0 + 48, last)] = select(
+            m48 > escape2, tr48 * tr48 + ti48 * ti48,
+            numba.float64(m48) + 0.0)
         counts[min(k0 + 49, last)] = n49
-        mag2[min(k0 + 49, last)] = zr49 * zr49 + zi49 * zi49
+        m49 = zr49 * zr49 + zi49 * zi49
+        mag2[min(k0 + 49, last)] = select(
+            m49 > escape2, tr49 * tr49 + ti49 * ti49,
+            numba.float64(m49) + 0.0)
         counts[min(k0 + 50, last)] = n50
-        mag2[min(k0 + 50, last)] = zr50 * zr50 + zi50 * zi50
+        m50 = zr50 * zr50 + zi50 * zi50
+        mag2[min(k0 + 50, last)] = select(
+            m50 > escape2, tr50 * tr50 + ti50 * ti50,
+            numba.float64(m50) + 0.0)
         counts[min(k0 + 51, last)] = n51
-        mag2[min(k0 + 51, last)] = zr51 * zr51 + zi51 * zi51
+        m51 = zr51 * zr51 + zi51 * zi51
+        mag2[min(k0 + 51, last)] = select(
+            m51 > escape2, tr51 * tr51 + ti51 * ti51,
+            numba.float64(m51) + 0.0)
         counts[min(k0 + 52, last)] = n52
-        mag2[min(k0 + 52, last)] = zr52 * zr52 + zi52 * zi52
+        m52 = zr52 * zr52 + zi52 * zi52
+        mag2[min(k0 + 52, last)] = select(
+            m52 > escape2, tr52 * tr52 + ti52 * ti52,
+            numba.float64(m52) + 0.0)
         counts[min(k0 + 53, last)] = n53
-        mag2[min(k0 + 53, last)] = zr53 * zr53 + zi53 * zi53
+        m53 = zr53 * zr53 + zi53 * zi53
+        mag2[min(k0 + 53, last)] = select(
+            m53 > escape2, tr53 * tr53 + ti53 * ti53,
+            numba.float64(m53) + 0.0)
         counts[min(k0 + 54, last)] = n54
-        mag2[min(k0 + 54, last)] = zr54 * zr54 + zi54 * zi54
+        m54 = zr54 * zr54 + zi54 * zi54
+        mag2[min(k0 + 54, last)] = select(
+            m54 > escape2, tr54 * tr54 + ti54 * ti54,
+            numba.float64(m54) + 0.0)
         counts[min(k0 + 55, last)] = n55
-        mag2[min(k0 + 55, last)] = zr55 * zr55 + zi55 * zi55
+        m55 = zr55 * zr55 + zi55 * zi55
+        mag2[min(k0 + 55, last)] = select(
+            m55 > escape2, tr55 * tr55 + ti55 * ti55,
+            numba.float64(m55) + 0.0)
         counts[min(k0 + 56, last)] = n56
-        mag2[min(k0 + 56, last)] = zr56 * zr56 + zi56 * zi56
+        m56 = zr56 * zr56 + zi56 * zi56
+        mag2[min(k0 + 56, last)] = select(
+            m56 > escape2, tr56 * tr56 + ti56 * ti56,
+            numba.float64(m56) + 0.0)
         counts[min(k0 + 57, last)] = n57
-        mag2[min(k0 + 57, last)] = zr57 * zr57 + zi57 * zi57
+        m57 = zr57 * zr57 + zi57 * zi57
+        mag2[min(k0 + 57, last)] = select(
+            m57 > escape2, tr57 * tr57 + ti57 * ti57,
+            numba.float64(m57) + 0.0)
         counts[min(k0 + 58, last)] = n58
-        mag2[min(k0 + 58, last)] = zr58 * zr58 + zi58 * zi58
+        m58 = zr58 * zr58 + zi58 * zi58
+        mag2[min(k0 + 58, last)] = select(
+            m58 > escape2, tr58 * tr58 + ti58 * ti58,
+            numba.float64(m58) + 0.0)
         counts[min(k0 + 59, last)] = n59
-        mag2[min(k0 + 59, last)] = zr59 * zr59 + zi59 * zi59
+        m59 = zr59 * zr59 + zi59 * zi59
+        mag2[min(k0 + 59, last)] = select(
+            m59 > escape2, tr59 * tr59 + ti59 * ti59,
+            numba.float64(m59) + 0.0)
         counts[min(k0 + 60, last)] = n60
-        mag2[min(k0 + 60, last)] = zr60 * zr60 + zi60 * zi60
+        m60 = zr60 * zr60 + zi60 * zi60
+        mag2[min(k0 + 60, last)] = select(
+            m60 > escape2, tr60 * tr60 + ti60 * ti60,
+            numba.float64(m60) + 0.0)
         counts[min(k0 + 61, last)] = n61
-        mag2[min(k0 + 61, last)] = zr61 * zr61 + zi61 * zi61
+        m61 = zr61 * zr61 + zi61 * zi61
+        mag2[min(k0 + 61, last)] = select(
+            m61 > escape2, tr61 * tr61 + ti61 * ti61,
+            numba.float64(m61) + 0.0)
         counts[min(k0 + 62, last)] = n62
-        mag2[min(k0 + 62, last)] = zr62 * zr62 + zi62 * zi62
+        m62 = zr62 * zr62 + zi62 * zi62
+        mag2[min(k0 + 62, last)] = select(
+            m62 > escape2, tr62 * tr62 + ti62 * ti62,
+            numba.float64(m62) + 0.0)
         counts[min(k0 + 63, last)] = n63
-        mag2[min(k0 + 63, last)] = zr63 * zr63 + zi63 * zi63
+        m63 = zr63 * zr63 + zi63 * zi63
+        mag2[min(k0 + 63, last)] = select(
+            m63 > escape2, tr63 * tr63 + ti63 * ti63,
+            numba.float64(m63) + 0.0)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0
@@ -1937,134 +2581,775 @@ def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter,
             n62 = select(run62, done, n62)
             n63 = select(run63, done, n63)
             it += 1
+        tr0 = numba.float64(zr0) + 0.0
+        tr1 = numba.float64(zr1) + 0.0
+        tr2 = numba.float64(zr2) + 0.0
+        tr3 = numba.float64(zr3) + 0.0
+        tr4 = numba.float64(zr4) + 0.0
+        tr5 = numba.float64(zr5) + 0.0
+        tr6 = numba.float64(zr6) + 0.0
+        tr7 = numba.float64(zr7) + 0.0
+        tr8 = numba.float64(zr8) + 0.0
+        tr9 = numba.float64(zr9) + 0.0
+        tr10 = numba.float64(zr10) + 0.0
+        tr11 = numba.float64(zr11) + 0.0
+        tr12 = numba.float64(zr12) + 0.0
+        tr13 = numba.float64(zr13) + 0.0
+        tr14 = numba.float64(zr14) + 0.0
+        tr15 = numba.float64(zr15) + 0.0
+        tr16 = numba.float64(zr16) + 0.0
+        tr17 = numba.float64(zr17) + 0.0
+        tr18 = numba.float64(zr18) + 0.0
+        tr19 = numba.float64(zr19) + 0.0
+        tr20 = numba.float64(zr20) + 0.0
+        tr21 = numba.float64(zr21) + 0.0
+        tr22 = numba.float64(zr22) + 0.0
+        tr23 = numba.float64(zr23) + 0.0
+        tr24 = numba.float64(zr24) + 0.0
+        tr25 = numba.float64(zr25) + 0.0
+        tr26 = numba.float64(zr26) + 0.0
+        tr27 = numba.float64(zr27) + 0.0
+        tr28 = numba.float64(zr28) + 0.0
+        tr29 = numba.float64(zr29) + 0.0
+        tr30 = numba.float64(zr30) + 0.0
+        tr31 = numba.float64(zr31) + 0.0
+        tr32 = numba.float64(zr32) + 0.0
+        tr33 = numba.float64(zr33) + 0.0
+        tr34 = numba.float64(zr34) + 0.0
+        tr35 = numba.float64(zr35) + 0.0
+        tr36 = numba.float64(zr36) + 0.0
+        tr37 = numba.float64(zr37) + 0.0
+        tr38 = numba.float64(zr38) + 0.0
+        tr39 = numba.float64(zr39) + 0.0
+        tr40 = numba.float64(zr40) + 0.0
+        tr41 = numba.float64(zr41) + 0.0
+        tr42 = numba.float64(zr42) + 0.0
+        tr43 = numba.float64(zr43) + 0.0
+        tr44 = numba.float64(zr44) + 0.0
+        tr45 = numba.float64(zr45) + 0.0
+        tr46 = numba.float64(zr46) + 0.0
+        tr47 = numba.float64(zr47) + 0.0
+        tr48 = numba.float64(zr48) + 0.0
+        tr49 = numba.float64(zr49) + 0.0
+        tr50 = numba.float64(zr50) + 0.0
+        tr51 = numba.float64(zr51) + 0.0
+        tr52 = numba.float64(zr52) + 0.0
+        tr53 = numba.float64(zr53) + 0.0
+        tr54 = numba.float64(zr54) + 0.0
+        tr55 = numba.float64(zr55) + 0.0
+        tr56 = numba.float64(zr56) + 0.0
+        tr57 = numba.float64(zr57) + 0.0
+        tr58 = numba.float64(zr58) + 0.0
+        tr59 = numba.float64(zr59) + 0.0
+        tr60 = numba.float64(zr60) + 0.0
+        tr61 = numba.float64(zr61) + 0.0
+        tr62 = numba.float64(zr62) + 0.0
+        tr63 = numba.float64(zr63) + 0.0
+        ti0 = numba.float64(zi0) + 0.0
+        ti1 = numba.float64(zi1) + 0.0
+        ti2 = numba.float64(zi2) + 0.0
+        ti3 = numba.float64(zi3) + 0.0
+        ti4 = numba.float64(zi4) + 0.0
+        ti5 = numba.float64(zi5) + 0.0
+        ti6 = numba.float64(zi6) + 0.0
+        ti7 = numba.float64(zi7) + 0.0
+        ti8 = numba.float64(zi8) + 0.0
+        ti9 = numba.float64(zi9) + 0.0
+        ti10 = numba.float64(zi10) + 0.0
+        ti11 = numba.float64(zi11) + 0.0
+        ti12 = numba.float64(zi12) + 0.0
+        ti13 = numba.float64(zi13) + 0.0
+        ti14 = numba.float64(zi14) + 0.0
+        ti15 = numba.float64(zi15) + 0.0
+        ti16 = numba.float64(zi16) + 0.0
+        ti17 = numba.float64(zi17) + 0.0
+        ti18 = numba.float64(zi18) + 0.0
+        ti19 = numba.float64(zi19) + 0.0
+        ti20 = numba.float64(zi20) + 0.0
+        ti21 = numba.float64(zi21) + 0.0
+        ti22 = numba.float64(zi22) + 0.0
+        ti23 = numba.float64(zi23) + 0.0
+        ti24 = numba.float64(zi24) + 0.0
+        ti25 = numba.float64(zi25) + 0.0
+        ti26 = numba.float64(zi26) + 0.0
+        ti27 = numba.float64(zi27) + 0.0
+        ti28 = numba.float64(zi28) + 0.0
+        ti29 = numba.float64(zi29) + 0.0
+        ti30 = numba.float64(zi30) + 0.0
+        ti31 = numba.float64(zi31) + 0.0
+        ti32 = numba.float64(zi32) + 0.0
+        ti33 = numba.float64(zi33) + 0.0
+        ti34 = numba.float64(zi34) + 0.0
+        ti35 = numba.float64(zi35) + 0.0
+        ti36 = numba.float64(zi36) + 0.0
+        ti37 = numba.float64(zi37) + 0.0
+        ti38 = numba.float64(zi38) + 0.0
+        ti39 = numba.float64(zi39) + 0.0
+        ti40 = numba.float64(zi40) + 0.0
+        ti41 = numba.float64(zi41) + 0.0
+        ti42 = numba.float64(zi42) + 0.0
+        ti43 = numba.float64(zi43) + 0.0
+        ti44 = numba.float64(zi44) + 0.0
+        ti45 = numba.float64(zi45) + 0.0
+        ti46 = numba.float64(zi46) + 0.0
+        ti47 = numba.float64(zi47) + 0.0
+        ti48 = numba.float64(zi48) + 0.0
+        ti49 = numba.float64(zi49) + 0.0
+        ti50 = numba.float64(zi50) + 0.0
+        ti51 = numba.float64(zi51) + 0.0
+        ti52 = numba.float64(zi52) + 0.0
+        ti53 = numba.float64(zi53) + 0.0
+        ti54 = numba.float64(zi54) + 0.0
+        ti55 = numba.float64(zi55) + 0.0
+        ti56 = numba.float64(zi56) + 0.0
+        ti57 = numba.float64(zi57) + 0.0
+        ti58 = numba.float64(zi58) + 0.0
+        ti59 = numba.float64(zi59) + 0.0
+        ti60 = numba.float64(zi60) + 0.0
+        ti61 = numba.float64(zi61) + 0.0
+        ti62 = numba.float64(zi62) + 0.0
+        ti63 = numba.float64(zi63) + 0.0
+        tcr0 = numba.float64(c0) + 0.0
+        tcr1 = numba.float64(c1) + 0.0
+        tcr2 = numba.float64(c2) + 0.0
+        tcr3 = numba.float64(c3) + 0.0
+        tcr4 = numba.float64(c4) + 0.0
+        tcr5 = numba.float64(c5) + 0.0
+        tcr6 = numba.float64(c6) + 0.0
+        tcr7 = numba.float64(c7) + 0.0
+        tcr8 = numba.float64(c8) + 0.0
+        tcr9 = numba.float64(c9) + 0.0
+        tcr10 = numba.float64(c10) + 0.0
+        tcr11 = numba.float64(c11) + 0.0
+        tcr12 = numba.float64(c12) + 0.0
+        tcr13 = numba.float64(c13) + 0.0
+        tcr14 = numba.float64(c14) + 0.0
+        tcr15 = numba.float64(c15) + 0.0
+        tcr16 = numba.float64(c16) + 0.0
+        tcr17 = numba.float64(c17) + 0.0
+        tcr18 = numba.float64(c18) + 0.0
+        tcr19 = numba.float64(c19) + 0.0
+        tcr20 = numba.float64(c20) + 0.0
+        tcr21 = numba.float64(c21) + 0.0
+        tcr22 = numba.float64(c22) + 0.0
+        tcr23 = numba.float64(c23) + 0.0
+        tcr24 = numba.float64(c24) + 0.0
+        tcr25 = numba.float64(c25) + 0.0
+        tcr26 = numba.float64(c26) + 0.0
+        tcr27 = numba.float64(c27) + 0.0
+        tcr28 = numba.float64(c28) + 0.0
+        tcr29 = numba.float64(c29) + 0.0
+        tcr30 = numba.float64(c30) + 0.0
+        tcr31 = numba.float64(c31) + 0.0
+        tcr32 = numba.float64(c32) + 0.0
+        tcr33 = numba.float64(c33) + 0.0
+        tcr34 = numba.float64(c34) + 0.0
+        tcr35 = numba.float64(c35) + 0.0
+        tcr36 = numba.float64(c36) + 0.0
+        tcr37 = numba.float64(c37) + 0.0
+        tcr38 = numba.float64(c38) + 0.0
+        tcr39 = numba.float64(c39) + 0.0
+        tcr40 = numba.float64(c40) + 0.0
+        tcr41 = numba.float64(c41) + 0.0
+        tcr42 = numba.float64(c42) + 0.0
+        tcr43 = numba.float64(c43) + 0.0
+        tcr44 = numba.float64(c44) + 0.0
+        tcr45 = numba.float64(c45) + 0.0
+        tcr46 = numba.float64(c46) + 0.0
+        tcr47 = numba.float64(c47) + 0.0
+        tcr48 = numba.float64(c48) + 0.0
+        tcr49 = numba.float64(c49) + 0.0
+        tcr50 = numba.float64(c50) + 0.0
+        tcr51 = numba.float64(c51) + 0.0
+        tcr52 = numba.float64(c52) + 0.0
+        tcr53 = numba.float64(c53) + 0.0
+        tcr54 = numba.float64(c54) + 0.0
+        tcr55 = numba.float64(c55) + 0.0
+        tcr56 = numba.float64(c56) + 0.0
+        tcr57 = numba.float64(c57) + 0.0
+        tcr58 = numba.float64(c58) + 0.0
+        tcr59 = numba.float64(c59) + 0.0
+        tcr60 = numba.float64(c60) + 0.0
+        tcr61 = numba.float64(c61) + 0.0
+        tcr62 = numba.float64(c62) + 0.0
+        tcr63 = numba.float64(c63) + 0.0
+        tci0 = numba.float64(ci0) + 0.0
+        tci1 = numba.float64(ci1) + 0.0
+        tci2 = numba.float64(ci2) + 0.0
+        tci3 = numba.float64(ci3) + 0.0
+        tci4 = numba.float64(ci4) + 0.0
+        tci5 = numba.float64(ci5) + 0.0
+        tci6 = numba.float64(ci6) + 0.0
+        tci7 = numba.float64(ci7) + 0.0
+        tci8 = numba.float64(ci8) + 0.0
+        tci9 = numba.float64(ci9) + 0.0
+        tci10 = numba.float64(ci10) + 0.0
+        tci11 = numba.float64(ci11) + 0.0
+        tci12 = numba.float64(ci12) + 0.0
+        tci13 = numba.float64(ci13) + 0.0
+        tci14 = numba.float64(ci14) + 0.0
+        tci15 = numba.float64(ci15) + 0.0
+        tci16 = numba.float64(ci16) + 0.0
+        tci17 = numba.float64(ci17) + 0.0
+        tci18 = numba.float64(ci18) + 0.0
+        tci19 = numba.float64(ci19) + 0.0
+        tci20 = numba.float64(ci20) + 0.0
+        tci21 = numba.float64(ci21) + 0.0
+        tci22 = numba.float64(ci22) + 0.0
+        tci23 = numba.float64(ci23) + 0.0
+        tci24 = numba.float64(ci24) + 0.0
+        tci25 = numba.float64(ci25) + 0.0
+        tci26 = numba.float64(ci26) + 0.0
+        tci27 = numba.float64(ci27) + 0.0
+        tci28 = numba.float64(ci28) + 0.0
+        tci29 = numba.float64(ci29) + 0.0
+        tci30 = numba.float64(ci30) + 0.0
+        tci31 = numba.float64(ci31) + 0.0
+        tci32 = numba.float64(ci32) + 0.0
+        tci33 = numba.float64(ci33) + 0.0
+        tci34 = numba.float64(ci34) + 0.0
+        tci35 = numba.float64(ci35) + 0.0
+        tci36 = numba.float64(ci36) + 0.0
+        tci37 = numba.float64(ci37) + 0.0
+        tci38 = numba.float64(ci38) + 0.0
+        tci39 = numba.float64(ci39) + 0.0
+        tci40 = numba.float64(ci40) + 0.0
+        tci41 = numba.float64(ci41) + 0.0
+        tci42 = numba.float64(ci42) + 0.0
+        tci43 = numba.float64(ci43) + 0.0
+        tci44 = numba.float64(ci44) + 0.0
+        tci45 = numba.float64(ci45) + 0.0
+        tci46 = numba.float64(ci46) + 0.0
+        tci47 = numba.float64(ci47) + 0.0
+        tci48 = numba.float64(ci48) + 0.0
+        tci49 = numba.float64(ci49) + 0.0
+        tci50 = numba.float64(ci50) + 0.0
+        tci51 = numba.float64(ci51) + 0.0
+        tci52 = numba.float64(ci52) + 0.0
+        tci53 = numba.float64(ci53) + 0.0
+        tci54 = numba.float64(ci54) + 0.0
+        tci55 = numba.float64(ci55) + 0.0
+        tci56 = numba.float64(ci56) + 0.0
+        tci57 = numba.float64(ci57) + 0.0
+        tci58 = numba.float64(ci58) + 0.0
+        tci59 = numba.float64(ci59) + 0.0
+        tci60 = numba.float64(ci60) + 0.0
+        tci61 = numba.float64(ci61) + 0.0
+        tci62 = numba.float64(ci62) + 0.0
+        tci63 = numba.float64(ci63) + 0.0
+        for _tail_step in range(tail_iterations(power)):
+            tt0 = tr0 * tr0 - ti0 * ti0 + tcr0
+            tt1 = tr1 * tr1 - ti1 * ti1 + tcr1
+            tt2 = tr2 * tr2 - ti2 * ti2 + tcr2
+            tt3 = tr3 * tr3 - ti3 * ti3 + tcr3
+            tt4 = tr4 * tr4 - ti4 * ti4 + tcr4
+            tt5 = tr5 * tr5 - ti5 * ti5 + tcr5
+            tt6 = tr6 * tr6 - ti6 * ti6 + tcr6
+            tt7 = tr7 * tr7 - ti7 * ti7 + tcr7
+            tt8 = tr8 * tr8 - ti8 * ti8 + tcr8
+            tt9 = tr9 * tr9 - ti9 * ti9 + tcr9
+            tt10 = tr10 * tr10 - ti10 * ti10 + tcr10
+            tt11 = tr11 * tr11 - ti11 * ti11 + tcr11
+            tt12 = tr12 * tr12 - ti12 * ti12 + tcr12
+            tt13 = tr13 * tr13 - ti13 * ti13 + tcr13
+            tt14 = tr14 * tr14 - ti14 * ti14 + tcr14
+            tt15 = tr15 * tr15 - ti15 * ti15 + tcr15
+            tt16 = tr16 * tr16 - ti16 * ti16 + tcr16
+            tt17 = tr17 * tr17 - ti17 * ti17 + tcr17
+            tt18 = tr18 * tr18 - ti18 * ti18 + tcr18
+            tt19 = tr19 * tr19 - ti19 * ti19 + tcr19
+            tt20 = tr20 * tr20 - ti20 * ti20 + tcr20
+            tt21 = tr21 * tr21 - ti21 * ti21 + tcr21
+            tt22 = tr22 * tr22 - ti22 * ti22 + tcr22
+            tt23 = tr23 * tr23 - ti23 * ti23 + tcr23
+            tt24 = tr24 * tr24 - ti24 * ti24 + tcr24
+            tt25 = tr25 * tr25 - ti25 * ti25 + tcr25
+            tt26 = tr26 * tr26 - ti26 * ti26 + tcr26
+            tt27 = tr27 * tr27 - ti27 * ti27 + tcr27
+            tt28 = tr28 * tr28 - ti28 * ti28 + tcr28
+            tt29 = tr29 * tr29 - ti29 * ti29 + tcr29
+            tt30 = tr30 * tr30 - ti30 * ti30 + tcr30
+            tt31 = tr31 * tr31 - ti31 * ti31 + tcr31
+            tt32 = tr32 * tr32 - ti32 * ti32 + tcr32
+            tt33 = tr33 * tr33 - ti33 * ti33 + tcr33
+            tt34 = tr34 * tr34 - ti34 * ti34 + tcr34
+            tt35 = tr35 * tr35 - ti35 * ti35 + tcr35
+            tt36 = tr36 * tr36 - ti36 * ti36 + tcr36
+            tt37 = tr37 * tr37 - ti37 * ti37 + tcr37
+            tt38 = tr38 * tr38 - ti38 * ti38 + tcr38
+            tt39 = tr39 * tr39 - ti39 * ti39 + tcr39
+            tt40 = tr40 * tr40 - ti40 * ti40 + tcr40
+            tt41 = tr41 * tr41 - ti41 * ti41 + tcr41
+            tt42 = tr42 * tr42 - ti42 * ti42 + tcr42
+            tt43 = tr43 * tr43 - ti43 * ti43 + tcr43
+            tt44 = tr44 * tr44 - ti44 * ti44 + tcr44
+            tt45 = tr45 * tr45 - ti45 * ti45 + tcr45
+            tt46 = tr46 * tr46 - ti46 * ti46 + tcr46
+            tt47 = tr47 * tr47 - ti47 * ti47 + tcr47
+            tt48 = tr48 * tr48 - ti48 * ti48 + tcr48
+            tt49 = tr49 * tr49 - ti49 * ti49 + tcr49
+            tt50 = tr50 * tr50 - ti50 * ti50 + tcr50
+            tt51 = tr51 * tr51 - ti51 * ti51 + tcr51
+            tt52 = tr52 * tr52 - ti52 * ti52 + tcr52
+            tt53 = tr53 * tr53 - ti53 * ti53 + tcr53
+            tt54 = tr54 * tr54 - ti54 * ti54 + tcr54
+            tt55 = tr55 * tr55 - ti55 * ti55 + tcr55
+            tt56 = tr56 * tr56 - ti56 * ti56 + tcr56
+            tt57 = tr57 * tr57 - ti57 * ti57 + tcr57
+            tt58 = tr58 * tr58 - ti58 * ti58 + tcr58
+            tt59 = tr59 * tr59 - ti59 * ti59 + tcr59
+            tt60 = tr60 * tr60 - ti60 * ti60 + tcr60
+            tt61 = tr61 * tr61 - ti61 * ti61 + tcr61
+            tt62 = tr62 * tr62 - ti62 * ti62 + tcr62
+            tt63 = tr63 * tr63 - ti63 * ti63 + tcr63
+            ti0 = 2.0 * tr0 * ti0 + tci0
+            ti1 = 2.0 * tr1 * ti1 + tci1
+            ti2 = 2.0 * tr2 * ti2 + tci2
+            ti3 = 2.0 * tr3 * ti3 + tci3
+            ti4 = 2.0 * tr4 * ti4 + tci4
+            ti5 = 2.0 * tr5 * ti5 + tci5
+            ti6 = 2.0 * tr6 * ti6 + tci6
+            ti7 = 2.0 * tr7 * ti7 + tci7
+            ti8 = 2.0 * tr8 * ti8 + tci8
+            ti9 = 2.0 * tr9 * ti9 + tci9
+            ti10 = 2.0 * tr10 * ti10 + tci10
+            ti11 = 2.0 * tr11 * ti11 + tci11
+            ti12 = 2.0 * tr12 * ti12 + tci12
+            ti13 = 2.0 * tr13 * ti13 + tci13
+            ti14 = 2.0 * tr14 * ti14 + tci14
+            ti15 = 2.0 * tr15 * ti15 + tci15
+            ti16 = 2.0 * tr16 * ti16 + tci16
+            ti17 = 2.0 * tr17 * ti17 + tci17
+            ti18 = 2.0 * tr18 * ti18 + tci18
+            ti19 = 2.0 * tr19 * ti19 + tci19
+            ti20 = 2.0 * tr20 * ti20 + tci20
+            ti21 = 2.0 * tr21 * ti21 + tci21
+            ti22 = 2.0 * tr22 * ti22 + tci22
+            ti23 = 2.0 * tr23 * ti23 + tci23
+            ti24 = 2.0 * tr24 * ti24 + tci24
+            ti25 = 2.0 * tr25 * ti25 + tci25
+            ti26 = 2.0 * tr26 * ti26 + tci26
+            ti27 = 2.0 * tr27 * ti27 + tci27
+            ti28 = 2.0 * tr28 * ti28 + tci28
+            ti29 = 2.0 * tr29 * ti29 + tci29
+            ti30 = 2.0 * tr30 * ti30 + tci30
+            ti31 = 2.0 * tr31 * ti31 + tci31
+            ti32 = 2.0 * tr32 * ti32 + tci32
+            ti33 = 2.0 * tr33 * ti33 + tci33
+            ti34 = 2.0 * tr34 * ti34 + tci34
+            ti35 = 2.0 * tr35 * ti35 + tci35
+            ti36 = 2.0 * tr36 * ti36 + tci36
+            ti37 = 2.0 * tr37 * ti37 + tci37
+            ti38 = 2.0 * tr38 * ti38 + tci38
+            ti39 = 2.0 * tr39 * ti39 + tci39
+            ti40 = 2.0 * tr40 * ti40 + tci40
+            ti41 = 2.0 * tr41 * ti41 + tci41
+            ti42 = 2.0 * tr42 * ti42 + tci42
+            ti43 = 2.0 * tr43 * ti43 + tci43
+            ti44 = 2.0 * tr44 * ti44 + tci44
+            ti45 = 2.0 * tr45 * ti45 + tci45
+            ti46 = 2.0 * tr46 * ti46 + tci46
+            ti47 = 2.0 * tr47 * ti47 + tci47
+            ti48 = 2.0 * tr48 * ti48 + tci48
+            ti49 = 2.0 * tr49 * ti49 + tci49
+            ti50 = 2.0 * tr50 * ti50 + tci50
+            ti51 = 2.0 * tr51 * ti51 + tci51
+            ti52 = 2.0 * tr52 * ti52 + tci52
+            ti53 = 2.0 * tr53 * ti53 + tci53
+            ti54 = 2.0 * tr54 * ti54 + tci54
+            ti55 = 2.0 * tr55 * ti55 + tci55
+            ti56 = 2.0 * tr56 * ti56 + tci56
+            ti57 = 2.0 * tr57 * ti57 + tci57
+            ti58 = 2.0 * tr58 * ti58 + tci58
+            ti59 = 2.0 * tr59 * ti59 + tci59
+            ti60 = 2.0 * tr60 * ti60 + tci60
+            ti61 = 2.0 * tr61 * ti61 + tci61
+            ti62 = 2.0 * tr62 * ti62 + tci62
+            ti63 = 2.0 * tr63 * ti63 + tci63
+            tr0 = tt0
+            tr1 = tt1
+            tr2 = tt2
+            tr3 = tt3
+            tr4 = tt4
+            tr5 = tt5
+            tr6 = tt6
+            tr7 = tt7
+            tr8 = tt8
+            tr9 = tt9
+            tr10 = tt10
+            tr11 = tt11
+            tr12 = tt12
+            tr13 = tt13
+            tr14 = tt14
+            tr15 = tt15
+            tr16 = tt16
+            tr17 = tt17
+            tr18 = tt18
+            tr19 = tt19
+            tr20 = tt20
+            tr21 = tt21
+            tr22 = tt22
+            tr23 = tt23
+            tr24 = tt24
+            tr25 = tt25
+            tr26 = tt26
+            tr27 = tt27
+            tr28 = tt28
+            tr29 = tt29
+            tr30 = tt30
+            tr31 = tt31
+            tr32 = tt32
+            tr33 = tt33
+            tr34 = tt34
+            tr35 = tt35
+            tr36 = tt36
+            tr37 = tt37
+            tr38 = tt38
+            tr39 = tt39
+            tr40 = tt40
+            tr41 = tt41
+            tr42 = tt42
+            tr43 = tt43
+            tr44 = tt44
+            tr45 = tt45
+            tr46 = tt46
+            tr47 = tt47
+            tr48 = tt48
+            tr49 = tt49
+            tr50 = tt50
+            tr51 = tt51
+            tr52 = tt52
+            tr53 = tt53
+            tr54 = tt54
+            tr55 = tt55
+            tr56 = tt56
+            tr57 = tt57
+            tr58 = tt58
+            tr59 = tt59
+            tr60 = tt60
+            tr61 = tt61
+            tr62 = tt62
+            tr63 = tt63
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        m0 = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = select(
+            m0 > escape2, tr0 * tr0 + ti0 * ti0,
+            numba.float64(m0) + 0.0)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        m1 = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = select(
+            m1 > escape2, tr1 * tr1 + ti1 * ti1,
+            numba.float64(m1) + 0.0)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        m2 = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = select(
+            m2 > escape2, tr2 * tr2 + ti2 * ti2,
+            numba.float64(m2) + 0.0)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        m3 = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = select(
+            m3 > escape2, tr3 * tr3 + ti3 * ti3,
+            numba.float64(m3) + 0.0)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        m4 = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = select(
+            m4 > escape2, tr4 * tr4 + ti4 * ti4,
+            numba.float64(m4) + 0.0)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        m5 = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = select(
+            m5 > escape2, tr5 * tr5 + ti5 * ti5,
+            numba.float64(m5) + 0.0)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        m6 = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = select(
+            m6 > escape2, tr6 * tr6 + ti6 * ti6,
+            numba.float64(m6) + 0.0)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        m7 = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = select(
+            m7 > escape2, tr7 * tr7 + ti7 * ti7,
+            numba.float64(m7) + 0.0)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        m8 = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = select(
+            m8 > escape2, tr8 * tr8 + ti8 * ti8,
+            numba.float64(m8) + 0.0)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        m9 = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = select(
+            m9 > escape2, tr9 * tr9 + ti9 * ti9,
+            numba.float64(m9) + 0.0)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        m10 = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = select(
+            m10 > escape2, tr10 * tr10 + ti10 * ti10,
+            numba.float64(m10) + 0.0)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        m11 = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = select(
+            m11 > escape2, tr11 * tr11 + ti11 * ti11,
+            numba.float64(m11) + 0.0)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        m12 = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = select(
+            m12 > escape2, tr12 * tr12 + ti12 * ti12,
+            numba.float64(m12) + 0.0)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        m13 = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = select(
+            m13 > escape2, tr13 * tr13 + ti13 * ti13,
+            numba.float64(m13) + 0.0)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        m14 = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = select(
+            m14 > escape2, tr14 * tr14 + ti14 * ti14,
+            numba.float64(m14) + 0.0)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        m15 = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = select(
+            m15 > escape2, tr15 * tr15 + ti15 * ti15,
+            numba.float64(m15) + 0.0)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        m16 = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = select(
+            m16 > escape2, tr16 * tr16 + ti16 * ti16,
+            numba.float64(m16) + 0.0)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        m17 = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = select(
+            m17 > escape2, tr17 * tr17 + ti17 * ti17,
+            numba.float64(m17) + 0.0)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        m18 = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = select(
+            m18 > escape2, tr18 * tr18 + ti18 * ti18,
+            numba.float64(m18) + 0.0)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        m19 = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = select(
+            m19 > escape2, tr19 * tr19 + ti19 * ti19,
+            numba.float64(m19) + 0.0)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        m20 = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = select(
+            m20 > escape2, tr20 * tr20 + ti20 * ti20,
+            numba.float64(m20) + 0.0)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        m21 = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = select(
+            m21 > escape2, tr21 * tr21 + ti21 * ti21,
+            numba.float64(m21) + 0.0)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        m22 = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = select(
+            m22 > escape2, tr22 * tr22 + ti22 * ti22,
+            numba.float64(m22) + 0.0)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        m23 = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = select(
+            m23 > escape2, tr23 * tr23 + ti23 * ti23,
+            numba.float64(m23) + 0.0)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        m24 = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = select(
+            m24 > escape2, tr24 * tr24 + ti24 * ti24,
+            numba.float64(m24) + 0.0)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        m25 = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = select(
+            m25 > escape2, tr25 * tr25 + ti25 * ti25,
+            numba.float64(m25) + 0.0)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        m26 = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = select(
+            m26 > escape2, tr26 * tr26 + ti26 * ti26,
+            numba.float64(m26) + 0.0)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        m27 = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = select(
+            m27 > escape2, tr27 * tr27 + ti27 * ti27,
+            numba.float64(m27) + 0.0)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        m28 = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = select(
+            m28 > escape2, tr28 * tr28 + ti28 * ti28,
+            numba.float64(m28) + 0.0)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        m29 = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = select(
+            m29 > escape2, tr29 * tr29 + ti29 * ti29,
+            numba.float64(m29) + 0.0)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        m30 = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = select(
+            m30 > escape2, tr30 * tr30 + ti30 * ti30,
+            numba.float64(m30) + 0.0)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        m31 = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = select(
+            m31 > escape2, tr31 * tr31 + ti31 * ti31,
+            numba.float64(m31) + 0.0)
         counts[min(k0 + 32, last)] = n32
-        mag2[min(k0 + 32, last)] = zr32 * zr32 + zi32 * zi32
+        m32 = zr32 * zr32 + zi32 * zi32
+        mag2[min(k0 + 32, last)] = select(
+            m32 > escape2, tr32 * tr32 + ti32 * ti32,
+            numba.float64(m32) + 0.0)
         counts[min(k0 + 33, last)] = n33
-        mag2[min(k0 + 33, last)] = zr33 * zr33 + zi33 * zi33
+        m33 = zr33 * zr33 + zi33 * zi33
+        mag2[min(k0 + 33, last)] = select(
+            m33 > escape2, tr33 * tr33 + ti33 * ti33,
+            numba.float64(m33) + 0.0)
         counts[min(k0 + 34, last)] = n34
-        mag2[min(k0 + 34, last)] = zr34 * zr34 + zi34 * zi34
+        m34 = zr34 * zr34 + zi34 * zi34
+        mag2[min(k0 + 34, last)] = select(
+            m34 > escape2, tr34 * tr34 + ti34 * ti34,
+            numba.float64(m34) + 0.0)
         counts[min(k0 + 35, last)] = n35
-        mag2[min(k0 + 35, last)] = zr35 * zr35 + zi35 * zi35
+        m35 = zr35 * zr35 + zi35 * zi35
+        mag2[min(k0 + 35, last)] = select(
+            m35 > escape2, tr35 * tr35 + ti35 * ti35,
+            numba.float64(m35) + 0.0)
         counts[min(k0 + 36, last)] = n36
-        mag2[min(k0 + 36, last)] = zr36 * zr36 + zi36 * zi36
+        m36 = zr36 * zr36 + zi36 * zi36
+        mag2[min(k0 + 36, last)] = select(
+            m36 > escape2, tr36 * tr36 + ti36 * ti36,
+            numba.float64(m36) + 0.0)
         counts[min(k0 + 37, last)] = n37
-        mag2[min(k0 + 37, last)] = zr37 * zr37 + zi37 * zi37
+        m37 = zr37 * zr37 + zi37 * zi37
+        mag2[min(k0 + 37, last)] = select(
+            m37 > escape2, tr37 * tr37 + ti37 * ti37,
+            numba.float64(m37) + 0.0)
         counts[min(k0 + 38, last)] = n38
-        mag2[min(k0 + 38, last)] = zr38 * zr38 + zi38 * zi38
+        m38 = zr38 * zr38 + zi38 * zi38
+        mag2[min(k0 + 38, last)] = select(
+            m38 > escape2, tr38 * tr38 + ti38 * ti38,
+            numba.float64(m38) + 0.0)
         counts[min(k0 + 39, last)] = n39
-        mag2[min(k0 + 39, last)] = zr39 * zr39 + zi39 * zi39
+        m39 = zr39 * zr39 + zi39 * zi39
+        mag2[min(k0 + 39, last)] = select(
+            m39 > escape2, tr39 * tr39 + ti39 * ti39,
+            numba.float64(m39) + 0.0)
         counts[min(k0 + 40, last)] = n40
-        mag2[min(k0 + 40, last)] = zr40 * zr40 + zi40 * zi40
+        m40 = zr40 * zr40 + zi40 * zi40
+        mag2[min(k0 + 40, last)] = select(
+            m40 > escape2, tr40 * tr40 + ti40 * ti40,
+            numba.float64(m40) + 0.0)
         counts[min(k0 + 41, last)] = n41
-        mag2[min(k0 + 41, last)] = zr41 * zr41 + zi41 * zi41
+        m41 = zr41 * zr41 + zi41 * zi41
+        mag2[min(k0 + 41, last)] = select(
+            m41 > escape2, tr41 * tr41 + ti41 * ti41,
+            numba.float64(m41) + 0.0)
         counts[min(k0 + 42, last)] = n42
-        mag2[min(k0 + 42, last)] = zr42 * zr42 + zi42 * zi42
+        m42 = zr42 * zr42 + zi42 * zi42
+        mag2[min(k0 + 42, last)] = select(
+            m42 > escape2, tr42 * tr42 + ti42 * ti42,
+            numba.float64(m42) + 0.0)
         counts[min(k0 + 43, last)] = n43
-        mag2[min(k0 + 43, last)] = zr43 * zr43 + zi43 * zi43
+        m43 = zr43 * zr43 + zi43 * zi43
+        mag2[min(k0 + 43, last)] = select(
+            m43 > escape2, tr43 * tr43 + ti43 * ti43,
+            numba.float64(m43) + 0.0)
         counts[min(k0 + 44, last)] = n44
-        mag2[min(k0 + 44, last)] = zr44 * zr44 + zi44 * zi44
+        m44 = zr44 * zr44 + zi44 * zi44
+        mag2[min(k0 + 44, last)] = select(
+            m44 > escape2, tr44 * tr44 + ti44 * ti44,
+            numba.float64(m44) + 0.0)
         counts[min(k0 + 45, last)] = n45
-        mag2[min(k0 + 45, last)] = zr45 * zr45 + zi45 * zi45
+        m45 = zr45 * zr45 + zi45 * zi45
+        mag2[min(k0 + 45, last)] = select(
+            m45 > escape2, tr45 * tr45 + ti45 * ti45,
+            numba.float64(m45) + 0.0)
         counts[min(k0 + 46, last)] = n46
-        mag2[min(k0 + 46, last)] = zr46 * zr46 + zi46 * zi46
+        m46 = zr46 * zr46 + zi46 * zi46
+        mag2[min(k0 + 46, last)] = select(
+            m46 > escape2, tr46 * tr46 + ti46 * ti46,
+            numba.float64(m46) + 0.0)
         counts[min(k0 + 47, last)] = n47
-        mag2[min(k0 + 47, last)] = zr47 * zr47 + zi47 * zi47
+        m47 = zr47 * zr47 + zi47 * zi47
+        mag2[min(k0 + 47, last)] = select(
+            m47 > escape2, tr47 * tr47 + ti47 * ti47,
+            numba.float64(m47) + 0.0)
         counts[min(k0 + 48, last)] = n48
-        mag2[min(k0 + 48, last)] = zr48 * zr48 + zi48 * zi48
+        m48 = zr48 * zr48 + zi48 * zi48
+        mag2[min(k0 + 48, last)] = select(
+            m48 > escape2, tr48 * tr48 + ti48 * ti48,
+            numba.float64(m48) + 0.0)
         counts[min(k0 + 49, last)] = n49
-        mag2[min(k0 + 49, last)] = zr49 * zr49 + zi49 * zi49
+        m49 = zr49 * zr49 + zi49 * zi49
+        mag2[min(k0 + 49, last)] = select(
+            m49 > escape2, tr49 * tr49 + ti49 * ti49,
+            numba.float64(m49) + 0.0)
         counts[min(k0 + 50, last)] = n50
-        mag2[min(k0 + 50, last)] = zr50 * zr50 + zi50 * zi50
+        m50 = zr50 * zr50 + zi50 * zi50
+        mag2[min(k0 + 50, last)] = select(
+            m50 > escape2, tr50 * tr50 + ti50 * ti50,
+            numba.float64(m50) + 0.0)
         counts[min(k0 + 51, last)] = n51
-        mag2[min(k0 + 51, last)] = zr51 * zr51 + zi51 * zi51
+        m51 = zr51 * zr51 + zi51 * zi51
+        mag2[min(k0 + 51, last)] = select(
+            m51 > escape2, tr51 * tr51 + ti51 * ti51,
+            numba.float64(m51) + 0.0)
         counts[min(k0 + 52, last)] = n52
-        mag2[min(k0 + 52, last)] = zr52 * zr52 + zi52 * zi52
+        m52 = zr52 * zr52 + zi52 * zi52
+        mag2[min(k0 + 52, last)] = select(
+            m52 > escape2, tr52 * tr52 + ti52 * ti52,
+            numba.float64(m52) + 0.0)
         counts[min(k0 + 53, last)] = n53
-        mag2[min(k0 + 53, last)] = zr53 * zr53 + zi53 * zi53
+        m53 = zr53 * zr53 + zi53 * zi53
+        mag2[min(k0 + 53, last)] = select(
+            m53 > escape2, tr53 * tr53 + ti53 * ti53,
+            numba.float64(m53) + 0.0)
         counts[min(k0 + 54, last)] = n54
-        mag2[min(k0 + 54, last)] = zr54 * zr54 + zi54 * zi54
+        m54 = zr54 * zr54 + zi54 * zi54
+        mag2[min(k0 + 54, last)] = select(
+            m54 > escape2, tr54 * tr54 + ti54 * ti54,
+            numba.float64(m54) + 0.0)
         counts[min(k0 + 55, last)] = n55
-        mag2[min(k0 + 55, last)] = zr55 * zr55 + zi55 * zi55
+        m55 = zr55 * zr55 + zi55 * zi55
+        mag2[min(k0 + 55, last)] = select(
+            m55 > escape2, tr55 * tr55 + ti55 * ti55,
+            numba.float64(m55) + 0.0)
         counts[min(k0 + 56, last)] = n56
-        mag2[min(k0 + 56, last)] = zr56 * zr56 + zi56 * zi56
+        m56 = zr56 * zr56 + zi56 * zi56
+        mag2[min(k0 + 56, last)] = select(
+            m56 > escape2, tr56 * tr56 + ti56 * ti56,
+            numba.float64(m56) + 0.0)
         counts[min(k0 + 57, last)] = n57
-        mag2[min(k0 + 57, last)] = zr57 * zr57 + zi57 * zi57
+        m57 = zr57 * zr57 + zi57 * zi57
+        mag2[min(k0 + 57, last)] = select(
+            m57 > escape2, tr57 * tr57 + ti57 * ti57,
+            numba.float64(m57) + 0.0)
         counts[min(k0 + 58, last)] = n58
-        mag2[min(k0 + 58, last)] = zr58 * zr58 + zi58 * zi58
+        m58 = zr58 * zr58 + zi58 * zi58
+        mag2[min(k0 + 58, last)] = select(
+            m58 > escape2, tr58 * tr58 + ti58 * ti58,
+            numba.float64(m58) + 0.0)
         counts[min(k0 + 59, last)] = n59
-        mag2[min(k0 + 59, last)] = zr59 * zr59 + zi59 * zi59
+        m59 = zr59 * zr59 + zi59 * zi59
+        mag2[min(k0 + 59, last)] = select(
+            m59 > escape2, tr59 * tr59 + ti59 * ti59,
+            numba.float64(m59) + 0.0)
         counts[min(k0 + 60, last)] = n60
-        mag2[min(k0 + 60, last)] = zr60 * zr60 + zi60 * zi60
+        m60 = zr60 * zr60 + zi60 * zi60
+        mag2[min(k0 + 60, last)] = select(
+            m60 > escape2, tr60 * tr60 + ti60 * ti60,
+            numba.float64(m60) + 0.0)
         counts[min(k0 + 61, last)] = n61
-        mag2[min(k0 + 61, last)] = zr61 * zr61 + zi61 * zi61
+        m61 = zr61 * zr61 + zi61 * zi61
+        mag2[min(k0 + 61, last)] = select(
+            m61 > escape2, tr61 * tr61 + ti61 * ti61,
+            numba.float64(m61) + 0.0)
         counts[min(k0 + 62, last)] = n62
-        mag2[min(k0 + 62, last)] = zr62 * zr62 + zi62 * zi62
+        m62 = zr62 * zr62 + zi62 * zi62
+        mag2[min(k0 + 62, last)] = select(
+            m62 > escape2, tr62 * tr62 + ti62 * ti62,
+            numba.float64(m62) + 0.0)
         counts[min(k0 + 63, last)] = n63
-        mag2[min(k0 + 63, last)] = zr63 * zr63 + zi63 * zi63
+        m63 = zr63 * zr63 + zi63 * zi63
+        mag2[min(k0 + 63, last)] = select(
+            m63 > escape2, tr63 * tr63 + ti63 * ti63,
+            numba.float64(m63) + 0.0)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0

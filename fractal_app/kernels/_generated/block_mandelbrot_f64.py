@@ -12,7 +12,10 @@ still running from where they stopped (so a block's lanes stay busy together).
 import numba
 from numba import prange
 
+from fractal_app.kernels import escape
 from fractal_app.kernels._generated.select import select
+
+tail_iterations = numba.njit(escape.tail_iterations)
 
 LANES = 32
 # Points per parallel task in resume_points.
@@ -449,70 +452,391 @@ def iterate_row(re_cols, ci, jr, ji, power, max_iter, escape2, counts, mag2, kee
             n30 = select(run30, done, n30)
             n31 = select(run31, done, n31)
             it += 1
+        tr0 = numba.float64(zr0) + 0.0
+        tr1 = numba.float64(zr1) + 0.0
+        tr2 = numba.float64(zr2) + 0.0
+        tr3 = numba.float64(zr3) + 0.0
+        tr4 = numba.float64(zr4) + 0.0
+        tr5 = numba.float64(zr5) + 0.0
+        tr6 = numba.float64(zr6) + 0.0
+        tr7 = numba.float64(zr7) + 0.0
+        tr8 = numba.float64(zr8) + 0.0
+        tr9 = numba.float64(zr9) + 0.0
+        tr10 = numba.float64(zr10) + 0.0
+        tr11 = numba.float64(zr11) + 0.0
+        tr12 = numba.float64(zr12) + 0.0
+        tr13 = numba.float64(zr13) + 0.0
+        tr14 = numba.float64(zr14) + 0.0
+        tr15 = numba.float64(zr15) + 0.0
+        tr16 = numba.float64(zr16) + 0.0
+        tr17 = numba.float64(zr17) + 0.0
+        tr18 = numba.float64(zr18) + 0.0
+        tr19 = numba.float64(zr19) + 0.0
+        tr20 = numba.float64(zr20) + 0.0
+        tr21 = numba.float64(zr21) + 0.0
+        tr22 = numba.float64(zr22) + 0.0
+        tr23 = numba.float64(zr23) + 0.0
+        tr24 = numba.float64(zr24) + 0.0
+        tr25 = numba.float64(zr25) + 0.0
+        tr26 = numba.float64(zr26) + 0.0
+        tr27 = numba.float64(zr27) + 0.0
+        tr28 = numba.float64(zr28) + 0.0
+        tr29 = numba.float64(zr29) + 0.0
+        tr30 = numba.float64(zr30) + 0.0
+        tr31 = numba.float64(zr31) + 0.0
+        ti0 = numba.float64(zi0) + 0.0
+        ti1 = numba.float64(zi1) + 0.0
+        ti2 = numba.float64(zi2) + 0.0
+        ti3 = numba.float64(zi3) + 0.0
+        ti4 = numba.float64(zi4) + 0.0
+        ti5 = numba.float64(zi5) + 0.0
+        ti6 = numba.float64(zi6) + 0.0
+        ti7 = numba.float64(zi7) + 0.0
+        ti8 = numba.float64(zi8) + 0.0
+        ti9 = numba.float64(zi9) + 0.0
+        ti10 = numba.float64(zi10) + 0.0
+        ti11 = numba.float64(zi11) + 0.0
+        ti12 = numba.float64(zi12) + 0.0
+        ti13 = numba.float64(zi13) + 0.0
+        ti14 = numba.float64(zi14) + 0.0
+        ti15 = numba.float64(zi15) + 0.0
+        ti16 = numba.float64(zi16) + 0.0
+        ti17 = numba.float64(zi17) + 0.0
+        ti18 = numba.float64(zi18) + 0.0
+        ti19 = numba.float64(zi19) + 0.0
+        ti20 = numba.float64(zi20) + 0.0
+        ti21 = numba.float64(zi21) + 0.0
+        ti22 = numba.float64(zi22) + 0.0
+        ti23 = numba.float64(zi23) + 0.0
+        ti24 = numba.float64(zi24) + 0.0
+        ti25 = numba.float64(zi25) + 0.0
+        ti26 = numba.float64(zi26) + 0.0
+        ti27 = numba.float64(zi27) + 0.0
+        ti28 = numba.float64(zi28) + 0.0
+        ti29 = numba.float64(zi29) + 0.0
+        ti30 = numba.float64(zi30) + 0.0
+        ti31 = numba.float64(zi31) + 0.0
+        tcr0 = numba.float64(c0) + 0.0
+        tcr1 = numba.float64(c1) + 0.0
+        tcr2 = numba.float64(c2) + 0.0
+        tcr3 = numba.float64(c3) + 0.0
+        tcr4 = numba.float64(c4) + 0.0
+        tcr5 = numba.float64(c5) + 0.0
+        tcr6 = numba.float64(c6) + 0.0
+        tcr7 = numba.float64(c7) + 0.0
+        tcr8 = numba.float64(c8) + 0.0
+        tcr9 = numba.float64(c9) + 0.0
+        tcr10 = numba.float64(c10) + 0.0
+        tcr11 = numba.float64(c11) + 0.0
+        tcr12 = numba.float64(c12) + 0.0
+        tcr13 = numba.float64(c13) + 0.0
+        tcr14 = numba.float64(c14) + 0.0
+        tcr15 = numba.float64(c15) + 0.0
+        tcr16 = numba.float64(c16) + 0.0
+        tcr17 = numba.float64(c17) + 0.0
+        tcr18 = numba.float64(c18) + 0.0
+        tcr19 = numba.float64(c19) + 0.0
+        tcr20 = numba.float64(c20) + 0.0
+        tcr21 = numba.float64(c21) + 0.0
+        tcr22 = numba.float64(c22) + 0.0
+        tcr23 = numba.float64(c23) + 0.0
+        tcr24 = numba.float64(c24) + 0.0
+        tcr25 = numba.float64(c25) + 0.0
+        tcr26 = numba.float64(c26) + 0.0
+        tcr27 = numba.float64(c27) + 0.0
+        tcr28 = numba.float64(c28) + 0.0
+        tcr29 = numba.float64(c29) + 0.0
+        tcr30 = numba.float64(c30) + 0.0
+        tcr31 = numba.float64(c31) + 0.0
+        tci0 = numba.float64(ci) + 0.0
+        tci1 = numba.float64(ci) + 0.0
+        tci2 = numba.float64(ci) + 0.0
+        tci3 = numba.float64(ci) + 0.0
+        tci4 = numba.float64(ci) + 0.0
+        tci5 = numba.float64(ci) + 0.0
+        tci6 = numba.float64(ci) + 0.0
+        tci7 = numba.float64(ci) + 0.0
+        tci8 = numba.float64(ci) + 0.0
+        tci9 = numba.float64(ci) + 0.0
+        tci10 = numba.float64(ci) + 0.0
+        tci11 = numba.float64(ci) + 0.0
+        tci12 = numba.float64(ci) + 0.0
+        tci13 = numba.float64(ci) + 0.0
+        tci14 = numba.float64(ci) + 0.0
+        tci15 = numba.float64(ci) + 0.0
+        tci16 = numba.float64(ci) + 0.0
+        tci17 = numba.float64(ci) + 0.0
+        tci18 = numba.float64(ci) + 0.0
+        tci19 = numba.float64(ci) + 0.0
+        tci20 = numba.float64(ci) + 0.0
+        tci21 = numba.float64(ci) + 0.0
+        tci22 = numba.float64(ci) + 0.0
+        tci23 = numba.float64(ci) + 0.0
+        tci24 = numba.float64(ci) + 0.0
+        tci25 = numba.float64(ci) + 0.0
+        tci26 = numba.float64(ci) + 0.0
+        tci27 = numba.float64(ci) + 0.0
+        tci28 = numba.float64(ci) + 0.0
+        tci29 = numba.float64(ci) + 0.0
+        tci30 = numba.float64(ci) + 0.0
+        tci31 = numba.float64(ci) + 0.0
+        for _tail_step in range(tail_iterations(power)):
+            tt0 = tr0 * tr0 - ti0 * ti0 + tcr0
+            tt1 = tr1 * tr1 - ti1 * ti1 + tcr1
+            tt2 = tr2 * tr2 - ti2 * ti2 + tcr2
+            tt3 = tr3 * tr3 - ti3 * ti3 + tcr3
+            tt4 = tr4 * tr4 - ti4 * ti4 + tcr4
+            tt5 = tr5 * tr5 - ti5 * ti5 + tcr5
+            tt6 = tr6 * tr6 - ti6 * ti6 + tcr6
+            tt7 = tr7 * tr7 - ti7 * ti7 + tcr7
+            tt8 = tr8 * tr8 - ti8 * ti8 + tcr8
+            tt9 = tr9 * tr9 - ti9 * ti9 + tcr9
+            tt10 = tr10 * tr10 - ti10 * ti10 + tcr10
+            tt11 = tr11 * tr11 - ti11 * ti11 + tcr11
+            tt12 = tr12 * tr12 - ti12 * ti12 + tcr12
+            tt13 = tr13 * tr13 - ti13 * ti13 + tcr13
+            tt14 = tr14 * tr14 - ti14 * ti14 + tcr14
+            tt15 = tr15 * tr15 - ti15 * ti15 + tcr15
+            tt16 = tr16 * tr16 - ti16 * ti16 + tcr16
+            tt17 = tr17 * tr17 - ti17 * ti17 + tcr17
+            tt18 = tr18 * tr18 - ti18 * ti18 + tcr18
+            tt19 = tr19 * tr19 - ti19 * ti19 + tcr19
+            tt20 = tr20 * tr20 - ti20 * ti20 + tcr20
+            tt21 = tr21 * tr21 - ti21 * ti21 + tcr21
+            tt22 = tr22 * tr22 - ti22 * ti22 + tcr22
+            tt23 = tr23 * tr23 - ti23 * ti23 + tcr23
+            tt24 = tr24 * tr24 - ti24 * ti24 + tcr24
+            tt25 = tr25 * tr25 - ti25 * ti25 + tcr25
+            tt26 = tr26 * tr26 - ti26 * ti26 + tcr26
+            tt27 = tr27 * tr27 - ti27 * ti27 + tcr27
+            tt28 = tr28 * tr28 - ti28 * ti28 + tcr28
+            tt29 = tr29 * tr29 - ti29 * ti29 + tcr29
+            tt30 = tr30 * tr30 - ti30 * ti30 + tcr30
+            tt31 = tr31 * tr31 - ti31 * ti31 + tcr31
+            ti0 = 2.0 * tr0 * ti0 + tci0
+            ti1 = 2.0 * tr1 * ti1 + tci1
+            ti2 = 2.0 * tr2 * ti2 + tci2
+            ti3 = 2.0 * tr3 * ti3 + tci3
+            ti4 = 2.0 * tr4 * ti4 + tci4
+            ti5 = 2.0 * tr5 * ti5 + tci5
+            ti6 = 2.0 * tr6 * ti6 + tci6
+            ti7 = 2.0 * tr7 * ti7 + tci7
+            ti8 = 2.0 * tr8 * ti8 + tci8
+            ti9 = 2.0 * tr9 * ti9 + tci9
+            ti10 = 2.0 * tr10 * ti10 + tci10
+            ti11 = 2.0 * tr11 * ti11 + tci11
+            ti12 = 2.0 * tr12 * ti12 + tci12
+            ti13 = 2.0 * tr13 * ti13 + tci13
+            ti14 = 2.0 * tr14 * ti14 + tci14
+            ti15 = 2.0 * tr15 * ti15 + tci15
+            ti16 = 2.0 * tr16 * ti16 + tci16
+            ti17 = 2.0 * tr17 * ti17 + tci17
+            ti18 = 2.0 * tr18 * ti18 + tci18
+            ti19 = 2.0 * tr19 * ti19 + tci19
+            ti20 = 2.0 * tr20 * ti20 + tci20
+            ti21 = 2.0 * tr21 * ti21 + tci21
+            ti22 = 2.0 * tr22 * ti22 + tci22
+            ti23 = 2.0 * tr23 * ti23 + tci23
+            ti24 = 2.0 * tr24 * ti24 + tci24
+            ti25 = 2.0 * tr25 * ti25 + tci25
+            ti26 = 2.0 * tr26 * ti26 + tci26
+            ti27 = 2.0 * tr27 * ti27 + tci27
+            ti28 = 2.0 * tr28 * ti28 + tci28
+            ti29 = 2.0 * tr29 * ti29 + tci29
+            ti30 = 2.0 * tr30 * ti30 + tci30
+            ti31 = 2.0 * tr31 * ti31 + tci31
+            tr0 = tt0
+            tr1 = tt1
+            tr2 = tt2
+            tr3 = tt3
+            tr4 = tt4
+            tr5 = tt5
+            tr6 = tt6
+            tr7 = tt7
+            tr8 = tt8
+            tr9 = tt9
+            tr10 = tt10
+            tr11 = tt11
+            tr12 = tt12
+            tr13 = tt13
+            tr14 = tt14
+            tr15 = tt15
+            tr16 = tt16
+            tr17 = tt17
+            tr18 = tt18
+            tr19 = tt19
+            tr20 = tt20
+            tr21 = tt21
+            tr22 = tt22
+            tr23 = tt23
+            tr24 = tt24
+            tr25 = tt25
+            tr26 = tt26
+            tr27 = tt27
+            tr28 = tt28
+            tr29 = tt29
+            tr30 = tt30
+            tr31 = tt31
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        m0 = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = select(
+            m0 > escape2, tr0 * tr0 + ti0 * ti0,
+            numba.float64(m0) + 0.0)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        m1 = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = select(
+            m1 > escape2, tr1 * tr1 + ti1 * ti1,
+            numba.float64(m1) + 0.0)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        m2 = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = select(
+            m2 > escape2, tr2 * tr2 + ti2 * ti2,
+            numba.float64(m2) + 0.0)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        m3 = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = select(
+            m3 > escape2, tr3 * tr3 + ti3 * ti3,
+            numba.float64(m3) + 0.0)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        m4 = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = select(
+            m4 > escape2, tr4 * tr4 + ti4 * ti4,
+            numba.float64(m4) + 0.0)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        m5 = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = select(
+            m5 > escape2, tr5 * tr5 + ti5 * ti5,
+            numba.float64(m5) + 0.0)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        m6 = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = select(
+            m6 > escape2, tr6 * tr6 + ti6 * ti6,
+            numba.float64(m6) + 0.0)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        m7 = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = select(
+            m7 > escape2, tr7 * tr7 + ti7 * ti7,
+            numba.float64(m7) + 0.0)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        m8 = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = select(
+            m8 > escape2, tr8 * tr8 + ti8 * ti8,
+            numba.float64(m8) + 0.0)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        m9 = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = select(
+            m9 > escape2, tr9 * tr9 + ti9 * ti9,
+            numba.float64(m9) + 0.0)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        m10 = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = select(
+            m10 > escape2, tr10 * tr10 + ti10 * ti10,
+            numba.float64(m10) + 0.0)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        m11 = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = select(
+            m11 > escape2, tr11 * tr11 + ti11 * ti11,
+            numba.float64(m11) + 0.0)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        m12 = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = select(
+            m12 > escape2, tr12 * tr12 + ti12 * ti12,
+            numba.float64(m12) + 0.0)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        m13 = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = select(
+            m13 > escape2, tr13 * tr13 + ti13 * ti13,
+            numba.float64(m13) + 0.0)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        m14 = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = select(
+            m14 > escape2, tr14 * tr14 + ti14 * ti14,
+            numba.float64(m14) + 0.0)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        m15 = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = select(
+            m15 > escape2, tr15 * tr15 + ti15 * ti15,
+            numba.float64(m15) + 0.0)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        m16 = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = select(
+            m16 > escape2, tr16 * tr16 + ti16 * ti16,
+            numba.float64(m16) + 0.0)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        m17 = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = select(
+            m17 > escape2, tr17 * tr17 + ti17 * ti17,
+            numba.float64(m17) + 0.0)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        m18 = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = select(
+            m18 > escape2, tr18 * tr18 + ti18 * ti18,
+            numba.float64(m18) + 0.0)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        m19 = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = select(
+            m19 > escape2, tr19 * tr19 + ti19 * ti19,
+            numba.float64(m19) + 0.0)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        m20 = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = select(
+            m20 > escape2, tr20 * tr20 + ti20 * ti20,
+            numba.float64(m20) + 0.0)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        m21 = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = select(
+            m21 > escape2, tr21 * tr21 + ti21 * ti21,
+            numba.float64(m21) + 0.0)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        m22 = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = select(
+            m22 > escape2, tr22 * tr22 + ti22 * ti22,
+            numba.float64(m22) + 0.0)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        m23 = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = select(
+            m23 > escape2, tr23 * tr23 + ti23 * ti23,
+            numba.float64(m23) + 0.0)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        m24 = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = select(
+            m24 > escape2, tr24 * tr24 + ti24 * ti24,
+            numba.float64(m24) + 0.0)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        m25 = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = select(
+            m25 > escape2, tr25 * tr25 + ti25 * ti25,
+            numba.float64(m25) + 0.0)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        m26 = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = select(
+            m26 > escape2, tr26 * tr26 + ti26 * ti26,
+            numba.float64(m26) + 0.0)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        m27 = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = select(
+            m27 > escape2, tr27 * tr27 + ti27 * ti27,
+            numba.float64(m27) + 0.0)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        m28 = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = select(
+            m28 > escape2, tr28 * tr28 + ti28 * ti28,
+            numba.float64(m28) + 0.0)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        m29 = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = select(
+            m29 > escape2, tr29 * tr29 + ti29 * ti29,
+            numba.float64(m29) + 0.0)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        m30 = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = select(
+            m30 > escape2, tr30 * tr30 + ti30 * ti30,
+            numba.float64(m30) + 0.0)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        m31 = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = select(
+            m31 > escape2, tr31 * tr31 + ti31 * ti31,
+            numba.float64(m31) + 0.0)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0
@@ -1009,70 +1333,391 @@ def iterate_points(re, im, zr_start, zi_start, n_start, jr, ji, power, max_iter,
             n30 = select(run30, done, n30)
             n31 = select(run31, done, n31)
             it += 1
+        tr0 = numba.float64(zr0) + 0.0
+        tr1 = numba.float64(zr1) + 0.0
+        tr2 = numba.float64(zr2) + 0.0
+        tr3 = numba.float64(zr3) + 0.0
+        tr4 = numba.float64(zr4) + 0.0
+        tr5 = numba.float64(zr5) + 0.0
+        tr6 = numba.float64(zr6) + 0.0
+        tr7 = numba.float64(zr7) + 0.0
+        tr8 = numba.float64(zr8) + 0.0
+        tr9 = numba.float64(zr9) + 0.0
+        tr10 = numba.float64(zr10) + 0.0
+        tr11 = numba.float64(zr11) + 0.0
+        tr12 = numba.float64(zr12) + 0.0
+        tr13 = numba.float64(zr13) + 0.0
+        tr14 = numba.float64(zr14) + 0.0
+        tr15 = numba.float64(zr15) + 0.0
+        tr16 = numba.float64(zr16) + 0.0
+        tr17 = numba.float64(zr17) + 0.0
+        tr18 = numba.float64(zr18) + 0.0
+        tr19 = numba.float64(zr19) + 0.0
+        tr20 = numba.float64(zr20) + 0.0
+        tr21 = numba.float64(zr21) + 0.0
+        tr22 = numba.float64(zr22) + 0.0
+        tr23 = numba.float64(zr23) + 0.0
+        tr24 = numba.float64(zr24) + 0.0
+        tr25 = numba.float64(zr25) + 0.0
+        tr26 = numba.float64(zr26) + 0.0
+        tr27 = numba.float64(zr27) + 0.0
+        tr28 = numba.float64(zr28) + 0.0
+        tr29 = numba.float64(zr29) + 0.0
+        tr30 = numba.float64(zr30) + 0.0
+        tr31 = numba.float64(zr31) + 0.0
+        ti0 = numba.float64(zi0) + 0.0
+        ti1 = numba.float64(zi1) + 0.0
+        ti2 = numba.float64(zi2) + 0.0
+        ti3 = numba.float64(zi3) + 0.0
+        ti4 = numba.float64(zi4) + 0.0
+        ti5 = numba.float64(zi5) + 0.0
+        ti6 = numba.float64(zi6) + 0.0
+        ti7 = numba.float64(zi7) + 0.0
+        ti8 = numba.float64(zi8) + 0.0
+        ti9 = numba.float64(zi9) + 0.0
+        ti10 = numba.float64(zi10) + 0.0
+        ti11 = numba.float64(zi11) + 0.0
+        ti12 = numba.float64(zi12) + 0.0
+        ti13 = numba.float64(zi13) + 0.0
+        ti14 = numba.float64(zi14) + 0.0
+        ti15 = numba.float64(zi15) + 0.0
+        ti16 = numba.float64(zi16) + 0.0
+        ti17 = numba.float64(zi17) + 0.0
+        ti18 = numba.float64(zi18) + 0.0
+        ti19 = numba.float64(zi19) + 0.0
+        ti20 = numba.float64(zi20) + 0.0
+        ti21 = numba.float64(zi21) + 0.0
+        ti22 = numba.float64(zi22) + 0.0
+        ti23 = numba.float64(zi23) + 0.0
+        ti24 = numba.float64(zi24) + 0.0
+        ti25 = numba.float64(zi25) + 0.0
+        ti26 = numba.float64(zi26) + 0.0
+        ti27 = numba.float64(zi27) + 0.0
+        ti28 = numba.float64(zi28) + 0.0
+        ti29 = numba.float64(zi29) + 0.0
+        ti30 = numba.float64(zi30) + 0.0
+        ti31 = numba.float64(zi31) + 0.0
+        tcr0 = numba.float64(c0) + 0.0
+        tcr1 = numba.float64(c1) + 0.0
+        tcr2 = numba.float64(c2) + 0.0
+        tcr3 = numba.float64(c3) + 0.0
+        tcr4 = numba.float64(c4) + 0.0
+        tcr5 = numba.float64(c5) + 0.0
+        tcr6 = numba.float64(c6) + 0.0
+        tcr7 = numba.float64(c7) + 0.0
+        tcr8 = numba.float64(c8) + 0.0
+        tcr9 = numba.float64(c9) + 0.0
+        tcr10 = numba.float64(c10) + 0.0
+        tcr11 = numba.float64(c11) + 0.0
+        tcr12 = numba.float64(c12) + 0.0
+        tcr13 = numba.float64(c13) + 0.0
+        tcr14 = numba.float64(c14) + 0.0
+        tcr15 = numba.float64(c15) + 0.0
+        tcr16 = numba.float64(c16) + 0.0
+        tcr17 = numba.float64(c17) + 0.0
+        tcr18 = numba.float64(c18) + 0.0
+        tcr19 = numba.float64(c19) + 0.0
+        tcr20 = numba.float64(c20) + 0.0
+        tcr21 = numba.float64(c21) + 0.0
+        tcr22 = numba.float64(c22) + 0.0
+        tcr23 = numba.float64(c23) + 0.0
+        tcr24 = numba.float64(c24) + 0.0
+        tcr25 = numba.float64(c25) + 0.0
+        tcr26 = numba.float64(c26) + 0.0
+        tcr27 = numba.float64(c27) + 0.0
+        tcr28 = numba.float64(c28) + 0.0
+        tcr29 = numba.float64(c29) + 0.0
+        tcr30 = numba.float64(c30) + 0.0
+        tcr31 = numba.float64(c31) + 0.0
+        tci0 = numba.float64(ci0) + 0.0
+        tci1 = numba.float64(ci1) + 0.0
+        tci2 = numba.float64(ci2) + 0.0
+        tci3 = numba.float64(ci3) + 0.0
+        tci4 = numba.float64(ci4) + 0.0
+        tci5 = numba.float64(ci5) + 0.0
+        tci6 = numba.float64(ci6) + 0.0
+        tci7 = numba.float64(ci7) + 0.0
+        tci8 = numba.float64(ci8) + 0.0
+        tci9 = numba.float64(ci9) + 0.0
+        tci10 = numba.float64(ci10) + 0.0
+        tci11 = numba.float64(ci11) + 0.0
+        tci12 = numba.float64(ci12) + 0.0
+        tci13 = numba.float64(ci13) + 0.0
+        tci14 = numba.float64(ci14) + 0.0
+        tci15 = numba.float64(ci15) + 0.0
+        tci16 = numba.float64(ci16) + 0.0
+        tci17 = numba.float64(ci17) + 0.0
+        tci18 = numba.float64(ci18) + 0.0
+        tci19 = numba.float64(ci19) + 0.0
+        tci20 = numba.float64(ci20) + 0.0
+        tci21 = numba.float64(ci21) + 0.0
+        tci22 = numba.float64(ci22) + 0.0
+        tci23 = numba.float64(ci23) + 0.0
+        tci24 = numba.float64(ci24) + 0.0
+        tci25 = numba.float64(ci25) + 0.0
+        tci26 = numba.float64(ci26) + 0.0
+        tci27 = numba.float64(ci27) + 0.0
+        tci28 = numba.float64(ci28) + 0.0
+        tci29 = numba.float64(ci29) + 0.0
+        tci30 = numba.float64(ci30) + 0.0
+        tci31 = numba.float64(ci31) + 0.0
+        for _tail_step in range(tail_iterations(power)):
+            tt0 = tr0 * tr0 - ti0 * ti0 + tcr0
+            tt1 = tr1 * tr1 - ti1 * ti1 + tcr1
+            tt2 = tr2 * tr2 - ti2 * ti2 + tcr2
+            tt3 = tr3 * tr3 - ti3 * ti3 + tcr3
+            tt4 = tr4 * tr4 - ti4 * ti4 + tcr4
+            tt5 = tr5 * tr5 - ti5 * ti5 + tcr5
+            tt6 = tr6 * tr6 - ti6 * ti6 + tcr6
+            tt7 = tr7 * tr7 - ti7 * ti7 + tcr7
+            tt8 = tr8 * tr8 - ti8 * ti8 + tcr8
+            tt9 = tr9 * tr9 - ti9 * ti9 + tcr9
+            tt10 = tr10 * tr10 - ti10 * ti10 + tcr10
+            tt11 = tr11 * tr11 - ti11 * ti11 + tcr11
+            tt12 = tr12 * tr12 - ti12 * ti12 + tcr12
+            tt13 = tr13 * tr13 - ti13 * ti13 + tcr13
+            tt14 = tr14 * tr14 - ti14 * ti14 + tcr14
+            tt15 = tr15 * tr15 - ti15 * ti15 + tcr15
+            tt16 = tr16 * tr16 - ti16 * ti16 + tcr16
+            tt17 = tr17 * tr17 - ti17 * ti17 + tcr17
+            tt18 = tr18 * tr18 - ti18 * ti18 + tcr18
+            tt19 = tr19 * tr19 - ti19 * ti19 + tcr19
+            tt20 = tr20 * tr20 - ti20 * ti20 + tcr20
+            tt21 = tr21 * tr21 - ti21 * ti21 + tcr21
+            tt22 = tr22 * tr22 - ti22 * ti22 + tcr22
+            tt23 = tr23 * tr23 - ti23 * ti23 + tcr23
+            tt24 = tr24 * tr24 - ti24 * ti24 + tcr24
+            tt25 = tr25 * tr25 - ti25 * ti25 + tcr25
+            tt26 = tr26 * tr26 - ti26 * ti26 + tcr26
+            tt27 = tr27 * tr27 - ti27 * ti27 + tcr27
+            tt28 = tr28 * tr28 - ti28 * ti28 + tcr28
+            tt29 = tr29 * tr29 - ti29 * ti29 + tcr29
+            tt30 = tr30 * tr30 - ti30 * ti30 + tcr30
+            tt31 = tr31 * tr31 - ti31 * ti31 + tcr31
+            ti0 = 2.0 * tr0 * ti0 + tci0
+            ti1 = 2.0 * tr1 * ti1 + tci1
+            ti2 = 2.0 * tr2 * ti2 + tci2
+            ti3 = 2.0 * tr3 * ti3 + tci3
+            ti4 = 2.0 * tr4 * ti4 + tci4
+            ti5 = 2.0 * tr5 * ti5 + tci5
+            ti6 = 2.0 * tr6 * ti6 + tci6
+            ti7 = 2.0 * tr7 * ti7 + tci7
+            ti8 = 2.0 * tr8 * ti8 + tci8
+            ti9 = 2.0 * tr9 * ti9 + tci9
+            ti10 = 2.0 * tr10 * ti10 + tci10
+            ti11 = 2.0 * tr11 * ti11 + tci11
+            ti12 = 2.0 * tr12 * ti12 + tci12
+            ti13 = 2.0 * tr13 * ti13 + tci13
+            ti14 = 2.0 * tr14 * ti14 + tci14
+            ti15 = 2.0 * tr15 * ti15 + tci15
+            ti16 = 2.0 * tr16 * ti16 + tci16
+            ti17 = 2.0 * tr17 * ti17 + tci17
+            ti18 = 2.0 * tr18 * ti18 + tci18
+            ti19 = 2.0 * tr19 * ti19 + tci19
+            ti20 = 2.0 * tr20 * ti20 + tci20
+            ti21 = 2.0 * tr21 * ti21 + tci21
+            ti22 = 2.0 * tr22 * ti22 + tci22
+            ti23 = 2.0 * tr23 * ti23 + tci23
+            ti24 = 2.0 * tr24 * ti24 + tci24
+            ti25 = 2.0 * tr25 * ti25 + tci25
+            ti26 = 2.0 * tr26 * ti26 + tci26
+            ti27 = 2.0 * tr27 * ti27 + tci27
+            ti28 = 2.0 * tr28 * ti28 + tci28
+            ti29 = 2.0 * tr29 * ti29 + tci29
+            ti30 = 2.0 * tr30 * ti30 + tci30
+            ti31 = 2.0 * tr31 * ti31 + tci31
+            tr0 = tt0
+            tr1 = tt1
+            tr2 = tt2
+            tr3 = tt3
+            tr4 = tt4
+            tr5 = tt5
+            tr6 = tt6
+            tr7 = tt7
+            tr8 = tt8
+            tr9 = tt9
+            tr10 = tt10
+            tr11 = tt11
+            tr12 = tt12
+            tr13 = tt13
+            tr14 = tt14
+            tr15 = tt15
+            tr16 = tt16
+            tr17 = tt17
+            tr18 = tt18
+            tr19 = tt19
+            tr20 = tt20
+            tr21 = tt21
+            tr22 = tt22
+            tr23 = tt23
+            tr24 = tt24
+            tr25 = tt25
+            tr26 = tt26
+            tr27 = tt27
+            tr28 = tt28
+            tr29 = tt29
+            tr30 = tt30
+            tr31 = tt31
         counts[min(k0 + 0, last)] = n0
-        mag2[min(k0 + 0, last)] = zr0 * zr0 + zi0 * zi0
+        m0 = zr0 * zr0 + zi0 * zi0
+        mag2[min(k0 + 0, last)] = select(
+            m0 > escape2, tr0 * tr0 + ti0 * ti0,
+            numba.float64(m0) + 0.0)
         counts[min(k0 + 1, last)] = n1
-        mag2[min(k0 + 1, last)] = zr1 * zr1 + zi1 * zi1
+        m1 = zr1 * zr1 + zi1 * zi1
+        mag2[min(k0 + 1, last)] = select(
+            m1 > escape2, tr1 * tr1 + ti1 * ti1,
+            numba.float64(m1) + 0.0)
         counts[min(k0 + 2, last)] = n2
-        mag2[min(k0 + 2, last)] = zr2 * zr2 + zi2 * zi2
+        m2 = zr2 * zr2 + zi2 * zi2
+        mag2[min(k0 + 2, last)] = select(
+            m2 > escape2, tr2 * tr2 + ti2 * ti2,
+            numba.float64(m2) + 0.0)
         counts[min(k0 + 3, last)] = n3
-        mag2[min(k0 + 3, last)] = zr3 * zr3 + zi3 * zi3
+        m3 = zr3 * zr3 + zi3 * zi3
+        mag2[min(k0 + 3, last)] = select(
+            m3 > escape2, tr3 * tr3 + ti3 * ti3,
+            numba.float64(m3) + 0.0)
         counts[min(k0 + 4, last)] = n4
-        mag2[min(k0 + 4, last)] = zr4 * zr4 + zi4 * zi4
+        m4 = zr4 * zr4 + zi4 * zi4
+        mag2[min(k0 + 4, last)] = select(
+            m4 > escape2, tr4 * tr4 + ti4 * ti4,
+            numba.float64(m4) + 0.0)
         counts[min(k0 + 5, last)] = n5
-        mag2[min(k0 + 5, last)] = zr5 * zr5 + zi5 * zi5
+        m5 = zr5 * zr5 + zi5 * zi5
+        mag2[min(k0 + 5, last)] = select(
+            m5 > escape2, tr5 * tr5 + ti5 * ti5,
+            numba.float64(m5) + 0.0)
         counts[min(k0 + 6, last)] = n6
-        mag2[min(k0 + 6, last)] = zr6 * zr6 + zi6 * zi6
+        m6 = zr6 * zr6 + zi6 * zi6
+        mag2[min(k0 + 6, last)] = select(
+            m6 > escape2, tr6 * tr6 + ti6 * ti6,
+            numba.float64(m6) + 0.0)
         counts[min(k0 + 7, last)] = n7
-        mag2[min(k0 + 7, last)] = zr7 * zr7 + zi7 * zi7
+        m7 = zr7 * zr7 + zi7 * zi7
+        mag2[min(k0 + 7, last)] = select(
+            m7 > escape2, tr7 * tr7 + ti7 * ti7,
+            numba.float64(m7) + 0.0)
         counts[min(k0 + 8, last)] = n8
-        mag2[min(k0 + 8, last)] = zr8 * zr8 + zi8 * zi8
+        m8 = zr8 * zr8 + zi8 * zi8
+        mag2[min(k0 + 8, last)] = select(
+            m8 > escape2, tr8 * tr8 + ti8 * ti8,
+            numba.float64(m8) + 0.0)
         counts[min(k0 + 9, last)] = n9
-        mag2[min(k0 + 9, last)] = zr9 * zr9 + zi9 * zi9
+        m9 = zr9 * zr9 + zi9 * zi9
+        mag2[min(k0 + 9, last)] = select(
+            m9 > escape2, tr9 * tr9 + ti9 * ti9,
+            numba.float64(m9) + 0.0)
         counts[min(k0 + 10, last)] = n10
-        mag2[min(k0 + 10, last)] = zr10 * zr10 + zi10 * zi10
+        m10 = zr10 * zr10 + zi10 * zi10
+        mag2[min(k0 + 10, last)] = select(
+            m10 > escape2, tr10 * tr10 + ti10 * ti10,
+            numba.float64(m10) + 0.0)
         counts[min(k0 + 11, last)] = n11
-        mag2[min(k0 + 11, last)] = zr11 * zr11 + zi11 * zi11
+        m11 = zr11 * zr11 + zi11 * zi11
+        mag2[min(k0 + 11, last)] = select(
+            m11 > escape2, tr11 * tr11 + ti11 * ti11,
+            numba.float64(m11) + 0.0)
         counts[min(k0 + 12, last)] = n12
-        mag2[min(k0 + 12, last)] = zr12 * zr12 + zi12 * zi12
+        m12 = zr12 * zr12 + zi12 * zi12
+        mag2[min(k0 + 12, last)] = select(
+            m12 > escape2, tr12 * tr12 + ti12 * ti12,
+            numba.float64(m12) + 0.0)
         counts[min(k0 + 13, last)] = n13
-        mag2[min(k0 + 13, last)] = zr13 * zr13 + zi13 * zi13
+        m13 = zr13 * zr13 + zi13 * zi13
+        mag2[min(k0 + 13, last)] = select(
+            m13 > escape2, tr13 * tr13 + ti13 * ti13,
+            numba.float64(m13) + 0.0)
         counts[min(k0 + 14, last)] = n14
-        mag2[min(k0 + 14, last)] = zr14 * zr14 + zi14 * zi14
+        m14 = zr14 * zr14 + zi14 * zi14
+        mag2[min(k0 + 14, last)] = select(
+            m14 > escape2, tr14 * tr14 + ti14 * ti14,
+            numba.float64(m14) + 0.0)
         counts[min(k0 + 15, last)] = n15
-        mag2[min(k0 + 15, last)] = zr15 * zr15 + zi15 * zi15
+        m15 = zr15 * zr15 + zi15 * zi15
+        mag2[min(k0 + 15, last)] = select(
+            m15 > escape2, tr15 * tr15 + ti15 * ti15,
+            numba.float64(m15) + 0.0)
         counts[min(k0 + 16, last)] = n16
-        mag2[min(k0 + 16, last)] = zr16 * zr16 + zi16 * zi16
+        m16 = zr16 * zr16 + zi16 * zi16
+        mag2[min(k0 + 16, last)] = select(
+            m16 > escape2, tr16 * tr16 + ti16 * ti16,
+            numba.float64(m16) + 0.0)
         counts[min(k0 + 17, last)] = n17
-        mag2[min(k0 + 17, last)] = zr17 * zr17 + zi17 * zi17
+        m17 = zr17 * zr17 + zi17 * zi17
+        mag2[min(k0 + 17, last)] = select(
+            m17 > escape2, tr17 * tr17 + ti17 * ti17,
+            numba.float64(m17) + 0.0)
         counts[min(k0 + 18, last)] = n18
-        mag2[min(k0 + 18, last)] = zr18 * zr18 + zi18 * zi18
+        m18 = zr18 * zr18 + zi18 * zi18
+        mag2[min(k0 + 18, last)] = select(
+            m18 > escape2, tr18 * tr18 + ti18 * ti18,
+            numba.float64(m18) + 0.0)
         counts[min(k0 + 19, last)] = n19
-        mag2[min(k0 + 19, last)] = zr19 * zr19 + zi19 * zi19
+        m19 = zr19 * zr19 + zi19 * zi19
+        mag2[min(k0 + 19, last)] = select(
+            m19 > escape2, tr19 * tr19 + ti19 * ti19,
+            numba.float64(m19) + 0.0)
         counts[min(k0 + 20, last)] = n20
-        mag2[min(k0 + 20, last)] = zr20 * zr20 + zi20 * zi20
+        m20 = zr20 * zr20 + zi20 * zi20
+        mag2[min(k0 + 20, last)] = select(
+            m20 > escape2, tr20 * tr20 + ti20 * ti20,
+            numba.float64(m20) + 0.0)
         counts[min(k0 + 21, last)] = n21
-        mag2[min(k0 + 21, last)] = zr21 * zr21 + zi21 * zi21
+        m21 = zr21 * zr21 + zi21 * zi21
+        mag2[min(k0 + 21, last)] = select(
+            m21 > escape2, tr21 * tr21 + ti21 * ti21,
+            numba.float64(m21) + 0.0)
         counts[min(k0 + 22, last)] = n22
-        mag2[min(k0 + 22, last)] = zr22 * zr22 + zi22 * zi22
+        m22 = zr22 * zr22 + zi22 * zi22
+        mag2[min(k0 + 22, last)] = select(
+            m22 > escape2, tr22 * tr22 + ti22 * ti22,
+            numba.float64(m22) + 0.0)
         counts[min(k0 + 23, last)] = n23
-        mag2[min(k0 + 23, last)] = zr23 * zr23 + zi23 * zi23
+        m23 = zr23 * zr23 + zi23 * zi23
+        mag2[min(k0 + 23, last)] = select(
+            m23 > escape2, tr23 * tr23 + ti23 * ti23,
+            numba.float64(m23) + 0.0)
         counts[min(k0 + 24, last)] = n24
-        mag2[min(k0 + 24, last)] = zr24 * zr24 + zi24 * zi24
+        m24 = zr24 * zr24 + zi24 * zi24
+        mag2[min(k0 + 24, last)] = select(
+            m24 > escape2, tr24 * tr24 + ti24 * ti24,
+            numba.float64(m24) + 0.0)
         counts[min(k0 + 25, last)] = n25
-        mag2[min(k0 + 25, last)] = zr25 * zr25 + zi25 * zi25
+        m25 = zr25 * zr25 + zi25 * zi25
+        mag2[min(k0 + 25, last)] = select(
+            m25 > escape2, tr25 * tr25 + ti25 * ti25,
+            numba.float64(m25) + 0.0)
         counts[min(k0 + 26, last)] = n26
-        mag2[min(k0 + 26, last)] = zr26 * zr26 + zi26 * zi26
+        m26 = zr26 * zr26 + zi26 * zi26
+        mag2[min(k0 + 26, last)] = select(
+            m26 > escape2, tr26 * tr26 + ti26 * ti26,
+            numba.float64(m26) + 0.0)
         counts[min(k0 + 27, last)] = n27
-        mag2[min(k0 + 27, last)] = zr27 * zr27 + zi27 * zi27
+        m27 = zr27 * zr27 + zi27 * zi27
+        mag2[min(k0 + 27, last)] = select(
+            m27 > escape2, tr27 * tr27 + ti27 * ti27,
+            numba.float64(m27) + 0.0)
         counts[min(k0 + 28, last)] = n28
-        mag2[min(k0 + 28, last)] = zr28 * zr28 + zi28 * zi28
+        m28 = zr28 * zr28 + zi28 * zi28
+        mag2[min(k0 + 28, last)] = select(
+            m28 > escape2, tr28 * tr28 + ti28 * ti28,
+            numba.float64(m28) + 0.0)
         counts[min(k0 + 29, last)] = n29
-        mag2[min(k0 + 29, last)] = zr29 * zr29 + zi29 * zi29
+        m29 = zr29 * zr29 + zi29 * zi29
+        mag2[min(k0 + 29, last)] = select(
+            m29 > escape2, tr29 * tr29 + ti29 * ti29,
+            numba.float64(m29) + 0.0)
         counts[min(k0 + 30, last)] = n30
-        mag2[min(k0 + 30, last)] = zr30 * zr30 + zi30 * zi30
+        m30 = zr30 * zr30 + zi30 * zi30
+        mag2[min(k0 + 30, last)] = select(
+            m30 > escape2, tr30 * tr30 + ti30 * ti30,
+            numba.float64(m30) + 0.0)
         counts[min(k0 + 31, last)] = n31
-        mag2[min(k0 + 31, last)] = zr31 * zr31 + zi31 * zi31
+        m31 = zr31 * zr31 + zi31 * zi31
+        mag2[min(k0 + 31, last)] = select(
+            m31 > escape2, tr31 * tr31 + ti31 * ti31,
+            numba.float64(m31) + 0.0)
         if keep_z:
             zr_end[min(k0 + 0, last)] = zr0
             zi_end[min(k0 + 0, last)] = zi0

@@ -48,7 +48,10 @@ still running from where they stopped (so a block's lanes stay busy together).
 import numba
 from numba import prange
 
+from fractal_app.kernels import escape
 from fractal_app.kernels._generated.select import select
+
+tail_iterations = numba.njit(escape.tail_iterations)
 
 LANES = {lanes}
 # Points per parallel task in resume_points.
@@ -182,11 +185,44 @@ def _block(fractal: str, precision: str, lanes: int, resume: bool) -> list[str]:
     lines += [body + f"done = {int_type}(it + 1)"]
     lines += _lanes("n{l} = select(run{l}, done, n{l})", lanes, body)
     lines += [body + "it += 1"]
+    # Past escape, for smooth colouring: escape.colour_tail's float64 iterations, the same
+    # operations in the same order, run for every lane together (vectorised: a call per
+    # lane cost 17% of a whole Mandelbrot render, 80% of a zoomed-out one); lanes that did
+    # not escape keep their |z|^2. "+ 0.0" as in colour_tail (it makes -0.0 +0.0).
+    lines += _lanes("tr{l} = numba.float64(zr{l}) + 0.0", lanes, ind)
+    lines += _lanes("ti{l} = numba.float64(zi{l}) + 0.0", lanes, ind)
+    if fractal == "julia":
+        lines += [ind + "tcr = numba.float64(jr) + 0.0", ind + "tci = numba.float64(ji) + 0.0"]
+        c_re, c_im = "tcr", "tci"
+    else:
+        lines += _lanes("tcr{l} = numba.float64(c{l}) + 0.0", lanes, ind)
+        lines += _lanes(f"tci{{l}} = numba.float64({im_of}) + 0.0", lanes, ind)
+        c_re, c_im = "tcr{l}", "tci{l}"
+    lines += [ind + "for _tail_step in range(tail_iterations(power)):"]
+    if fractal == "multibrot":
+        lines += _lanes("tp{l} = tr{l}", lanes, body)
+        lines += _lanes("tq{l} = ti{l}", lanes, body)
+        lines += [body + "for _tail_factor in range(power - 1):"]
+        lines += _lanes("tt{l} = tp{l} * tr{l} - tq{l} * ti{l}", lanes, body + "    ")
+        lines += _lanes("tq{l} = tp{l} * ti{l} + tq{l} * tr{l}", lanes, body + "    ")
+        lines += _lanes("tp{l} = tt{l}", lanes, body + "    ")
+        lines += _lanes(f"tr{{l}} = tp{{l}} + {c_re}", lanes, body)
+        lines += _lanes(f"ti{{l}} = tq{{l}} + {c_im}", lanes, body)
+    else:
+        if fractal == "burning_ship":
+            lines += _lanes("tr{l} = abs(tr{l})", lanes, body)
+            lines += _lanes("ti{l} = abs(ti{l})", lanes, body)
+        lines += _lanes(f"tt{{l}} = tr{{l}} * tr{{l}} - ti{{l}} * ti{{l}} + {c_re}", lanes, body)
+        lines += _lanes(f"ti{{l}} = 2.0 * tr{{l}} * ti{{l}} + {c_im}", lanes, body)
+        lines += _lanes("tr{l} = tt{l}", lanes, body)
     for lane in range(lanes):
         at = sample.format(l=lane)
         lines += [
             ind + f"counts[{at}] = n{lane}",
-            ind + f"mag2[{at}] = zr{lane} * zr{lane} + zi{lane} * zi{lane}",
+            ind + f"m{lane} = zr{lane} * zr{lane} + zi{lane} * zi{lane}",
+            ind + f"mag2[{at}] = select(",
+            ind + f"    m{lane} > escape2, tr{lane} * tr{lane} + ti{lane} * ti{lane},",
+            ind + f"    numba.float64(m{lane}) + 0.0)",
         ]
     lines += [ind + "if keep_z:"]
     for lane in range(lanes):
