@@ -201,7 +201,7 @@ def warm_cache() -> None:
     warm_kernel_cache()
 
 
-@main.command()
+@main.command(short_help="Find a view in a web page, then render it.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8470, show_default=True,
     help="port to listen on (0: any free port; the URL is printed)",
