@@ -26,18 +26,22 @@ Each figure is in its result's ``extra_info["figures"]`` (:mod:`figures`); absol
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 from bench_kernels2d import HEIGHT, WIDTH, _best_cpu_seconds, _Grid, _scene, c_program, run_c
 from figures import ABSOLUTE, HIGHER, LOWER, RATIO, record
-from harness import compute_request, provider_work_dir, start_server
+from harness import (
+    BareRenderer,
+    compute_request,
+    fractal_app_render,
+    provider_work_dir,
+    start_server,
+)
 
 __all__ = ["c_program"]  # a pytest fixture, used by name
 
@@ -59,30 +63,6 @@ STARTUP_ROUNDS = 3
 STARTUP_SCENE = {**DEFAULT_1080P, "center": [-0.75, 0.0], "width": 3.5, "max_iter": 1000}
 STARTUP_ROWS = (532, 548)
 
-# The bare renderer: one process, kernels loaded before the clock starts, renders each scene
-# it is sent on stdin and answers its wall and CPU seconds (all threads of the process).
-BARE_WORKER = r"""
-import json, resource, sys, time
-import numpy as np
-from fractal_app import render
-from fractal_app.scene import parse_scene
-
-def cpu_s():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-for line in sys.stdin:
-    scene_path, out = line.split()
-    scene = parse_scene(open(scene_path).read())
-    render.render_band(scene.model_copy(update={"resolution": (8, 8)}), 0, 8)
-    cpu, started = cpu_s(), time.perf_counter()
-    values = render.render_band(scene, 0, scene.height_px)
-    wall, cpu = time.perf_counter() - started, cpu_s() - cpu
-    if out != "-":
-        np.save(out, values)
-    print(json.dumps({"seconds": wall, "cpu_s": cpu}), flush=True)
-"""
-
 # A fresh process that does what a provider must at the least: import the renderer, load
 # its kernels, render the rows. No gRPC, no files.
 BARE_PROCESS = r"""
@@ -92,45 +72,6 @@ from fractal_app.scene import parse_scene
 scene = parse_scene(sys.argv[1])
 render.render_band(scene, int(sys.argv[2]), int(sys.argv[3]))
 """
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class BareRenderer:
-    """The bare band renderer in a process of its own, kept running between renders."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", BARE_WORKER],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-
-    def render(self, scene_path: Path, save_to: Path | None = None) -> tuple[float, float]:
-        """(wall, CPU) seconds of rendering the whole scene; the values saved if asked."""
-        self.process.stdin.write(f"{scene_path} {save_to or '-'}\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the bare renderer exited ({self.process.wait()})")
-        answer = json.loads(line)
-        return answer["seconds"], answer["cpu_s"]
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-        self.process.stdout.close()
-
-
-def fractal_app_render(scene_path: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """(wall, CPU of every process) seconds of ``fractal-app render``, start to exit."""
-    cli = Path(sys.executable).with_name("fractal-app")
-    cpu, started = children_cpu_s(), time.perf_counter()
-    subprocess.run([str(cli), "render", str(scene_path), "-o", str(out), "--quiet", *extra],
-                   check=True)
-    return time.perf_counter() - started, children_cpu_s() - cpu
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,13 @@ MAX_ATTEMPTS_PER_BAND = 3
 # band fails. Poster bands this big also outweigh a provider's fixed ~170 MiB of Python,
 # NumPy and Numba, and pay its start-up fewer times.
 PIXELS_PER_BAND = 1 << 26
-# One band per provider. Every provider process costs about a CPU-second before its kernels
-# run (interpreter, NumPy, Numba's registries, the cached kernels): measured, most of the
-# lifecycle's overhead on one machine (benchmarks/README.md). A second band per provider
-# bought balance at the price of that second-wave start-up, on the critical path; on one
-# machine each provider renders with every core, so when one finishes early the other's
-# threads take over the idle core, and the requestor verifies the early band meanwhile.
+# One band per provider, and one provider by default (the CLI's --providers). Every provider
+# process costs about a CPU-second before its kernels run (interpreter, NumPy, Numba's
+# registries, the cached kernels): measured, most of the lifecycle's overhead on one machine
+# (benchmarks/README.md). On one machine each provider renders with every core, and renders
+# its next block while it encodes this one (provider.rendered_ahead), so a second provider
+# buys little but its start-up; a second band per provider cost another start-up, on the
+# critical path.
 BANDS_PER_PROVIDER = 1
 # A scene whose worst case (every sample running to its iteration limit) is under this many
 # inner-loop steps renders in well under a second on two cores (the 1920x1080 default
@@ -436,7 +437,7 @@ def _deliver_output(result: Path, output: Path, may_move: bool) -> None:
 async def render_locally(
     scene_json: str,
     output: Path,
-    providers: int = 2,
+    providers: int = 1,
     subtasks: int | None = None,
     backend: str | None = None,
     band_timeout: float | None = None,

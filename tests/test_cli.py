@@ -204,6 +204,7 @@ def test_default_subtasks_keep_bands_bounded_and_providers_busy():
     assert bands(64, 48, 2, max_iter=10_000_000) == 2
     # Otherwise one band a provider (of equal estimated cost), never an empty band, and at
     # most about 2^26 pixels a band.
+    assert bands(3840, 2160, 1, max_iter=8000) == 1  # the default: one provider
     assert bands(3840, 2160, 2, max_iter=8000) == 2
     assert bands(64, 1, 2, max_iter=10_000_000) == 1
     assert bands(7680, 4320, 2, max_iter=20_000) == 2
