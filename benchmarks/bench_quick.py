@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -75,17 +77,17 @@ render.render_band(scene, int(sys.argv[2]), int(sys.argv[3]))
 
 
 @pytest.fixture(scope="module")
-def warmed_app(tmp_path_factory):
+def warmed_app():
     """One small ``fractal-app render`` per lifecycle scene, untimed: Numba's on-disk cache
     is filled (or compiled on a fresh machine) for the providers, the requestor's cost
     estimate (two bands) and its verification."""
-    folder = tmp_path_factory.mktemp("warm")
     started = time.perf_counter()
-    for name, scene in LIFECYCLE_SCENES.items():
-        small = {**scene, "resolution": [96, 54]}
-        path = folder / f"{name}.json"
-        path.write_text(json.dumps(small))
-        fractal_app_render(path, folder / f"{name}.png", "--subtasks", "2")
+    with tempfile.TemporaryDirectory(prefix="fractal-bench-warm-") as temporary:
+        folder = Path(temporary)
+        for name, scene in LIFECYCLE_SCENES.items():
+            path = folder / f"{name}.json"
+            path.write_text(json.dumps({**scene, "resolution": [96, 54]}))
+            fractal_app_render(path, folder / f"{name}.png", "--subtasks", "2")
     print(f"\nwarm-up (fractal-app render of small scenes): {time.perf_counter() - started:.1f} s")
 
 
