@@ -79,7 +79,7 @@ class LocalRenderReport:
 def default_subtasks(scene, providers: int) -> int:
     """Bands for ``scene`` on ``providers`` providers: one for a small scene, else one a
     provider, or one per PIXELS_PER_BAND pixels if that is more; never more than its rows."""
-    from fractal_app.verify import worst_pixel_cost
+    from fractal_app.bands import worst_pixel_cost
 
     width, height = scene.width_px, scene.height_px
     if width * height * worst_pixel_cost(scene) < SMALL_SCENE_STEPS:
