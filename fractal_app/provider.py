@@ -255,17 +255,43 @@ def rendered_ahead(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
     The PNG encode is single-threaded: done in turn with the kernels, every core but one
     idled while a block was compressed (about 0.3 s of a 4K band). The kernels and zlib
-    both release the GIL, so the two overlap; one more block (a few MiB) is in memory.
+    both release the GIL, so the two overlap; one more block (a few MiB) is in memory. Only
+    the rendering thread touches ``blocks``, from its first block to its last.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import queue
 
-    blocks = iter(blocks)
-    done = object()
-    with ThreadPoolExecutor(1, thread_name_prefix="render-ahead") as pool:
-        upcoming = pool.submit(next, blocks, done)
-        while (block := upcoming.result()) is not done:
-            upcoming = pool.submit(next, blocks, done)
+    handed = queue.Queue()  # (block, None), (None, error) or (None, None): the end
+    stop = threading.Event()
+
+    def render() -> None:
+        try:
+            for block in blocks:
+                handed.put((block, None))
+                handed.join()  # until the caller has taken it: one block ahead, no more
+                if stop.is_set():
+                    return
+            handed.put((None, None))
+        except BaseException as error:  # handed to the caller, who raises it
+            handed.put((None, error))
+
+    thread = threading.Thread(target=render, name="render-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            block, error = handed.get()
+            handed.task_done()
+            if error is not None:
+                raise error
+            if block is None:
+                return
             yield block
+    finally:
+        stop.set()
+        while thread.is_alive():  # the caller stopped early: unblock and wait for the thread
+            with contextlib.suppress(queue.Empty):
+                handed.get(timeout=0.05)
+                handed.task_done()
+        thread.join()
 
 
 class ProviderServicer(pb_grpc.ProviderAppServicer):

@@ -46,3 +46,14 @@ def test_a_band_rendered_ahead_equals_the_band(monkeypatch):
     whole = np.concatenate(list(band_blocks(scene, 3, 37, "cpu")))
     ahead = np.concatenate(list(rendered_ahead(band_blocks(scene, 3, 37, "cpu"))))
     np.testing.assert_array_equal(ahead, whole)
+
+
+def test_a_caller_that_stops_early_leaves_no_thread_behind():
+    def blocks():
+        for k in range(100):
+            yield np.full(2, k)
+
+    ahead = rendered_ahead(blocks())
+    assert int(next(ahead)[0]) == 0
+    ahead.close()
+    assert not [t for t in threading.enumerate() if t.name == "render-ahead"]
