@@ -32,6 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HISTORY = REPO / "benchmarks" / "history"
 NOISE_BAND = REPO / "benchmarks" / "noise_band.json"
+# A ratio's band is this many times its range (max - min) over N runs of unchanged code.
+# check compares two single runs, whose difference has sqrt(2) times one run's spread; the
+# range of 5 normal samples is about 2.3 standard deviations, so twice the range is about
+# 3.3 standard deviations of that difference: a false alarm about once in a thousand runs.
+BAND_PER_RANGE = 2.0
 
 
 @dataclass(frozen=True)
@@ -179,8 +184,9 @@ def check(result: Path, history: Path = HISTORY, noise: Path = NOISE_BAND) -> in
 
 # --------------------------------------------------------------------------- noise
 def measure_noise(results: list[Path], out: Path = NOISE_BAND) -> dict[str, float]:
-    """The noise band of each ratio figure over runs of unchanged code: its full range
-    (max - min) relative to its median. Written to ``out`` with where it came from."""
+    """The noise band of each ratio figure over runs of unchanged code: BAND_PER_RANGE
+    times its full range (max - min), relative to its median. Written to ``out`` with the
+    values it came from."""
     runs = [load_run(p) for p in results]
     if len(runs) < 3:
         raise SystemExit("give at least 3 runs of the same code to measure a spread")
@@ -192,13 +198,15 @@ def measure_noise(results: list[Path], out: Path = NOISE_BAND) -> dict[str, floa
         values = [run.figures[name]["value"] for run in runs if name in run.figures]
         if len(values) < 3:
             continue
-        bands[name] = round((max(values) - min(values)) / statistics.median(values), 4)
+        spread_of_runs = (max(values) - min(values)) / statistics.median(values)
+        bands[name] = round(BAND_PER_RANGE * spread_of_runs, 4)
         spread[name] = values
     out.write_text(
         json.dumps(
             {
-                "how": "full range (max - min) over median of each ratio, over the runs below of "
-                "unchanged code, one after another on one machine",
+                "how": f"{BAND_PER_RANGE} x the full range (max - min) over the median of "
+                "each ratio, over the runs below of unchanged code, one after another on one "
+                "machine (scripts/bench_history.py, BAND_PER_RANGE, says why)",
                 "cpu_models": sorted(models),
                 "runs": [run.label for run in runs],
                 "values": spread,
