@@ -40,7 +40,7 @@ BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
 # Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few
 # milliseconds of kernel work at the least, and a few MiB of scratch.
 RENDER_BLOCK_SAMPLES = 1 << 20
-# ... and at most about this many inner-loop steps (verify.worst_pixel_cost per pixel): a stop
+# ... and at most about this many inner-loop steps (bands.worst_pixel_cost per pixel): a stop
 # (SIGTERM, Shutdown) is seen between blocks, so a block must take well under the 2 s a node
 # waits. 2^27 steps is about 0.1-0.3 s of one core at the worst; a block is never less than
 # a few rows, so the kernel's threads still share it.
@@ -206,7 +206,7 @@ def band_blocks(
 def block_rows(scene, row_start: int, row_stop: int) -> Iterator[tuple[int, int]]:
     """The blocks band_blocks renders: at most RENDER_BLOCK_SAMPLES samples and about
     RENDER_BLOCK_STEPS of work at the worst, but at least MIN_BLOCK_ROWS rows."""
-    from fractal_app.verify import worst_pixel_cost
+    from fractal_app.bands import worst_pixel_cost
 
     width = scene.width_px
     by_samples = RENDER_BLOCK_SAMPLES // (width * scene.supersample**2)
