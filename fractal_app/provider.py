@@ -42,9 +42,13 @@ BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
 RENDER_BLOCK_SAMPLES = 1 << 20
 # ... and at most about this many inner-loop steps (bands.worst_pixel_cost per pixel): a stop
 # (SIGTERM, Shutdown) is seen between blocks, so a block must take well under the 2 s a node
-# waits. 2^27 steps is about 0.1-0.3 s of one core at the worst; a block is never less than
-# a few rows, so the kernel's threads still share it.
-RENDER_BLOCK_STEPS = 1 << 27
+# waits. Measured (issue 14, loaded two-core machine, block kernels on both threads): an
+# all-interior block (the worst case) of 2^27 steps took 0.05 s, of 2^29 0.21 s, so 2^30 is
+# about 0.4 s. Smaller blocks cost dearly in every render: each block is a round of parallel
+# kernel calls, and the 4K view at 1920x1080 in blocks of 2^27 steps (8 rows) took 1.8x the
+# CPU of one call (2.76 against 1.51 CPU-s); at 2^30 (70 rows), 1.07x. A block is never
+# less than a few rows, so the kernel's threads still share it.
+RENDER_BLOCK_STEPS = 1 << 30
 MIN_BLOCK_ROWS = 4
 # The scene resource is small JSON (scene.MAX_PARAMS_BYTES and the defaults filled in).
 MAX_RESOURCE_BYTES = 1 << 20
