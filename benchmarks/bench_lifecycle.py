@@ -1,4 +1,5 @@
-"""Overhead of the whole lifecycle over the bare kernels (issue 6, "Overhead").
+"""Overhead of the whole lifecycle over the bare kernels (issue 6, "Overhead"; issue 14,
+"Fixed cost of a render": :func:`test_fixed_cost_of_a_render` at the end).
 
 Target: ``fractal-app render`` of a heavy scene (7680x4320, a view near the set's boundary,
 max_iter 20,000; at least 20 s of pure kernel time) takes at most 1.10x the time the bare CPU
@@ -8,7 +9,7 @@ One round is:
 
 1. bare kernels: a fresh process renders the whole image with ``render.render_band`` (both
    cores, kernels loaded before the clock starts) and saves it;
-2. ``fractal-app render SCENE -o OUT --providers 2`` as a subprocess, timed end to end;
+2. ``fractal-app render SCENE -o OUT`` (the defaults) as a subprocess, timed end to end;
 3. bare kernels again (and 2-3 again ``FRACTAL_LIFECYCLE_ROUNDS`` times): the ratio compares
    the fastest lifecycle run with the fastest bare run, and every run is reported, so a
    change in the machine's load shows up as the spread of the bare runs;
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,7 +43,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import check_target, compute_request, provider_work_dir, start_server, task_plan
+from harness import (
+    BareRenderer,
+    check_target,
+    children_cpu_s,
+    compute_request,
+    cpu_by_role,
+    fractal_app_render,
+    provider_work_dir,
+    rss_probe_env,
+    start_server,
+    task_plan,
+)
 
 HEAVY_SCENE = {
     "fractal": "mandelbrot",
@@ -55,7 +66,6 @@ HEAVY_SCENE = {
     "width": 0.05,
     "max_iter": 20_000,
 }
-PROVIDERS = 2
 TARGET_RATIO = 1.10
 # Lifecycle runs, each followed by a bare run (FRACTAL_LIFECYCLE_ROUNDS).
 ROUNDS = int(os.environ.get("FRACTAL_LIFECYCLE_ROUNDS", "1"))
@@ -97,17 +107,10 @@ def lifecycle_render(scene_path: Path, out: Path, keep: Path) -> float:
     cli = Path(sys.executable).with_name("fractal-app")
     started = time.perf_counter()
     subprocess.run(
-        [str(cli), "render", str(scene_path), "-o", str(out), "--providers", str(PROVIDERS),
-         "--quiet", "--keep", str(keep)],
+        [str(cli), "render", str(scene_path), "-o", str(out), "--quiet", "--keep", str(keep)],
         check=True,
     )
     return time.perf_counter() - started
-
-
-def children_cpu_s() -> float:
-    """User + system CPU seconds of every finished child (and their waited-for children)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timeline(keep: Path) -> dict:
@@ -293,3 +296,85 @@ def test_render_overhead_over_bare_kernels(benchmark, tmp_path):
     benchmark.extra_info.update(figures)
     print("\nlifecycle:", json.dumps(figures, indent=1))
     check_target(benchmark, "lifecycle_over_bare_kernels_wall", figures["ratio"], TARGET_RATIO)
+
+
+# ---- the fixed cost of a render (issue 14) -----------------------------------------------
+
+# The scenes users render most: the issue's 4K view, and the default view at 1920x1080.
+FOUR_K_SCENE = {
+    "fractal": "mandelbrot",
+    "resolution": [3840, 2160],
+    "center": [-0.7436, 0.1318],
+    "width": 0.02,
+    "max_iter": 8000,
+}
+DEFAULT_VIEW_SCENE = {"fractal": "mandelbrot", "resolution": [1920, 1080]}
+TARGET_4K_RATIO = 1.25
+TARGET_DEFAULT_VIEW_OVERHEAD_S = 1.0
+# bare, render, bare, render, ... for each scene (FRACTAL_FIXED_COST_ROUNDS).
+FIXED_COST_ROUNDS = int(os.environ.get("FRACTAL_FIXED_COST_ROUNDS", "2"))
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="lifecycle-fixed-cost")
+def test_fixed_cost_of_a_render(benchmark, tmp_path):
+    """``fractal-app render`` of the 4K view within 1.25x of the bare band renderer, and of
+    the 1920x1080 default view within 1 s of it: bare and render alternate (the bare
+    renderer is one process with its kernels loaded), so both see the same machine load;
+    the minimum of each side is compared. Every process of each render reports its CPU
+    seconds (the rss probe), summed by role in ``cpu_by_role``."""
+    scenes = {"4k": FOUR_K_SCENE, "default_1080p": DEFAULT_VIEW_SCENE}
+    paths = {}
+    for name, scene in scenes.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(scene))
+    runs: dict[str, dict[str, list]] = {name: {"bare": [], "render": [], "roles": []}
+                                        for name in scenes}
+    bare_values = tmp_path / "bare.npy"
+    out = tmp_path / "out.png"
+    # Untimed: loads (or compiles) every kernel the lifecycle needs.
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({**FOUR_K_SCENE, "resolution": [96, 54]}))
+    fractal_app_render(small, tmp_path / "small.png", "--subtasks", "2")
+
+    def alternate():
+        with BareRenderer() as bare:
+            for round_ in range(FIXED_COST_ROUNDS):
+                for name, path in paths.items():
+                    first_4k = (round_, name) == (0, "4k")
+                    runs[name]["bare"].append(bare.render(path, bare_values if first_4k
+                                                          else None))
+                    probe = tmp_path / f"cpu-{name}-{round_}"
+                    runs[name]["render"].append(fractal_app_render(
+                        path, out if first_4k else tmp_path / "other.png",
+                        env=rss_probe_env(probe)))
+                    runs[name]["roles"].append(cpu_by_role(probe))
+
+    benchmark.pedantic(alternate, rounds=1, iterations=1)
+    from PIL import Image
+
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.load(bare_values))
+
+    figures: dict = {}
+    for name, sides in runs.items():
+        bare_min = min(w for w, _ in sides["bare"])
+        best = min(range(len(sides["render"])), key=lambda k: sides["render"][k][0])
+        render_min = sides["render"][best][0]
+        figures[name] = {
+            "bare_wall_cpu_s": [[round(w, 3), round(c, 3)] for w, c in sides["bare"]],
+            "render_wall_cpu_s": [[round(w, 3), round(c, 3)] for w, c in sides["render"]],
+            "bare_min_s": round(bare_min, 3),
+            "render_min_s": round(render_min, 3),
+            "ratio": round(render_min / bare_min, 3),
+            "overhead_s": round(render_min - bare_min, 3),
+            "cpu_ratio": round(min(c for _, c in sides["render"])
+                               / min(c for _, c in sides["bare"]), 3),
+            "cpu_by_role_of_fastest_render": sides["roles"][best],
+        }
+    benchmark.extra_info.update(figures)
+    print("\nfixed cost:", json.dumps(figures, indent=1))
+    check_target(benchmark, "4k_over_bare_kernels_wall", figures["4k"]["ratio"],
+                 TARGET_4K_RATIO)
+    check_target(benchmark, "default_view_overhead_s", figures["default_1080p"]["overhead_s"],
+                 TARGET_DEFAULT_VIEW_OVERHEAD_S)

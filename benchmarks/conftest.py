@@ -8,6 +8,8 @@ place without ``-s``. ``tmp_path`` is replaced by a private temporary folder (se
 docstring).
 """
 
+import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -53,6 +55,29 @@ def warmed_benchmark(benchmark):
 def summary():
     """Append a line here to have it printed in the run's closing summary."""
     return _SUMMARY.append
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it (what the history keys its runs by)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    # pytest-benchmark's own "cpu" entry comes from py-cpuinfo; this is the one the history
+    # tool groups runs by, read the same way everywhere.
+    machine_info["cpu_model"] = cpu_model()
+    machine_info["cpu_count"] = os.cpu_count()
+
+
+def pytest_report_header(config):
+    return f"CPU model: {cpu_model()} ({os.cpu_count()} logical CPUs)"
 
 
 def pytest_terminal_summary(terminalreporter):

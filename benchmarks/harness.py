@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -71,6 +73,96 @@ def task_plan(keep: Path) -> list[tuple[int, int]]:
     with sqlite3.connect(database) as db:
         rows = db.execute("SELECT row_start, row_stop FROM band ORDER BY row_start").fetchall()
     return [(int(a), int(b)) for a, b in rows]
+
+
+# ---- the lifecycle against the bare renderer ---------------------------------------------
+
+# The bare renderer: one process, kernels loaded before the clock starts, renders each scene
+# it is sent on stdin (a line "SCENE_PATH OUT", OUT "-" for none, else an .npy of the values)
+# and answers its wall and CPU seconds (every thread of the process).
+_BARE_WORKER = r"""
+import json, resource, sys, time
+import numpy as np
+from fractal_app import render
+from fractal_app.scene import parse_scene
+
+def cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+for line in sys.stdin:
+    scene_path, out = line.split()
+    scene = parse_scene(open(scene_path).read())
+    render.render_band(scene.model_copy(update={"resolution": (8, 8)}), 0, 8)
+    cpu, started = cpu_s(), time.perf_counter()
+    values = render.render_band(scene, 0, scene.height_px)
+    wall, cpu = time.perf_counter() - started, cpu_s() - cpu
+    if out != "-":
+        np.save(out, values)
+    print(json.dumps({"seconds": wall, "cpu_s": cpu}), flush=True)
+"""
+
+
+class BareRenderer:
+    """The bare band renderer in a process of its own, kept running between renders, so
+    that its renders can alternate with ``fractal-app render`` runs in the same minute."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _BARE_WORKER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def render(self, scene_path: Path, save_to: Path | None = None) -> tuple[float, float]:
+        """(wall, CPU) seconds of rendering the whole scene; the values saved if asked."""
+        self.process.stdin.write(f"{scene_path} {save_to or '-'}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bare renderer exited ({self.process.wait()})")
+        answer = json.loads(line)
+        return answer["seconds"], answer["cpu_s"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.process.stdout.close()
+
+    def __enter__(self) -> BareRenderer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every finished child (and their waited-for children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fractal_app_render(
+    scene_path: Path, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """(wall, CPU of every process) seconds of ``fractal-app render``, start to exit."""
+    cli = Path(sys.executable).with_name("fractal-app")
+    cpu, started = children_cpu_s(), time.perf_counter()
+    subprocess.run(
+        [str(cli), "render", str(scene_path), "-o", str(out), "--quiet", *extra],
+        check=True, env={**os.environ, **(env or {})},
+    )
+    return time.perf_counter() - started, children_cpu_s() - cpu
+
+
+def cpu_by_role(out_dir: Path) -> dict[str, float]:
+    """CPU seconds of the processes the rss probe saw, summed by role (cli, requestor,
+    provider), with the number of providers."""
+    roles: dict[str, float] = {}
+    for report in read_rss_reports(out_dir):
+        roles[report["role"]] = roles.get(report["role"], 0.0) + report["cpu_s"]
+        if report["role"] == "provider":
+            roles["providers_started"] = roles.get("providers_started", 0) + 1
+    return {k: round(v, 3) for k, v in roles.items()}
 
 
 # ---- memory ------------------------------------------------------------------------------

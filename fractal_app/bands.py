@@ -66,3 +66,13 @@ def band_memory_mib(rows: int, width: int, output: str, bit_depth: int, supersam
     values = rows * width * bytes_per_pixel(output, bit_depth)
     samples = rows * width * supersample * supersample * 8 if supersample > 1 else 0
     return PROVIDER_BASE_MEMORY_MIB + (3 * values + samples) / 2**20
+
+
+def worst_pixel_cost(scene) -> int:
+    """Upper estimate of one pixel's work, in inner-loop steps: for sizing verification's
+    chunks, and for telling a scene too small to share among providers (local mode)."""
+    samples = scene.supersample**2
+    if scene.is_3d:
+        # ray steps x fractal iterations, plus normal, shadow and occlusion probes
+        return samples * scene.max_steps * scene.iterations * 3
+    return samples * scene.max_iter * (getattr(scene, "power", 2) - 1)

@@ -40,15 +40,16 @@ def main() -> None:
 @click.option(
     "--providers",
     type=click.IntRange(1, 256),
-    default=2,
+    default=1,
     show_default=True,
-    help="provider processes rendering at the same time",
+    help="provider processes rendering at the same time (each uses every core)",
 )
 @click.option(
     "--subtasks",
     type=click.IntRange(1, 1_000_000),
     default=None,
-    help="at most this many bands (default: 2 per provider, or one per 64 megapixels if more)",
+    help="at most this many bands (default: one per provider, or one per 64 megapixels if"
+    " more; one for a small scene)",
 )
 @click.option(
     "--backend",

@@ -46,12 +46,21 @@ MAX_ATTEMPTS_PER_BAND = 3
 # streams its band (one block of rows in memory), so the size costs it nothing; the bound is
 # for the requestor, which decodes a band whole to verify it, and for the work redone when a
 # band fails. Poster bands this big also outweigh a provider's fixed ~170 MiB of Python,
-# NumPy and Numba, and pay its start-up (half a CPU-second) fewer times.
+# NumPy and Numba, and pay its start-up fewer times.
 PIXELS_PER_BAND = 1 << 26
-# The requestor cuts bands of equal estimated cost (bandplan.py), so two per provider keep
-# every provider busy to the end; each more costs a provider start (about half a CPU-second
-# of imports and kernel loading), which is most of the lifecycle's overhead on one machine.
-BANDS_PER_PROVIDER = 2
+# One band per provider, and one provider by default (the CLI's --providers). Every provider
+# process costs about a CPU-second before its kernels run (interpreter, NumPy, Numba's
+# registries, the cached kernels): measured, most of the lifecycle's overhead on one machine
+# (benchmarks/README.md). On one machine each provider renders with every core, and renders
+# its next block while it encodes this one (provider.rendered_ahead), so a second provider
+# buys little but its start-up; a second band per provider cost another start-up, on the
+# critical path.
+BANDS_PER_PROVIDER = 1
+# A scene whose worst case (every sample running to its iteration limit) is under this many
+# inner-loop steps renders in well under a second on two cores (the 1920x1080 default
+# Mandelbrot view is 2.1e9 steps at most, 0.15 s): a second provider would cost more in
+# start-up than it saves, so such a scene is one band on one provider.
+SMALL_SCENE_STEPS = 1 << 32
 
 
 class LocalRenderError(AppError):
@@ -67,8 +76,14 @@ class LocalRenderReport:
     provider_errors: int
 
 
-def default_subtasks(width: int, height: int, providers: int) -> int:
-    """Enough bands to keep every provider busy to the end, and none of them huge."""
+def default_subtasks(scene, providers: int) -> int:
+    """Bands for ``scene`` on ``providers`` providers: one for a small scene, else one a
+    provider, or one per PIXELS_PER_BAND pixels if that is more; never more than its rows."""
+    from fractal_app.bands import worst_pixel_cost
+
+    width, height = scene.width_px, scene.height_px
+    if width * height * worst_pixel_cost(scene) < SMALL_SCENE_STEPS:
+        return 1
     return min(
         height, max(BANDS_PER_PROVIDER * providers, math.ceil(width * height / PIXELS_PER_BAND))
     )
@@ -422,7 +437,7 @@ def _deliver_output(result: Path, output: Path, may_move: bool) -> None:
 async def render_locally(
     scene_json: str,
     output: Path,
-    providers: int = 2,
+    providers: int = 1,
     subtasks: int | None = None,
     backend: str | None = None,
     band_timeout: float | None = None,
@@ -513,14 +528,10 @@ async def _render_locally(
     from fractal_app.bands import plan_bands
     from fractal_app.scene import parse_scene
 
-    scene = parse_scene(scene_json)
     if providers < 1:
         raise LocalRenderError("--providers must be at least 1")
-    count = subtasks or default_subtasks(scene.width_px, scene.height_px, providers)
-    if count < 1:
+    if subtasks is not None and subtasks < 1:
         raise LocalRenderError("--subtasks must be at least 1")
-    total = len(plan_bands(scene.height_px, count))
-    output = output_path_for(Path(output), scene.output)
     started = time.monotonic()
 
     async with contextlib.AsyncExitStack() as stack:
@@ -543,11 +554,19 @@ async def _render_locally(
         (root / "providers").mkdir()
         launcher = ProviderLauncher(root, backend, log_level)
         requestor = _Process("requestor", root / "requestor", root / "requestor.log")
+        # The requestor starts first: it needs nothing of the scene and has the longest way
+        # to its first answer (CreateTask's cost estimate loads Numba and its kernels), so
+        # this process validates the scene (pydantic's import and all) meanwhile.
+        requestor_start = asyncio.create_task(requestor.start([], log_level))
         try:
+            scene = parse_scene(scene_json)
+            count = subtasks or default_subtasks(scene, providers)
+            total = len(plan_bands(scene.height_px, count))
+            output = output_path_for(Path(output), scene.output)
             # The first providers start with the requestor: their start-up and Numba
             # loading overlap the requestor's and the task's creation.
             first_providers = [launcher.launch() for _ in range(min(providers, total))]
-            await requestor.start([], log_level)
+            await requestor_start
             async with grpc.aio.insecure_channel(requestor.address) as channel:
                 stub = pb_grpc.RequestorAppStub(channel)
                 task_id = f"local-{uuid.uuid4().hex}"
@@ -593,6 +612,8 @@ async def _render_locally(
                 await stub.Shutdown(pb.ShutdownRequest())
             await requestor.wait(timeout=30)
         finally:
+            requestor_start.cancel()
+            await asyncio.gather(requestor_start, return_exceptions=True)
             await launcher.retire_all()
             await requestor.kill_and_reap()
     return LocalRenderReport(

@@ -41,11 +41,15 @@ BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
 # Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few
 # milliseconds of kernel work at the least, and a few MiB of scratch.
 RENDER_BLOCK_SAMPLES = 1 << 20
-# ... and at most about this many inner-loop steps (verify.worst_pixel_cost per pixel): a stop
+# ... and at most about this many inner-loop steps (bands.worst_pixel_cost per pixel): a stop
 # (SIGTERM, Shutdown) is seen between blocks, so a block must take well under the 2 s a node
-# waits. 2^27 steps is about 0.1-0.3 s of one core at the worst; a block is never less than
-# a few rows, so the kernel's threads still share it.
-RENDER_BLOCK_STEPS = 1 << 27
+# waits. Measured (issue 14, loaded two-core machine, block kernels on both threads): an
+# all-interior block (the worst case) of 2^27 steps took 0.05 s, of 2^29 0.21 s, so 2^30 is
+# about 0.4 s. Smaller blocks cost dearly in every render: each block is a round of parallel
+# kernel calls, and the 4K view at 1920x1080 in blocks of 2^27 steps (8 rows) took 1.8x the
+# CPU of one call (2.76 against 1.51 CPU-s); at 2^30 (70 rows), 1.07x. A block is never
+# less than a few rows, so the kernel's threads still share it.
+RENDER_BLOCK_STEPS = 1 << 30
 MIN_BLOCK_ROWS = 4
 # The scene resource is small JSON (scene.MAX_PARAMS_BYTES and the defaults filled in).
 MAX_RESOURCE_BYTES = 1 << 20
@@ -160,7 +164,9 @@ class Provider:
 
         def render_and_write() -> None:
             blocks = band_blocks(scene, params.row_start, params.row_stop, backend, halt)
-            write_band_blocks(out_path, _after_first(blocks, self._startup_done), meta)
+            write_band_blocks(
+                out_path, _after_first(rendered_ahead(blocks), self._startup_done), meta
+            )
 
         logger.info(
             "rendering rows %d..%d of task %s on %s",
@@ -233,7 +239,7 @@ def band_blocks(
 def block_rows(scene, row_start: int, row_stop: int) -> Iterator[tuple[int, int]]:
     """The blocks band_blocks renders: at most RENDER_BLOCK_SAMPLES samples and about
     RENDER_BLOCK_STEPS of work at the worst, but at least MIN_BLOCK_ROWS rows."""
-    from fractal_app.verify import worst_pixel_cost
+    from fractal_app.bands import worst_pixel_cost
 
     width = scene.width_px
     by_samples = RENDER_BLOCK_SAMPLES // (width * scene.supersample**2)
@@ -275,6 +281,50 @@ def read_resource(work_dir: Path, name: str) -> str:
         return data.decode()
     except UnicodeDecodeError:
         raise FailedPrecondition(f"{where} is not UTF-8 text") from None
+
+
+def rendered_ahead(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """``blocks``, each next one rendering in a thread while the caller encodes this one.
+
+    The PNG encode is single-threaded: done in turn with the kernels, every core but one
+    idled while a block was compressed (about 0.3 s of a 4K band). The kernels and zlib
+    both release the GIL, so the two overlap; one more block (a few MiB) is in memory. Only
+    the rendering thread touches ``blocks``, from its first block to its last.
+    """
+    import queue
+
+    handed = queue.Queue()  # (block, None), (None, error) or (None, None): the end
+    stop = threading.Event()
+
+    def render() -> None:
+        try:
+            for block in blocks:
+                handed.put((block, None))
+                handed.join()  # until the caller has taken it: one block ahead, no more
+                if stop.is_set():
+                    return
+            handed.put((None, None))
+        except BaseException as error:  # handed to the caller, who raises it
+            handed.put((None, error))
+
+    thread = threading.Thread(target=render, name="render-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            block, error = handed.get()
+            handed.task_done()
+            if error is not None:
+                raise error
+            if block is None:
+                return
+            yield block
+    finally:
+        stop.set()
+        while thread.is_alive():  # the caller stopped early: unblock and wait for the thread
+            with contextlib.suppress(queue.Empty):
+                handed.get(timeout=0.05)
+                handed.task_done()
+        thread.join()
 
 
 class ProviderServicer(pb_grpc.ProviderAppServicer):

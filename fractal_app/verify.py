@@ -62,6 +62,7 @@ import numpy as np
 
 from fractal_app import errors
 from fractal_app.bandfile import BandFileError, BandMeta, read_band
+from fractal_app.bands import worst_pixel_cost
 
 # --------------------------------------------------------------------------- the plan
 WRONG_FRACTION = 0.02  # the issue: a band with >= 2% wrong pixels ...
@@ -337,15 +338,6 @@ def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-sample difference: |count difference|, or the largest channel difference."""
     d = np.abs(a.astype(np.int64) - b.astype(np.int64))
     return d if d.ndim == 1 else d.max(axis=1)
-
-
-def worst_pixel_cost(scene) -> int:
-    """Upper estimate of one pixel's work, in inner-loop steps (for sizing chunks)."""
-    samples = scene.supersample**2
-    if scene.is_3d:
-        # ray steps x fractal iterations, plus normal, shadow and occlusion probes
-        return samples * scene.max_steps * scene.iterations * 3
-    return samples * scene.max_iter * (getattr(scene, "power", 2) - 1)
 
 
 def chunk_size(scene) -> int:

@@ -198,14 +198,26 @@ def test_app_definition_prints_json():
 
 
 def test_default_subtasks_keep_bands_bounded_and_providers_busy():
-    # Two bands a provider (the bands have equal estimated cost), never an empty band, and
-    # at most about 2^26 pixels a band.
-    assert default_subtasks(64, 48, 2) == 4
-    assert default_subtasks(64, 3, 2) == 3
-    assert default_subtasks(7680, 4320, 2) == 4
-    assert default_subtasks(16384, 16384, 2) == 4
-    assert default_subtasks(32768, 32768, 2) == 16
-    assert default_subtasks(32768, 32768, 16) == 32
+    def bands(width, height, providers, **view):
+        scene = parse_scene({"fractal": "mandelbrot", "resolution": [width, height], **view})
+        return default_subtasks(scene, providers)
+
+    # A small scene (worst case under SMALL_SCENE_STEPS) is one band: a second provider
+    # would cost more to start than it saves. The 1080p default view is one.
+    assert bands(1920, 1080, 2) == 1
+    assert bands(64, 48, 2, max_iter=10_000_000) == 2
+    # Otherwise one band a provider (of equal estimated cost), never an empty band, and at
+    # most about 2^26 pixels a band.
+    assert bands(3840, 2160, 1, max_iter=8000) == 1  # the default: one provider
+    assert bands(3840, 2160, 2, max_iter=8000) == 2
+    assert bands(64, 1, 2, max_iter=10_000_000) == 1
+    assert bands(7680, 4320, 2, max_iter=20_000) == 2
+    assert bands(7680, 4320, 3, max_iter=20_000) == 3
+    assert bands(16384, 16384, 2) == 4
+    assert bands(32768, 32768, 2) == 16
+    assert bands(32768, 32768, 32) == 32
+    mandelbulb = parse_scene({"fractal": "mandelbulb", "resolution": [1920, 1080]})
+    assert default_subtasks(mandelbulb, 2) == 2  # 3D: thousands of steps a pixel
 
 
 def test_counts_output_gets_a_tiff_suffix(tmp_path):

@@ -1,9 +1,10 @@
-"""Benchmark probe: report this process's peak resident memory when it exits.
+"""Benchmark probe: report this process's peak resident memory and CPU time when it exits.
 
 Active only when benchmarks/rss_probe is on PYTHONPATH (which makes Python import this as
 ``sitecustomize``) and FRACTAL_BENCH_RSS_DIR names a folder. Each process writes one JSON
-file there: its pid, its role (requestor, provider, or the CLI), argv and ``ru_maxrss``.
-Used by benchmarks/bench_poster.py; nothing in the app imports it.
+file there: its pid, its role (requestor, provider, or the CLI), argv, ``ru_maxrss`` and
+the CPU seconds it used (user + system, all its threads).
+Used by benchmarks/bench_poster.py and bench_lifecycle.py; nothing in the app imports it.
 """
 
 import atexit
@@ -24,11 +25,13 @@ def _role(argv: list[str]) -> str:
 
 def _report() -> None:
     argv = list(sys.argv)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     record = {
         "pid": os.getpid(),
         "role": _role(argv),
         "argv": argv,
-        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "max_rss_bytes": usage.ru_maxrss * 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
     }
     path = os.path.join(_OUT, f"{os.getpid()}.json")
     with open(path + ".partial", "w") as out:
