@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from harness import check_target
+from harness import check_target, cpu_model
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 NODE_UID = 4321
@@ -74,13 +73,6 @@ for path in sorted(root.rglob("*.py")):
     digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
 print(digest.hexdigest())
 """
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def container_sh() -> str:
