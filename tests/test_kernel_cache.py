@@ -130,3 +130,27 @@ def test_a_cold_render_is_announced_with_an_estimate(tmp_path):
     render.render_pixels(parsed, [0], [0])
     assert warmup.compile_estimate_seconds(json.dumps(scene)) == 0
     assert warmup.compile_estimate_seconds('{"fractal": "nope"}') == 0  # render says why
+
+
+def test_the_cli_says_a_cold_render_compiles_first(tmp_path, monkeypatch, capsys):
+    from fractal_app import cli, warmup
+
+    scene = tmp_path / "scene.json"
+    scene.write_text('{"fractal": "mandelbrot", "resolution": [8, 4]}')
+    monkeypatch.setattr(warmup, "compile_estimate_seconds", lambda text, backend: 44.0)
+    cli._say_if_compiling(scene, None)
+    said = capsys.readouterr().err
+    assert "compiling the kernels for this scene first" in said and "about 44 s" in said
+    monkeypatch.setattr(warmup, "compile_estimate_seconds", lambda text, backend: 0.0)
+    cli._say_if_compiling(scene, None)
+    assert capsys.readouterr().err == ""
+
+
+def test_warm_cache_refuses_an_unknown_cpu_level_naming_the_known_ones():
+    from click.testing import CliRunner
+
+    from fractal_app import cli
+
+    result = CliRunner().invoke(cli.main, ["warm-cache", "--cpu-level", "avx9000"])
+    assert result.exit_code == 2
+    assert "--cpu-level" in result.output and "x86-64-v4" in result.output
