@@ -472,6 +472,7 @@ def test_every_kernel_the_services_reach_is_in_the_image_cache(cpu_image, node_d
     """As the node's uid, on the read-only image (temporary band files in the work dir)."""
     from fractal_app import cpu_levels
 
+    hand_to_node_user(node_dir)
     result = _container_sh(
         "run", "--rm", "--user", f"{NODE_UID}:{NODE_UID}", "--read-only",
         "--read-only-tmpfs=false", "-v", f"{node_dir}:/golem/work", "-e", "TMPDIR=/golem/work",
