@@ -46,8 +46,8 @@ _WARM_OVERRIDES = {"julia": {"c": [-0.4, 0.3]}}
 
 def __getattr__(name: str):
     # Numba resolves NUMBA_CACHE_LOCATOR_CLASSES with getattr(module, name). The class is
-    # built on first use because it subclasses a Numba class, and this module must import
-    # without Numba: select_cpu_target runs before Numba may be imported.
+    # built on first use because it subclasses a Numba class: importing this module stays
+    # cheap (the CLI imports it before Numba is needed).
     if name == "ImageCacheLocator":
         return _image_cache_locator_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
