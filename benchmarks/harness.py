@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -211,3 +212,14 @@ def check_target(benchmark, name: str, value: float, bound: float, at_least: boo
           f"{'met' if met else 'MISSED'}")
     if os.environ.get(REPORT_ONLY_ENV) != "1":
         assert met, f"{name} = {value:.4g}, target {'>=' if at_least else '<='} {bound}"
+
+
+def cpu_model() -> str:
+    """This machine's CPU model as Linux names it (benchmarks print it beside their figures)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

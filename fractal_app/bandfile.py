@@ -472,7 +472,9 @@ def _unfilter_sequential(line: np.ndarray, prev: np.ndarray, bpp: int, kind: int
     if _compiled_unfilter is None:
         import numba
 
-        _compiled_unfilter = numba.njit(cache=True, nogil=True)(_unfilter_average_paeth)
+        from fractal_app.kernels.caching import cached
+
+        _compiled_unfilter = cached(numba.njit(nogil=True)(_unfilter_average_paeth))
     cur = np.empty_like(line)
     _compiled_unfilter(line, prev, cur, bpp, kind)
     return cur

@@ -93,6 +93,8 @@ def render(
     from fractal_app.render import resolve_backend
     from fractal_app.scene import parse_scene
 
+    if not quiet:
+        _say_if_compiling(scene_file, backend)
     try:
         scene_json = scene_file.read_text()
         scene = parse_scene(scene_json)
@@ -194,12 +196,42 @@ def app_definition() -> None:
     click.echo(json.dumps(definition(), indent=2))
 
 
+def _say_if_compiling(scene_file: Path, backend: str | None) -> None:
+    """Tell the user, before a cold first render, that Numba compiles first and how long."""
+    from fractal_app.warmup import compile_estimate_seconds
+
+    seconds = compile_estimate_seconds(scene_file.read_text(), backend)
+    if seconds:
+        click.echo(
+            f"compiling the kernels for this scene first (once per machine and version): "
+            f"about {seconds:.0f} s; `fractal-app warm-cache` compiles them all ahead of time",
+            err=True,
+        )
+
+
 @main.command("warm-cache", short_help="Compile every kernel into Numba's disk cache.")
-def warm_cache() -> None:
+@click.option(
+    "--cpu-level",
+    default=None,
+    metavar="LEVEL",
+    help="compile for this x86-64 level (x86-64-v4, x86-64-v3, x86-64-v2, x86-64) instead of"
+    " this machine's CPU (the docker_cpu image bakes several)",
+)
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def warm_cache(cpu_level: str | None, quiet: bool) -> None:
     """Compile every kernel into Numba's on-disk cache (run when building an image)."""
+    if cpu_level is not None:
+        from fractal_app.cpu_levels import pin
+
+        try:
+            pin(cpu_level)  # before Numba is imported: it reads the target once
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--cpu-level") from None
     from fractal_app.warmup import warm_kernel_cache
 
-    warm_kernel_cache()
+    seconds = warm_kernel_cache(progress=not quiet)
+    if not quiet:
+        click.echo(f"kernel cache warm in {seconds:.0f} s", err=True)
 
 
 @main.command(short_help="Find a view in a web page, then render it.")

@@ -6,18 +6,18 @@ every subtask. The images therefore compile every CPU kernel while they are buil
 run time, as an arbitrary uid on a read-only image, only load from it. Three pieces make that
 work; the Dockerfiles wire them up:
 
-* :func:`warm_kernel_cache` renders a tiny band and a few pixels of every fractal, precision
-  and output kind, through the same ``fractal_app.render`` calls the provider and the
-  requestor's verification make, so every kernel signature they use is compiled and cached.
+* :func:`warm_kernel_cache` runs, on a small scene of every fractal, precision and output
+  kind, what the services run: CreateTask's cost estimate, Compute's band and band file,
+  Verify's reading and recomputing (of honest files written with each PNG row filter, since
+  Average and Paeth rows have a decoding kernel of their own) and RunBenchmark. Every kernel
+  signature a service can reach is so compiled and cached; tests/test_kernel_cache_walk.py
+  checks that nothing is left to compile with the cache read-only.
 * ``ImageCacheLocator`` (named in ``NUMBA_CACHE_LOCATOR_CLASSES``): Numba's own locators give
   up on a cache folder the process cannot write (it probes with a temporary file), and with no
-  writable fallback Numba refuses to decorate a ``cache=True`` kernel at all. This one loads
-  from a read-only folder; loading writes nothing.
-* :func:`select_cpu_target`: Numba keys cached code by the CPU it was compiled for (name and
-  feature list), so a cache built on one machine misses on every other CPU. The image pins the
-  target to a named x86-64 micro-architecture level (the same key on every host with that
-  level), bakes the cache for several levels, and picks at start-up the best level the host
-  runs. It must run before Numba is imported; the image runs it from a ``.pth`` file.
+  writable fallback Numba refuses to decorate a cached kernel at all. This one loads from a
+  read-only folder; loading writes nothing.
+* ``fractal_app.cpu_levels``: the CPU levels the cache is compiled for, and the choice of one
+  at start-up.
 """
 
 from __future__ import annotations
@@ -25,27 +25,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import platform
+import struct
+import tempfile
+import threading
 import time
-from collections.abc import Iterator, MutableMapping
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-# Environment variable (set in the images) listing the CPU levels the cache was baked for.
-CPU_TARGETS_ENV = "FRACTAL_APP_NUMBA_CPU_TARGETS"
-
-# x86-64 micro-architecture levels (LLVM CPU names) and the /proc/cpuinfo flags each needs,
-# from the x86-64 psABI. Each level includes the ones below it.
-_V2_FLAGS = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
-_V3_FLAGS = _V2_FLAGS | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
-_V4_FLAGS = _V3_FLAGS | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
-X86_64_LEVELS: dict[str, frozenset[str]] = {
-    "x86-64-v4": _V4_FLAGS,
-    "x86-64-v3": _V3_FLAGS,
-    "x86-64-v2": _V2_FLAGS,
-    "x86-64": frozenset(),
-}
 
 # Small pictures with the default views and iteration limits: the point is compiling every
 # kernel, and some run only when the picture needs them (the 2D block kernels resume, in
@@ -56,53 +44,10 @@ _WARM_RESOLUTION = (48, 32)
 _WARM_OVERRIDES = {"julia": {"c": [-0.4, 0.3]}}
 
 
-def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU feature flags Linux reports for this host (empty when unknown)."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-def select_cpu_target(
-    environ: MutableMapping[str, str] = os.environ,
-    flags: frozenset[str] | None = None,
-    machine: str | None = None,
-) -> str | None:
-    """Pin Numba to the best CPU level the image's cache was built for that this host runs.
-
-    Reads the baked levels from ``FRACTAL_APP_NUMBA_CPU_TARGETS`` (best first) and sets
-    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` in ``environ``. Returns the chosen level, or
-    None when it changes nothing: no baked levels (outside the images), an explicit
-    ``NUMBA_CPU_NAME`` already set, not an x86-64 host, or no baked level this CPU runs.
-    Must run before Numba is imported (Numba reads these variables once, at import).
-    """
-    baked = environ.get(CPU_TARGETS_ENV, "").split()
-    if not baked or environ.get("NUMBA_CPU_NAME"):
-        return None
-    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
-        return None
-    host = host_cpu_flags() if flags is None else flags
-    for level in baked:
-        needed = X86_64_LEVELS.get(level)
-        if needed is not None and needed <= host:
-            environ["NUMBA_CPU_NAME"] = level
-            # Empty features: exactly the level's own instruction set, the same cache key
-            # on every host (Numba would otherwise add this host's whole feature list).
-            environ["NUMBA_CPU_FEATURES"] = ""
-            return level
-    return None
-
-
 def __getattr__(name: str):
     # Numba resolves NUMBA_CACHE_LOCATOR_CLASSES with getattr(module, name). The class is
-    # built on first use because it subclasses a Numba class, and this module must import
-    # without Numba: select_cpu_target runs before Numba may be imported.
+    # built on first use because it subclasses a Numba class: importing this module stays
+    # cheap (the CLI imports it before Numba is needed).
     if name == "ImageCacheLocator":
         return _image_cache_locator_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -179,28 +124,184 @@ def warm_scenes() -> Iterator:
                        "center": ["-1.7497591451303665", "0"], "width": "1e-20"})
 
 
-def warm_kernel_cache() -> None:
-    """Compile, and so cache on disk, every CPU kernel the provider and requestor use.
-
-    For each scene of :func:`warm_scenes`: a band (what Compute renders) and a few pixels
-    (what the requestor's verification recomputes), through ``fractal_app.render``.
-    """
-    import numpy as np
-
+def warm_steps() -> list[tuple[str, Callable[[], None]]]:
+    """(label, step): every service path on every :func:`warm_scenes` scene, then
+    RunBenchmark."""
     from fractal_app import render
 
+    steps = [(_label(scene), functools.partial(_run_service_paths, scene))
+             for scene in warm_scenes()]
+    steps.append(("RunBenchmark", render.run_benchmark))
+    return steps
+
+
+def _label(scene) -> str:
+    extra = f" ss{scene.supersample}" if scene.supersample > 1 else ""
+    smooth = "" if scene.is_3d or scene.output == "counts" or scene.smooth else " flat"
+    return f"{scene.fractal} {scene.precision} {scene.output} {scene.bit_depth}-bit{extra}{smooth}"
+
+
+def warm_kernel_cache(progress: bool = True) -> float:
+    """Compile, and so cache on disk, every CPU kernel the provider and requestor use.
+
+    Shows a progress bar on stderr (scenes done, elapsed and remaining time) unless
+    ``progress`` is false. Returns the seconds it took.
+    """
+    from tqdm import tqdm
+
     start = time.perf_counter()
-    count = 0
-    for scene in warm_scenes():
-        height, width = scene.height_px, scene.width_px
-        render.render_band(scene, 0, height)
-        render.render_band(scene, 1, height - 1)
-        rows = np.array([0, height - 1, height // 2], dtype=np.int64)
-        cols = np.array([0, width - 1, width // 2], dtype=np.int64)
-        render.render_pixels(scene, rows, cols)
-        count += 1
+    steps = warm_steps()
+    target = os.environ.get("NUMBA_CPU_NAME") or "this CPU"
+    with tqdm(steps, desc=f"warm-cache {target}", unit="scene", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for label, step in bar:
+            bar.set_postfix_str(label, refresh=False)
+            step()
+    seconds = time.perf_counter() - start
     log.info(
-        "warmed Numba kernels for %d scenes in %.1f s (cache %s, CPU target %s)",
-        count, time.perf_counter() - start, os.environ.get("NUMBA_CACHE_DIR", "(none)"),
-        os.environ.get("NUMBA_CPU_NAME") or "host",
+        "warmed Numba kernels for %d steps in %.1f s (cache %s, CPU target %s)",
+        len(steps), seconds, os.environ.get("NUMBA_CACHE_DIR", "(default)"), target,
     )
+    return seconds
+
+
+def _run_service_paths(scene) -> None:
+    """What CreateTask, Compute and Verify run for ``scene``, in this process."""
+    from fractal_app import bandfile, bandplan, verify
+    from fractal_app.provider import band_blocks
+
+    bandplan.plan_bands_by_cost(scene, 2)  # CreateTask's cost estimate
+    height = scene.height_px
+    meta = bandfile.BandMeta("warm", "warm", 1, height - 1, scene.output)
+    with tempfile.TemporaryDirectory(prefix="fractal-app-warm-") as folder:
+        result = Path(folder) / "band.png"
+        bandfile.write_band_blocks(result, band_blocks(scene, 1, height - 1, "cpu"), meta)
+        verdicts = [verify.verify_band(scene, meta, Path(folder), threading.Event())]
+        # A provider's PNG may use any row filter (Pillow and libpng pick one per row).
+        result.write_bytes(refiltered_png(result.read_bytes(), bandfile.png_bit_depth(
+            meta, scene.bit_depth), scene.width_px, (0, 1, 2, 3, 4)))
+        verdicts.append(verify.verify_band(scene, meta, Path(folder), threading.Event()))
+    for verdict in verdicts:
+        if not verdict.accepted:  # an honest band: the warm-up would hide a real bug
+            raise RuntimeError(f"warm-up: an honest band of {_label(scene)} was rejected: "
+                               f"{verdict.reason}")
+
+
+# ---- PNG row filters (the warm-up's Average and Paeth files) --------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunks(png: bytes) -> Iterator[tuple[bytes, bytes]]:
+    at = len(_PNG_SIGNATURE)
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        yield png[at + 4 : at + 8], png[at + 8 : at + 8 + length]
+        at += 12 + length
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload)))
+
+
+def _filter_row(kind: int, row, prev, bpp: int):
+    """PNG filter ``kind`` (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth) of one raw scanline."""
+    import numpy as np
+
+    left = np.concatenate([np.zeros(bpp, np.int32), row[:-bpp].astype(np.int32)])
+    up = prev.astype(np.int32)
+    up_left = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+    if kind == 0:
+        predictor = np.zeros_like(up)
+    elif kind == 1:
+        predictor = left
+    elif kind == 2:
+        predictor = up
+    elif kind == 3:
+        predictor = (left + up) // 2
+    else:
+        estimate = left + up - up_left
+        d_left, d_up, d_up_left = (np.abs(estimate - v) for v in (left, up, up_left))
+        predictor = np.where((d_left <= d_up) & (d_left <= d_up_left), left,
+                             np.where(d_up <= d_up_left, up, up_left))
+    return ((row.astype(np.int32) - predictor) & 0xFF).astype(np.uint8)
+
+
+def refiltered_png(png: bytes, bits: int, width: int, kinds: tuple[int, ...]) -> bytes:
+    """The same RGB PNG (same pixels and chunks) with its rows filtered by ``kinds`` in turn."""
+    import numpy as np
+
+    chunks = list(_png_chunks(png))
+    raw = zlib.decompress(b"".join(payload for kind, payload in chunks if kind == b"IDAT"))
+    bpp = 3 * bits // 8
+    stride = width * bpp
+    lines = np.frombuffer(raw, np.uint8).reshape(-1, stride + 1)
+    from fractal_app.bandfile import _unfilter  # the reader's own unfiltering
+
+    rows = _unfilter(raw, lines.shape[0], stride, bpp, np.zeros(stride, np.uint8), 0)
+    out = bytearray()
+    prev = np.zeros(stride, np.uint8)
+    for index, row in enumerate(rows):
+        kind = kinds[index % len(kinds)]
+        out.append(kind)
+        out += _filter_row(kind, row, prev, bpp).tobytes()
+        prev = row
+    idat = _chunk(b"IDAT", zlib.compress(bytes(out)))
+    pieces = [_PNG_SIGNATURE]
+    for kind, payload in chunks:
+        if kind == b"IDAT":
+            if idat:
+                pieces.append(idat)
+                idat = b""
+        else:
+            pieces.append(_chunk(kind, payload))
+    return b"".join(pieces)
+
+
+# ---- a cold first render ---------------------------------------------------------------------
+
+
+def compile_estimate_seconds(scene_json: str, backend: str | None = None) -> float:
+    """Roughly how many seconds of compiling a CPU render of ``scene_json`` needs before it
+    starts: 0 when every kernel its bands and their verification run is in Numba's cache
+    for this CPU (or the scene is invalid, or renders on a GPU: nothing to say here).
+
+    Reads the caches' index files only; imports Numba and the kernel modules (about half a
+    second), which the render needs anyway.
+    """
+    from fractal_app import config, render
+    from fractal_app.errors import AppError
+    from fractal_app.scene import parse_scene
+
+    try:
+        scene = parse_scene(scene_json)
+        if render.resolve_backend(backend, scene.env) != "cpu":
+            return 0.0
+    except (AppError, ValueError):
+        return 0.0
+    from numba.core.registry import cpu_target
+
+    codegen = cpu_target.target_context.codegen()
+    return sum(config.COMPILE_SECONDS[group] for group, kernel in _kernels_of(scene)
+               if not kernel._cache.has_entry_for(codegen))
+
+
+def _kernels_of(scene) -> list[tuple[str, object]]:
+    """(estimate group, dispatcher) of each cached CPU kernel a render of ``scene`` runs."""
+    if scene.is_3d:
+        from fractal_app.kernels import cpu_raymarch
+
+        return [("raymarch", cpu_raymarch.band_kernel), ("raymarch", cpu_raymarch.pixels_kernel)]
+    from fractal_app import render
+    from fractal_app.kernels import cpu
+
+    args = render._escape_args(scene)
+    module = cpu.block_module(args.kind, args.dtype)
+    if module is None:
+        iterate = [("scalar", cpu.iterate_grid_scalar), ("scalar", cpu.iterate_points_scalar)]
+    else:
+        group = "block_f32" if scene.precision == "float32" else "block_f64"
+        iterate = [(group, module.iterate_grid), (group, module.resume_points)]
+    colour = [] if scene.output == "counts" else [("colour", cpu.colour_pixels)]
+    return iterate + colour

@@ -8,9 +8,14 @@
 #    one in the background while the CPU one compiles its kernel cache;
 # 3. reports each image's size;
 # 4. runs tests/test_container.py (marked `container`) against the fresh images: health within
-#    15 s, a whole task in containers equal pixel for pixel to a render outside them, the first
-#    Compute in a fresh container compiling nothing, mutual TLS, the GPU image's kernels
+#    15 s, a whole task in containers equal pixel for pixel to a render outside them (band files
+#    re-encoded with every PNG row filter), the first Compute in a fresh container compiling
+#    nothing, every warm-up step (each service path of each fractal, precision and output) on
+#    the read-only image as a foreign uid compiling nothing, mutual TLS, the GPU image's kernels
 #    compiling to PTX, and the GPU image saying clearly that there is no GPU.
+#
+# The CPU image's build compiles every kernel once per baked CPU level (Dockerfile.cpu's
+# CPU_LEVELS): on a quiet 2-core machine several minutes, with a progress bar per level.
 #
 # Environment: FRACTAL_APP_CONTAINER_SH (default shared/tools/container.sh in the checkout or
 # beside it), PYTHON (default .venv/bin/python), FRACTAL_APP_TEST_TAG (default "ci").

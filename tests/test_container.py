@@ -265,9 +265,11 @@ class ProviderRun:
 
 
 def run_task(image, requestor: Container, requestor_work: Path, node_dir: Path, containers,
-             task_id: str, scene: dict, max_subtasks: int) -> list[ProviderRun]:
+             task_id: str, scene: dict, max_subtasks: int,
+             refilter: tuple[int, ...] = ()) -> list[ProviderRun]:
     """CreateTask, then every subtask in its own provider container, files copied by the
-    'node' between the folders, until the last band is verified."""
+    'node' between the folders, until the last band is verified. With ``refilter``, each band
+    file is rewritten with those PNG row filters in turn (same pixels) before Verify."""
     root = requestor_work / task_id
     for name in TASK_FOLDERS:
         (root / name).mkdir(parents=True)
@@ -299,12 +301,26 @@ def run_task(image, requestor: Container, requestor_work: Path, node_dir: Path, 
             target = root / "subtask_outputs" / subtask_id
             target.mkdir()
             shutil.copy(result, target / result.name)
+            if refilter:
+                _refilter_png(target / result.name, refilter)
             hand_to_node_user(target)
             verdict = stub.Verify(
                 pb.VerifyRequest(task_id=task_id, subtask_id=subtask_id), timeout=RPC_TIMEOUT_S
             )
             assert verdict.result == pb.VerifyReply.SUCCESS, verdict.reason
     return runs
+
+
+def _refilter_png(path: Path, kinds: tuple[int, ...]) -> None:
+    """Rewrite a band PNG with the row filters ``kinds`` (0 None .. 4 Paeth), as Pillow or
+    libpng might have written it: the requestor must decode every filter."""
+    import struct
+
+    from fractal_app.warmup import refiltered_png
+
+    png = path.read_bytes()
+    width, _, bits = struct.unpack(">IIB", png[16:25])  # IHDR, the first chunk
+    path.write_bytes(refiltered_png(png, bits, width, kinds))
 
 
 def compute_in_container(image, provider_work: Path, task_root: Path, containers, task_id,
@@ -368,8 +384,11 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
     debug = {"NUMBA_DEBUG_CACHE": "1"}
     tasks = (("task-2d", SCENE_2D, 3), ("task-counts", SCENE_COUNTS, 2), ("task-3d", SCENE_3D, 2))
     for task_id, scene, subtasks in tasks:
+        # Band files with Average and Paeth rows (and the others) reach Verify: their
+        # decoding kernel must come from the image's cache like every other one.
         image_runs = run_task(
-            cpu_image, requestor, requestor_work, node_dir, containers, task_id, scene, subtasks
+            cpu_image, requestor, requestor_work, node_dir, containers, task_id, scene, subtasks,
+            refilter=(3, 4, 0, 1, 2),
         )
         assert len(image_runs) >= 2
         outputs = sorted(p.name for p in (requestor_work / task_id / "task_outputs").iterdir())
@@ -429,6 +448,46 @@ def test_whole_task_in_containers_matches_a_render_outside(cpu_image, node_dir, 
     compiled = re.search(r"numba compiles: (\d+) (.*)", requestor.logs())
     assert compiled, f"the requestor did not report its compilations:\n{requestor.logs()[-3000:]}"
     assert compiled.group(1) == "0", f"the requestor compiled at run time: {compiled.group(2)}"
+
+
+# Every warm-up step (each fractal, precision and output through CreateTask's estimate,
+# Compute, Verify of files with every PNG row filter, and RunBenchmark) under a recorder of
+# Numba compilations: the services' every kernel must load from the image's cache.
+WALK_EVERY_SERVICE_PATH = r"""
+import json, os
+from numba.core import config, event
+compiles = event.RecordingListener()
+event.register("numba:compile", compiles)
+from fractal_app import warmup
+steps = warmup.warm_steps()
+for label, step in steps:
+    step()
+names = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in compiles.buffer})
+print(json.dumps({"level": config.CPU_NAME, "steps": len(steps), "compiled": names,
+                  "baked": os.environ["FRACTAL_APP_NUMBA_CPU_TARGETS"]}))
+"""
+
+
+def test_every_kernel_the_services_reach_is_in_the_image_cache(cpu_image, node_dir):
+    """As the node's uid, on the read-only image (temporary band files in the work dir)."""
+    from fractal_app import cpu_levels
+
+    hand_to_node_user(node_dir)
+    result = _container_sh(
+        "run", "--rm", "--user", f"{NODE_UID}:{NODE_UID}", "--read-only",
+        "--read-only-tmpfs=false", "-v", f"{node_dir}:/golem/work", "-e", "TMPDIR=/golem/work",
+        "--entrypoint", "python", cpu_image, "-c", WALK_EVERY_SERVICE_PATH,
+        timeout=900, check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    walked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert walked["compiled"] == [], f"compiled at run time: {walked['compiled']}"
+    assert walked["steps"] >= 40
+    # The best baked level this host runs (x86-64-v4 on an AVX-512 machine).
+    expected = cpu_levels.select_cpu_target({cpu_levels.CPU_TARGETS_ENV: walked["baked"]})
+    assert walked["level"] == expected, walked
+    print(f"\n{walked['steps']} warm-up steps on the read-only image as uid {NODE_UID}, "
+          f"CPU level {walked['level']}: nothing compiled")
 
 
 def test_provider_benchmark_in_a_fresh_container(cpu_image, node_dir, containers):

@@ -1,5 +1,6 @@
-"""The images' Numba cache pieces (fractal_app.warmup), without a container: choosing the CPU
-level, and loading kernels from a cache folder the process cannot write.
+"""The images' Numba cache pieces (fractal_app.warmup, fractal_app.cpu_levels), without a
+container: choosing the CPU level, and loading kernels from a cache folder the process cannot
+write.
 
 Each cache test runs small Python processes on a one-line kernel, so it takes seconds.
 """
@@ -15,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from fractal_app import warmup
+from fractal_app import cpu_levels, warmup
 
-V3_HOST = warmup.X86_64_LEVELS["x86-64-v3"] | {"sse2", "fpu"}
-V4_HOST = warmup.X86_64_LEVELS["x86-64-v4"]
-BAKED = {warmup.CPU_TARGETS_ENV: "x86-64-v4 x86-64-v3 x86-64"}
+V3_HOST = cpu_levels.LEVELS["x86-64-v3"].cpuinfo_flags | {"sse2", "fpu"}
+V4_HOST = cpu_levels.LEVELS["x86-64-v4"].cpuinfo_flags
+BAKED = {cpu_levels.CPU_TARGETS_ENV: "x86-64-v4 x86-64-v3 x86-64"}
 
 
 @pytest.mark.parametrize(
@@ -28,40 +29,57 @@ BAKED = {warmup.CPU_TARGETS_ENV: "x86-64-v4 x86-64-v3 x86-64"}
 )
 def test_picks_the_best_baked_level_the_host_runs(flags, level):
     env = dict(BAKED)
-    assert warmup.select_cpu_target(env, flags=flags, machine="x86_64") == level
+    assert cpu_levels.select_cpu_target(env, flags=flags, machine="x86_64") == level
     assert env["NUMBA_CPU_NAME"] == level
-    assert env["NUMBA_CPU_FEATURES"] == ""
+    # The level's features spelled out: an empty list would switch the vector units off.
+    assert env["NUMBA_CPU_FEATURES"] == cpu_levels.LEVELS[level].feature_string
+    assert "+sse2" in env["NUMBA_CPU_FEATURES"]
 
 
 def test_a_level_not_baked_is_never_chosen():
-    env = {warmup.CPU_TARGETS_ENV: "x86-64-v3 x86-64"}
-    assert warmup.select_cpu_target(env, flags=V4_HOST, machine="x86_64") == "x86-64-v3"
+    env = {cpu_levels.CPU_TARGETS_ENV: "x86-64-v3 x86-64"}
+    assert cpu_levels.select_cpu_target(env, flags=V4_HOST, machine="x86_64") == "x86-64-v3"
 
 
 def test_changes_nothing_outside_the_image_or_when_told_otherwise():
     env: dict[str, str] = {}
-    assert warmup.select_cpu_target(env, flags=V4_HOST, machine="x86_64") is None
+    assert cpu_levels.select_cpu_target(env, flags=V4_HOST, machine="x86_64") is None
     assert env == {}
     explicit = {**BAKED, "NUMBA_CPU_NAME": "generic"}
-    assert warmup.select_cpu_target(explicit, flags=V4_HOST, machine="x86_64") is None
+    assert cpu_levels.select_cpu_target(explicit, flags=V4_HOST, machine="x86_64") is None
     assert explicit["NUMBA_CPU_NAME"] == "generic"
     arm = dict(BAKED)
-    assert warmup.select_cpu_target(arm, flags=frozenset(), machine="aarch64") is None
+    assert cpu_levels.select_cpu_target(arm, flags=frozenset(), machine="aarch64") is None
     assert "NUMBA_CPU_NAME" not in arm
-    no_fit = {warmup.CPU_TARGETS_ENV: "x86-64-v4"}
-    assert warmup.select_cpu_target(no_fit, flags=V3_HOST, machine="x86_64") is None
+    no_fit = {cpu_levels.CPU_TARGETS_ENV: "x86-64-v4"}
+    assert cpu_levels.select_cpu_target(no_fit, flags=V3_HOST, machine="x86_64") is None
 
 
 def test_reads_the_flags_line_of_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: none\n")
-    assert warmup.host_cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "fma"}
-    assert warmup.host_cpu_flags(tmp_path / "missing") == frozenset()
+    assert cpu_levels.host_cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "fma"}
+    assert cpu_levels.host_cpu_flags(tmp_path / "missing") == frozenset()
 
 
 def test_every_x86_64_host_has_a_level():
     # The images bake plain x86-64 last, so a host is never left without a cached level.
-    assert warmup.X86_64_LEVELS["x86-64"] == frozenset()
+    assert cpu_levels.LEVELS["x86-64"].cpuinfo_flags == frozenset()
+    assert list(cpu_levels.LEVELS)[-1] == "x86-64"
+
+
+def test_each_level_includes_the_features_of_the_levels_below():
+    levels = list(cpu_levels.LEVELS.values())
+    for better, worse in zip(levels, levels[1:], strict=False):
+        assert set(worse.llvm_features) < set(better.llvm_features)
+        assert worse.cpuinfo_flags <= better.cpuinfo_flags
+    assert {"avx512f", "avx512vl"} <= set(cpu_levels.LEVELS["x86-64-v4"].llvm_features)
+    assert {"avx2", "fma"} <= set(cpu_levels.LEVELS["x86-64-v3"].llvm_features)
+
+
+def test_an_unknown_level_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="x86-64-v4, x86-64-v3"):
+        cpu_levels.pin("avx9000", {})
 
 
 def test_warm_scenes_cover_every_fractal_precision_and_output():

@@ -23,10 +23,10 @@ import numba
 import numpy as np
 from numba import prange
 from numba.core import config as numba_config
-from numba.core.caching import FunctionCache
 
 from fractal_app.kernels import color, escape
 from fractal_app.kernels._generated.generate import BLOCK_KERNELS, module_name
+from fractal_app.kernels.caching import cached
 
 _inline = numba.njit(inline="always")
 # The colour tail is called, not inlined, as the generated block kernels call it (see
@@ -145,32 +145,18 @@ def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2)
 
 def block_module(kind, dtype):
     """The generated block-kernel module for a fractal kind and precision (its kernels
-    cached on disk under a key with the vectorizer settings), or None if it has none."""
+    cached on disk by kernels/caching.py, under a key with the vectorizer settings), or None
+    if it has none."""
     precision = "f32" if np.dtype(dtype) == np.float32 else "f64"
     for fractal, number in escape.KIND_OF_FRACTAL.items():
         if number == kind and (fractal, precision) in BLOCK_KERNELS:
             module = importlib.import_module(
                 f"fractal_app.kernels._generated.{module_name(fractal, precision)}"
             )
-            for kernel in (module.iterate_grid, module.resume_points):
-                if not isinstance(kernel._cache, _VectorizerAwareCache):
-                    kernel._cache = _VectorizerAwareCache(kernel.py_func)
+            cached(module.iterate_grid)
+            cached(module.resume_points)
             return module
     return None
-
-
-class _VectorizerAwareCache(FunctionCache):
-    """Numba's on-disk function cache, with the optimiser settings in the index key.
-
-    Numba keys cached code by signature, CPU and bytecode, not by SLP_VECTORIZE or OPT, so
-    one process that compiled a block kernel with the vectorizer off (or unoptimised) left
-    a copy 10x slower that every later process loaded. (This happened here.) With the
-    settings in the key such a copy is stored beside the vectorised one, never instead.
-    """
-
-    def _index_key(self, sig, codegen):
-        settings = ("SLP_VECTORIZE", numba_config.SLP_VECTORIZE, "OPT", str(numba_config.OPT))
-        return (*super()._index_key(sig, codegen), settings)
 
 
 _SLP_LOCK = threading.Lock()
@@ -226,7 +212,8 @@ class _rows_one_at_a_time:
         numba.set_parallel_chunksize(self.previous)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@cached
+@numba.njit(parallel=True, nogil=True)
 def iterate_grid_scalar(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
     """Samples on a grid: row r at im_rows[r], column k at re_cols[k] (scalar loop)."""
     for r in prange(im_rows.shape[0]):
@@ -237,7 +224,8 @@ def iterate_grid_scalar(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2
             mag2[r, k] = m
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@cached
+@numba.njit(parallel=True, nogil=True)
 def iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
     """Samples at arbitrary points (re[k], im[k]), 1-D arrays."""
     for k in prange(re.shape[0]):
@@ -246,7 +234,8 @@ def iterate_points_scalar(kind, re, im, jr, ji, power, max_iter, escape2, counts
         mag2[k] = m
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@cached
+@numba.njit(parallel=True, nogil=True)
 def colour_pixels(
     counts, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
     table, interior, encoding, max_value, out,

@@ -9,6 +9,7 @@ import numba
 from numba import njit, prange
 
 from fractal_app.kernels import raymarch
+from fractal_app.kernels.caching import cached
 
 _core = raymarch.compiled_with(njit(nogil=True))
 _pixel_rgb = _core.pixel_rgb
@@ -17,43 +18,30 @@ _pixel_rgb = _core.pixel_rgb
 ROW_CHUNK = 1
 
 
-def _make_kernels(fingerprint):
-    """The band and pixel-list kernels.
-
-    Numba's disk cache checks only the kernel's own file for changes, not the scalar modules
-    it calls. The kernels are closures over a fingerprint of those modules' source, and a
-    closure's variables are part of the cache key: edit raymarch.py or color.py and the
-    kernels compile afresh instead of loading stale machine code.
-    """
-
-    @njit(parallel=True, nogil=True, cache=True)
-    def band_kernel(out, row_start, us, vs, p, ip):
-        """out[k, i] = RGB of pixel (row_start + k, i); out is (rows, W, 3) uint8/uint16."""
-        if fingerprint == 0:  # never true; keeps the fingerprint in the closure
-            return
-        for k in prange(out.shape[0]):
-            row = row_start + k
-            for i in range(out.shape[1]):
-                r, g, b = _pixel_rgb(row, i, us, vs, p, ip)
-                out[k, i, 0] = r
-                out[k, i, 1] = g
-                out[k, i, 2] = b
-
-    @njit(parallel=True, nogil=True, cache=True)
-    def pixels_kernel(out, rows, cols, us, vs, p, ip):
-        """out[n] = RGB of pixel (rows[n], cols[n]); out is (N, 3) uint8/uint16."""
-        if fingerprint == 0:
-            return
-        for n in prange(out.shape[0]):
-            r, g, b = _pixel_rgb(rows[n], cols[n], us, vs, p, ip)
-            out[n, 0] = r
-            out[n, 1] = g
-            out[n, 2] = b
-
-    return band_kernel, pixels_kernel
+# Cached under one key for all the kernel sources (kernels/caching.py), so an edit of
+# raymarch.py or color.py, which these kernels compile in, recompiles them.
+@cached
+@njit(parallel=True, nogil=True)
+def band_kernel(out, row_start, us, vs, p, ip):
+    """out[k, i] = RGB of pixel (row_start + k, i); out is (rows, W, 3) uint8/uint16."""
+    for k in prange(out.shape[0]):
+        row = row_start + k
+        for i in range(out.shape[1]):
+            r, g, b = _pixel_rgb(row, i, us, vs, p, ip)
+            out[k, i, 0] = r
+            out[k, i, 1] = g
+            out[k, i, 2] = b
 
 
-band_kernel, pixels_kernel = _make_kernels(raymarch.source_fingerprint())
+@cached
+@njit(parallel=True, nogil=True)
+def pixels_kernel(out, rows, cols, us, vs, p, ip):
+    """out[n] = RGB of pixel (rows[n], cols[n]); out is (N, 3) uint8/uint16."""
+    for n in prange(out.shape[0]):
+        r, g, b = _pixel_rgb(rows[n], cols[n], us, vs, p, ip)
+        out[n, 0] = r
+        out[n, 1] = g
+        out[n, 2] = b
 
 
 def render_band(out, row_start, us, vs, p, ip):

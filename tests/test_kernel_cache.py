@@ -1,0 +1,156 @@
+"""The CPU kernels' on-disk cache (fractal_app/kernels/caching.py): one key over every kernel
+source, so an edit of any file a kernel compiles in is never answered with old machine code.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import pytest
+from numba.core.caching import NullCache
+
+import fractal_app
+from fractal_app.kernels.caching import KernelCache
+
+PACKAGE = Path(fractal_app.__file__).parent
+
+# A cached parallel kernel that compiles in the Mandelbrot core of kernels/escape.py; the
+# sample c = 3 escapes after one iteration.
+RUN_KERNEL = """
+import json
+import numpy as np
+from fractal_app.kernels import cpu, escape
+
+counts = np.zeros(1, np.uint32)
+mag2 = np.zeros(1)
+one = np.array([3.0])
+cpu.iterate_points_scalar(escape.MANDELBROT, one, one * 0, 0.0, 0.0, 2, 100, 4.0, counts, mag2)
+stats = cpu.iterate_points_scalar.stats
+print(json.dumps({"count": int(counts[0]), "hits": sum(stats.cache_hits.values()),
+                  "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def _run(root: Path, cache: Path) -> dict:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "NUMBA_CACHE_DIR": str(cache),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.pop("NUMBA_CACHE_LOCATOR_CLASSES", None)
+    result = subprocess.run([sys.executable, "-c", RUN_KERNEL], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_an_edit_of_a_helper_module_reaches_a_cached_kernel(tmp_path):
+    """Numba alone checks only the kernel's own file (kernels/cpu.py): after an edit of
+    escape.py it kept loading the old code. Here the edit must show in the next process."""
+    root = tmp_path / "copy"
+    shutil.copytree(PACKAGE, root / "fractal_app",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    cache = tmp_path / "cache"
+
+    assert _run(root, cache) == {"count": 1, "hits": 0, "misses": 1}  # compiled, saved
+    assert _run(root, cache) == {"count": 1, "hits": 1, "misses": 0}  # loaded: cache is live
+
+    escape_py = root / "fractal_app" / "kernels" / "escape.py"
+    source = escape_py.read_text()
+    original = "    return n, x2 + y2\n"  # the Mandelbrot core's return: the first one
+    assert source.index(original) < source.index("def julia(")
+    escape_py.write_text(source.replace(original, "    return n + 7, x2 + y2\n", 1))
+
+    assert _run(root, cache) == {"count": 8, "hits": 0, "misses": 1}
+
+
+def _cpu_dispatchers():
+    """Every Numba CPU dispatcher that a module of the package holds at top level, once the
+    kernel modules (and the PNG reader's lazily made kernel) exist."""
+    import importlib
+    import pkgutil
+
+    import numpy as np
+
+    from fractal_app import bandfile
+    from fractal_app.kernels import cpu
+    from fractal_app.kernels._generated.generate import BLOCK_KERNELS
+    from fractal_app.kernels.escape import KIND_OF_FRACTAL
+
+    for fractal, precision in BLOCK_KERNELS:
+        cpu.block_module(KIND_OF_FRACTAL[fractal], np.float32 if precision == "f32" else np.float64)
+    line = np.zeros(6, np.uint8)
+    bandfile._unfilter_sequential(line, line, 3, 4)
+    names = [info.name for info in pkgutil.walk_packages(fractal_app.__path__, "fractal_app.")
+             if "cuda" not in info.name and "_generated.block_" not in info.name]
+    modules = [importlib.import_module(name) for name in names]
+    modules += [m for name, m in sys.modules.items() if name.startswith("fractal_app.kernels._g")]
+    found = {}
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, numba.core.registry.CPUDispatcher):
+                found[value.py_func.__qualname__ + " in " + module.__name__] = value
+    return found
+
+
+def test_every_cached_cpu_kernel_uses_the_source_key():
+    dispatchers = _cpu_dispatchers()
+    caches = {name: type(d._cache) for name, d in dispatchers.items()}
+    assert {c for c in caches.values()} <= {KernelCache, NullCache}, caches
+    cached = {name.split(" in ")[0] for name, c in caches.items() if c is KernelCache}
+    # The kernels called from Python, which Numba must load from disk in a fresh process.
+    for expected in ("iterate_grid", "resume_points", "iterate_grid_scalar",
+                     "iterate_points_scalar", "colour_pixels", "band_kernel", "pixels_kernel",
+                     "_unfilter_average_paeth"):
+        assert expected in cached, (expected, sorted(cached))
+
+
+def test_a_cold_render_is_announced_with_an_estimate(tmp_path):
+    """With nothing cached the estimate is the kernels' compile time; once they are cached
+    it is 0 (the CLI then says nothing)."""
+    from fractal_app import config, render, warmup
+    from fractal_app.scene import parse_scene
+
+    scene = {"fractal": "mandelbrot", "resolution": [8, 4], "max_iter": 8}
+    code = ("from fractal_app import warmup; import json, sys; "
+            f"print(warmup.compile_estimate_seconds({json.dumps(json.dumps(scene))}))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    expected = 2 * config.COMPILE_SECONDS["block_f64"] + config.COMPILE_SECONDS["colour"]
+    assert float(cold.stdout) == pytest.approx(expected)
+
+    parsed = parse_scene(scene)
+    render.render_band(parsed, 0, 4)
+    render.render_pixels(parsed, [0], [0])
+    assert warmup.compile_estimate_seconds(json.dumps(scene)) == 0
+    assert warmup.compile_estimate_seconds('{"fractal": "nope"}') == 0  # render says why
+
+
+def test_the_cli_says_a_cold_render_compiles_first(tmp_path, monkeypatch, capsys):
+    from fractal_app import cli, warmup
+
+    scene = tmp_path / "scene.json"
+    scene.write_text('{"fractal": "mandelbrot", "resolution": [8, 4]}')
+    monkeypatch.setattr(warmup, "compile_estimate_seconds", lambda text, backend: 44.0)
+    cli._say_if_compiling(scene, None)
+    said = capsys.readouterr().err
+    assert "compiling the kernels for this scene first" in said and "about 44 s" in said
+    monkeypatch.setattr(warmup, "compile_estimate_seconds", lambda text, backend: 0.0)
+    cli._say_if_compiling(scene, None)
+    assert capsys.readouterr().err == ""
+
+
+def test_warm_cache_refuses_an_unknown_cpu_level_naming_the_known_ones():
+    from click.testing import CliRunner
+
+    from fractal_app import cli
+
+    result = CliRunner().invoke(cli.main, ["warm-cache", "--cpu-level", "avx9000"])
+    assert result.exit_code == 2
+    assert "--cpu-level" in result.output and "x86-64-v4" in result.output

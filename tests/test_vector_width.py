@@ -1,0 +1,90 @@
+"""Each CPU level the docker_cpu image bakes compiles the block kernels to vector code of its
+width: packed multiplies on zmm registers (AVX-512), ymm (AVX2) or xmm (SSE2).
+
+The image once baked its AVX2 level with an empty LLVM feature list, which switched the vector
+units off: the kernels ran at a quarter of the host build's speed and no test noticed. This
+one compiles, for every level, the Mandelbrot block kernel's row function (where the vector
+code lives) in both precisions, in a fresh process pinned to that level the way the image
+pins it, and reads the machine code. The levels compile side by side.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fractal_app import cpu_levels
+
+DOCKERFILE = Path(__file__).resolve().parents[1] / "Dockerfile.cpu"
+
+pytestmark = pytest.mark.skipif(
+    os.uname().machine != "x86_64", reason="the CPU levels are x86-64 levels"
+)
+
+# Compile iterate_row of the Mandelbrot block kernels with SLP on, as kernels/cpu.py does,
+# and count the packed multiplies per register width in its machine code.
+DISASSEMBLE = r"""
+import json, re
+import numba
+import numpy as np
+from numba.core import config
+from fractal_app.kernels import cpu, escape
+
+found = {}
+for dtype, name in ((np.float64, "pd"), (np.float32, "ps")):
+    row = cpu.block_module(escape.MANDELBROT, dtype).iterate_row
+    f, b = numba.typeof(dtype(0)), numba.boolean
+    vec = numba.types.Array(f, 1, "C")
+    sig = (vec, f, f, f, numba.int64, numba.int64, f, numba.types.Array(numba.uint32, 1, "C"),
+           numba.types.Array(numba.float64, 1, "C"), b, vec, vec)
+    config.SLP_VECTORIZE = 1
+    row.compile(sig)
+    asm = row.inspect_asm(sig)
+    found[name] = {reg: len(re.findall(rf"\bv?mul{name}\s[^\n]*%{reg}", asm))
+                   for reg in ("zmm", "ymm", "xmm")}
+print(json.dumps(found))
+"""
+
+
+def baked_levels() -> list[str]:
+    """The levels Dockerfile.cpu compiles its kernel cache for (its CPU_LEVELS default)."""
+    match = re.search(r'^ARG CPU_LEVELS="([^"]+)"', DOCKERFILE.read_text(), re.MULTILINE)
+    assert match, "Dockerfile.cpu names its CPU levels in ARG CPU_LEVELS"
+    return match.group(1).split()
+
+
+def test_the_image_bakes_avx512_avx2_and_a_level_every_x86_64_host_runs():
+    levels = baked_levels()
+    assert levels == sorted(levels, key=list(cpu_levels.LEVELS).index), "best first"
+    assert {"x86-64-v4", "x86-64-v3"} <= set(levels)
+    assert cpu_levels.LEVELS[levels[-1]].cpuinfo_flags == frozenset()
+
+
+def test_each_baked_level_s_block_kernels_use_its_vector_width():
+    levels = [cpu_levels.LEVELS[name] for name in baked_levels()]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="fractal-app-vector-width-") as cache:
+        for level in levels:
+            env = {**os.environ, "NUMBA_CACHE_DIR": os.path.join(cache, level.name)}
+            env.pop("NUMBA_CACHE_LOCATOR_CLASSES", None)
+            cpu_levels.pin(level.name, env)
+            runs.append(subprocess.Popen([sys.executable, "-c", DISASSEMBLE], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+        outputs = [run.communicate(timeout=900) for run in runs]
+    for level, run, (out, err) in zip(levels, runs, outputs, strict=True):
+        assert run.returncode == 0, f"{level.name}: {err[-3000:]}"
+        found = json.loads(out.strip().splitlines()[-1])
+        for precision, multiplies in found.items():
+            wider = {"xmm": ("ymm", "zmm"), "ymm": ("zmm",), "zmm": ()}[level.vector_register]
+            what = f"{level.name} {precision}: packed multiplies by register {multiplies}"
+            # Most of the arithmetic at the level's width, none wider than it can run.
+            assert multiplies[level.vector_register] >= 8, what
+            assert all(multiplies[reg] == 0 for reg in wider), what
+            if level.vector_register != "xmm":
+                assert multiplies[level.vector_register] > multiplies["xmm"], what
