@@ -62,9 +62,9 @@ def test_an_edit_of_a_helper_module_reaches_a_cached_kernel(tmp_path):
 
     escape_py = root / "fractal_app" / "kernels" / "escape.py"
     source = escape_py.read_text()
-    original = "    return n, x2 + y2\n"  # the Mandelbrot core's return: the first one
+    original = "    return n, colour_tail("  # the Mandelbrot core's return: the first one
     assert source.index(original) < source.index("def julia(")
-    escape_py.write_text(source.replace(original, "    return n + 7, x2 + y2\n", 1))
+    escape_py.write_text(source.replace(original, "    return n + 7, colour_tail(", 1))
 
     assert _run(root, cache) == {"count": 8, "hits": 0, "misses": 1}
 

@@ -5,8 +5,9 @@ CPU kernels compile in code from other files: the scalar cores of ``escape.py``,
 colouring of ``color.py``, the ray marcher of ``raymarch.py``, the generated block modules
 and their ``select`` intrinsic. Edit one of those and Numba keeps loading the old machine
 code. :class:`KernelCache` replaces that check: a kernel's cache entry is valid only for the
-exact bytes of every source file in ``fractal_app/kernels`` (recursively) plus the kernel's
-own file, and for the Numba and llvmlite that compiled it (:func:`kernel_source_key`).
+exact bytes of every source file in ``fractal_app/kernels`` and ``fractal_app/deep`` (the
+perturbation core; recursively) plus the kernel's own file, and for the Numba and llvmlite
+that compiled it (:func:`kernel_source_key`).
 
 Why the index's source stamp and not a folder per key: Numba already drops a whole index
 whose stamp differs and overwrites its data files, so an edit leaves no stale copies behind
@@ -31,6 +32,8 @@ from numba.core import config as numba_config
 from numba.core.caching import FunctionCache, IndexDataCacheFile
 
 KERNELS_DIR = Path(__file__).resolve().parent
+# Every folder whose code a cached kernel can compile in.
+SOURCE_DIRS = (KERNELS_DIR, KERNELS_DIR.parent / "deep")
 
 
 @functools.cache
@@ -46,8 +49,9 @@ def kernel_source_key() -> str:
     it (an edit takes effect in the next process, as any Python edit does).
     """
     digest = hashlib.sha256(f"numba {numba.__version__} llvmlite {llvmlite.__version__}".encode())
-    for path in sorted(KERNELS_DIR.rglob("*.py")):
-        digest.update(str(path.relative_to(KERNELS_DIR)).encode() + b"\0")
+    package = KERNELS_DIR.parent
+    for path in sorted(path for folder in SOURCE_DIRS for path in folder.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0")
         digest.update(_file_digest(str(path)).encode())
     return digest.hexdigest()
 
