@@ -216,9 +216,7 @@ class _EscapeTimeScene(_SceneBase):
         its pixels apart."""
         from fractal_app.deep import view as deep_view
 
-        return self._exact is not None and deep_view.needs_deep(
-            self._exact, self.resolution[0], self.precision
-        )
+        return self._exact is not None and deep_view.needs_deep(self._exact, self.resolution[0])
 
 
 class MandelbrotScene(_EscapeTimeScene):

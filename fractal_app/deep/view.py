@@ -22,8 +22,6 @@ MAX_ZOOM = 1000
 # the amplification of rounding along chaotic orbits) makes neighbouring pixels collapse
 # or blur. At 1024 ulps a 1920-wide view switches at width ~2e-10 near |c| ~ 1.
 DEEP_BELOW_ULPS = 1024
-# float32 has 29 fewer mantissa bits.
-FLOAT32_EXTRA_BITS = 29
 DEEP_FRACTALS = ("mandelbrot",)
 # The reference orbit holds 40 bytes an iteration, computed at 1-4 us an iteration.
 DEEP_MAX_ITER = 2_000_000
@@ -36,7 +34,8 @@ def parse_decimal(value, field: str) -> Decimal:
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"field {field!r} must be finite")
-        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        # float() first: a NumPy float's repr is 'np.float64(...)', not a number.
+        return Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
     if not isinstance(value, str):
         raise ValueError(f"field {field!r} must be a number or a decimal string")
     if len(value) > MAX_DIGITS:
@@ -115,16 +114,20 @@ def exact_inputs(data: dict, default_center, default_width: float):
     return patched, ExactView(re, im, width)
 
 
-def needs_deep(view: ExactView, width_px: int, precision: str) -> bool:
-    """Whether float64 (or float32) cannot tell the view's pixels apart well enough."""
+def needs_deep(view: ExactView, width_px: int) -> bool:
+    """Whether float64 cannot tell the view's pixels apart well enough.
+
+    The same threshold for a float32 scene: float32 is a speed choice the user made, and
+    switching such views to the deep path (or refusing them for the fractals it does not
+    cover yet) turned ordinary float32 zooms of width 0.2 into slow renders or errors.
+    """
     pixel = view.width / width_px
     # Orbits near the sets' boundaries are of order 1 whatever the centre, so a view near
     # 0 is no finer for float64 than one near 0.25 (inside |c| < 0.25 Mandelbrot is flat).
     magnitude = max(abs(view.center_re), abs(view.center_im), view.width, Decimal("0.25"))
-    extra = FLOAT32_EXTRA_BITS if precision == "float32" else 0
     # ulp of the magnitude, in float64: 2^(exponent - 52)
     exponent = math.frexp(float(magnitude))[1] - 1
-    ulp = Decimal(2) ** (exponent - 52 + extra)
+    ulp = Decimal(2) ** (exponent - 52)
     return pixel < DEEP_BELOW_ULPS * ulp
 
 
