@@ -65,10 +65,13 @@ READ_IMAGE_JS = """(image) => {
   return {width: canvas.width, height: canvas.height, rgba: btoa(text)};
 }"""
 
+# Settled: the level on show has full tiles (a zoom's first moments still show only the
+# last level's, complete, before the new level starts loading) and every image is loaded.
 TILES_SETTLED_JS = """() => {
-  const {layers} = window.explorer;
+  const {layers, map} = window.explorer;
   const images = [...document.querySelectorAll('.full-tiles img')];
-  return !layers.full.isLoading() && images.length > 0 &&
+  const level = `/tile/${Math.round(map.getZoom())}/`;
+  return !layers.full.isLoading() && images.some((image) => image.src.includes(level)) &&
     images.every((image) => image.complete && image.naturalWidth > 0);
 }"""
 
