@@ -24,14 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-import gmpy2
 import numpy as np
 import pytest
 from harness import check_target
 
 from fractal_app import render
 from fractal_app.deep import orbit as orbits
-from fractal_app.deep.locate import near_i
+from fractal_app.deep.locate import minibrot_view_centre
 from fractal_app.deep.render import reference_for
 from fractal_app.scene import parse_scene
 
@@ -56,14 +55,7 @@ def cpu_model() -> str:
 
 def deep_params(exponent: int, size=SIZE) -> dict:
     period, max_iter = DEPTHS.get(exponent, (400, 100_000))
-    bits = int(exponent * 3.33 * 1.3) + 256
-    while True:
-        c, mini = near_i(period, bits)
-        if gmpy2.log10(mini) < -exponent - 0.3:
-            break
-        period += 1
-    with gmpy2.context(gmpy2.get_context(), precision=bits):
-        centre = [format(c.real, f".{exponent + 20}e"), format(c.imag, f".{exponent + 20}e")]
+    centre = list(minibrot_view_centre(exponent, period))
     return {"fractal": "mandelbrot", "resolution": list(size), "center": centre,
             "width": f"1e-{exponent}", "max_iter": max_iter, "output": "counts"}
 

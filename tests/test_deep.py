@@ -19,7 +19,7 @@ import pytest
 from fractal_app import render, verify
 from fractal_app.bandfile import BandMeta
 from fractal_app.deep import orbit as orbits
-from fractal_app.deep.locate import near_i
+from fractal_app.deep.locate import minibrot_view_centre
 from fractal_app.deep.render import _offsets, reference_for
 from fractal_app.deep.view import MIN_WIDTH, geometry
 from fractal_app.scene import SceneError, parse_scene
@@ -37,15 +37,7 @@ VIEWS = [
 def deep_scene(exponent: int, period: int, size, max_iter: int, **extra):
     """A view of width 1e-exponent centred on the first minibrot near c = i, from
     ``period`` on, that is under half the width (so the view shows its surroundings)."""
-    bits = int(exponent * 3.33 * 1.3) + 256
-    while True:
-        c, mini = near_i(period, bits)
-        if gmpy2.log10(mini) < -exponent - 0.3:
-            break
-        period += 1
-    with gmpy2.context(gmpy2.get_context(), precision=bits):
-        re = format(c.real, f".{exponent + 20}e")
-        im = format(c.imag, f".{exponent + 20}e")
+    re, im = minibrot_view_centre(exponent, period)
     params = {
         "fractal": "mandelbrot", "resolution": list(size), "center": [re, im],
         "width": f"1e-{exponent}", "max_iter": max_iter, "output": "counts", **extra,

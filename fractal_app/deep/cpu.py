@@ -36,17 +36,11 @@ def _points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
 def perturb_grid(dc_cols, dc_rows, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
     """Sample (r, k) is c = C + (dc_cols[k] + i dc_rows[r]) * 2^dce."""
     # Rows differ wildly in cost at depth: threads take them one at a time.
-    previous = numba.set_parallel_chunksize(1)
-    try:
+    with numba.parallel_chunksize(1):
         _grid(dc_cols, dc_rows, dce, zr, zi, mr, mi, e, max_iter, counts, mag2)
-    finally:
-        numba.set_parallel_chunksize(previous)
 
 
 def perturb_points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
     """Sample k is c = C + (dcr[k] + i dci[k]) * 2^dce."""
-    previous = numba.set_parallel_chunksize(1)
-    try:
+    with numba.parallel_chunksize(1):
         _points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2)
-    finally:
-        numba.set_parallel_chunksize(previous)

@@ -44,3 +44,19 @@ def near_i(period: int, bits: int):
     with gmpy2.context(gmpy2.get_context(), precision=bits):
         offset = gmpy2.mpfr(4 * 2**0.5) ** (-period)
         return nucleus(str(offset), str(1 + offset), period, bits)
+
+
+def minibrot_view_centre(exponent: int, period: int) -> tuple[str, str]:
+    """The centre, as decimal strings, of a view of width 1e-``exponent`` on the first
+    minibrot near c = i from ``period`` on that is under half that width (so the view shows
+    its surroundings): the test views and the benchmark's."""
+    import gmpy2
+
+    bits = int(exponent * 3.33 * 1.3) + 256
+    while True:
+        c, size = near_i(period, bits)
+        if gmpy2.log10(size) < -exponent - 0.3:
+            break
+        period += 1
+    with gmpy2.context(gmpy2.get_context(), precision=bits):
+        return format(c.real, f".{exponent + 20}e"), format(c.imag, f".{exponent + 20}e")
