@@ -208,25 +208,38 @@ def test_verification_against_render(benchmark, tmp_path):
     # The first band of the plan a two-provider render of this scene gets.
     row_start, row_stop = plan_bands_by_cost(scene, 2)[0]
     render.render_band(scene, row_start, row_start + 1)  # kernels loaded
-    render_s = float("inf")
+    # CPU seconds on both sides: the render runs on every core and verification mostly on
+    # one, so a wall-time ratio moves with how many cores a machine has free at the moment
+    # (CI saw 0.030 -> 0.044 from one machine to another, same code); the work each does
+    # does not.
+    render_cpu = float("inf")
     for _ in range(2):
-        started = time.perf_counter()
+        started = time.process_time()
         values = render.render_band(scene, row_start, row_stop)
-        render_s = min(render_s, time.perf_counter() - started)
+        render_cpu = min(render_cpu, time.process_time() - started)
     meta = BandMeta("quick", "band0", row_start, row_stop, scene.output)
     folder = tmp_path / "result"
     folder.mkdir()
     write_band(folder / "band.png", values, meta)
     cancel = threading.Event()
     assert verify.verify_band(scene, meta, folder, cancel).accepted  # its kernels loaded
-    verdict = benchmark.pedantic(verify.verify_band, args=(scene, meta, folder, cancel),
-                                 rounds=3, iterations=1)
+    verify_cpu = float("inf")
+
+    def verify_band_timed():
+        nonlocal verify_cpu
+        started = time.process_time()
+        verdict = verify.verify_band(scene, meta, folder, cancel)
+        verify_cpu = min(verify_cpu, time.process_time() - started)
+        return verdict
+
+    verdict = benchmark.pedantic(verify_band_timed, rounds=3, iterations=1)
     assert verdict.accepted, verdict.reason
-    verify_s = benchmark.stats.stats.min
     what = f"rows {row_start}..{row_stop} of the 4K view at 1920x1080"
-    record(benchmark, "verify_over_render", verify_s / render_s, "x", RATIO, LOWER,
-           f"{what}: verify_band (decode, estimate, 1,200 samples) over rendering the band")
-    record(benchmark, "verify_s", verify_s, "s", ABSOLUTE, LOWER, f"{what}: verify_band")
+    record(benchmark, "verify_over_render_cpu", verify_cpu / render_cpu, "x", RATIO, LOWER,
+           f"{what}: CPU seconds of verify_band (decode, estimate, 1,200 samples) over "
+           "rendering the band's")
+    record(benchmark, "verify_s", benchmark.stats.stats.min, "s", ABSOLUTE, LOWER,
+           f"{what}: verify_band, wall")
 
 
 @pytest.mark.benchmark(group="quick-startup")
