@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from fractal_app import config
+from fractal_app.bands import row_pieces
 from fractal_app.errors import FailedPrecondition, InvalidArgument
 
 BACKENDS = ("cpu", "cuda")
@@ -93,8 +94,7 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
         out = np.empty((row_stop - row_start, width), dtype=np.uint32)
     else:
         out = np.empty((row_stop - row_start, width, 3), dtype=_image_dtype(scene))
-    for r0 in range(row_start, row_stop, rows_per_chunk):
-        r1 = min(row_stop, r0 + rows_per_chunk)
+    for r0, r1 in row_pieces(row_start, row_stop, rows_per_chunk):
         im_rows = _sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
         im_rows = im_rows.reshape(-1).astype(args.dtype)
         counts = np.empty((im_rows.shape[0], re_cols.shape[0]), dtype=np.uint32)
