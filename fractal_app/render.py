@@ -25,11 +25,6 @@ from fractal_app.errors import FailedPrecondition, InvalidArgument
 
 BACKENDS = ("cpu", "cuda")
 
-# Fractals drawn with the imaginary axis pointing down (row 0 at the smallest Im): the
-# convention of Burning Ship renderers, under which the ship stands upright. Every other
-# fractal's imaginary axis points up.
-IMAGINARY_AXIS_DOWN = frozenset({"burning_ship"})
-
 # Samples iterated per kernel call (per chunk of rows): bounds the temporary count and
 # |z|^2 arrays (12 bytes a sample) for large supersampled bands.
 MAX_SAMPLES_PER_CHUNK = 1 << 22
@@ -215,13 +210,15 @@ def _escape_args(scene) -> _EscapeArgs:
 def _sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
     """(len(index), s) float64 coordinates of the s sub-pixel sample centres of each pixel
     column (axis "re") or row (axis "im"): the contract's formula, in this one place."""
+    from fractal_app.fractals import FRACTALS
+
     ss = scene.supersample
     px = scene.pixel_size
     offsets = (np.arange(ss, dtype=np.float64) + 0.5) / ss
     position = (index.astype(np.float64)[:, None] - 0.5) + offsets[None, :]
     if axis == "re":
         return scene.center[0] + (position - (scene.width_px - 1) / 2) * px
-    if scene.fractal in IMAGINARY_AXIS_DOWN:
+    if FRACTALS[scene.fractal].imaginary_axis_down:
         return scene.center[1] + (position - (scene.height_px - 1) / 2) * px
     return scene.center[1] + ((scene.height_px - 1) / 2 - position) * px
 

@@ -16,20 +16,9 @@ import numpy as np
 from fractal_app.errors import InvalidArgument
 from fractal_app.kernels import raymarch as rm
 from fractal_app.kernels.color import srgb_to_linear
+from fractal_app.palettes import PALETTES
 
 BACKENDS = ("cpu", "cuda")
-
-# Cosine palettes a + b cos(2 pi (c t + d)) for the surface colour, one per palette name, in
-# linear RGB: (a, b, c, d), each an RGB triple. Cyclic ones repeat with period 1.
-_PALETTES = {
-    "classic": ((0.55, 0.45, 0.40), (0.45, 0.40, 0.40), (1.0, 1.0, 1.0), (0.55, 0.60, 0.70)),
-    "viridis": ((0.40, 0.45, 0.35), (0.40, 0.35, 0.30), (0.60, 0.50, 0.60), (0.55, 0.55, 0.15)),
-    "twilight": ((0.55, 0.50, 0.60), (0.40, 0.35, 0.35), (1.0, 1.0, 1.0), (0.00, 0.05, 0.10)),
-    "fire": ((0.60, 0.30, 0.10), (0.45, 0.35, 0.12), (0.50, 0.50, 0.50), (0.60, 0.70, 0.80)),
-    "ocean": ((0.15, 0.40, 0.55), (0.15, 0.30, 0.40), (0.60, 0.70, 0.80), (0.60, 0.60, 0.55)),
-    "grayscale": ((0.50, 0.50, 0.50), (0.40, 0.40, 0.40), (1.0, 1.0, 1.0), (0.50, 0.50, 0.50)),
-    "electric": ((0.50, 0.40, 0.60), (0.50, 0.50, 0.45), (1.0, 1.0, 0.8), (0.30, 0.55, 0.75)),
-}
 
 # Per fractal: (object size, orbit-trap scale, step factor, exposure). The size sets the
 # lengths of the shadow and occlusion probes; the step factor < 1 guards against an
@@ -159,7 +148,7 @@ def kernel_inputs(scene) -> KernelInputs:
     p[rm.P_EXPOSURE] = exposure
     p[rm.P_PALETTE_CYCLES] = scene.palette_cycles
     p[rm.P_PALETTE_OFFSET] = scene.palette_offset
-    p[rm.P_PALETTE : rm.P_PALETTE + 12] = np.ravel(_PALETTES[scene.palette])
+    p[rm.P_PALETTE : rm.P_PALETTE + 12] = np.ravel(PALETTES[scene.palette].cosine)
 
     s = scene.supersample
     ip[rm.I_SUPERSAMPLE] = s
