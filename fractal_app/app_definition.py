@@ -22,8 +22,8 @@ APP_NAME = "fractal-app"
 MAX_BENCHMARK_SCORE = 1.0e7
 
 
-
 def _titles(family: str) -> str:
+    """The registered fractals of one family, as prose names them."""
     return ", ".join(f.title for f in FRACTALS.values() if f.family == family)
 
 
