@@ -2,8 +2,9 @@
 loaded in the background once it serves.
 
 ``python -m fractal_app`` pauses the cyclic collector first thing; each service's preload
-loads NumPy, Numba and the kernels in a thread from the moment it serves, and turns the
-collector back on when done. A request awaits the preload before it starts.
+loads NumPy, Numba and the kernels in a thread (the requestor's from its construction, the
+provider's once it serves), and turns the collector back on when done. A request awaits the
+preload before it starts.
 """
 
 from __future__ import annotations
