@@ -114,8 +114,6 @@ class ServerProcess:
                 + self.log_tail()
             )
         if time.perf_counter() > deadline:
-            self.process.kill()
-            self.process.wait()
             raise ServerStartError(
                 f"the {self.role} did not start within {deadline - self.started_at:.0f} s:\n"
                 + self.log_tail()
@@ -123,10 +121,15 @@ class ServerProcess:
         return False
 
     def wait_for_port(self, timeout: float = START_TIMEOUT_S, poll_s: float = POLL_S) -> int:
-        """Block until the server has written its port (it serves then); the port."""
+        """Block until the server has written its port (it serves then); the port. A server
+        that does not is killed and reaped before ServerStartError says why."""
         deadline = self.started_at + timeout
-        while not self._port_written(deadline):
-            time.sleep(poll_s)
+        try:
+            while not self._port_written(deadline):
+                time.sleep(poll_s)
+        except ServerStartError:
+            self.kill()
+            raise
         return self.port
 
     async def wait_for_port_async(
@@ -134,8 +137,12 @@ class ServerProcess:
     ) -> int:
         """:meth:`wait_for_port` for an event loop."""
         deadline = self.started_at + timeout
-        while not self._port_written(deadline):
-            await asyncio.sleep(poll_s)
+        try:
+            while not self._port_written(deadline):
+                await asyncio.sleep(poll_s)
+        except ServerStartError:
+            await self.kill_and_reap()
+            raise
         return self.port
 
     def wait_serving(self, timeout: float = START_TIMEOUT_S, poll_s: float = POLL_S) -> None:
@@ -255,8 +262,7 @@ def launch(
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    stem = f"{work_dir.name}.{role}.{tag}"
+    stem = f"{work_dir.name}.{role}.{uuid.uuid4().hex[:8]}"
     port_file = port_file or work_dir.parent / f"{stem}.port"
     log_path = log_path or work_dir.parent / f"{stem}.log"
     command = server_command(role, work_dir, port_file, log_level, extra_args, prelude)
@@ -283,8 +289,8 @@ def start_server(
     """Start the server and block until it has written its port and its health service
     answers SERVING (``launch_args``: as :func:`launch`)."""
     server = launch(role, work_dir, **launch_args)
+    server.wait_for_port(timeout, poll_s)
     try:
-        server.wait_for_port(timeout, poll_s)
         server.wait_serving(timeout, poll_s)
     except BaseException:
         server.kill()
