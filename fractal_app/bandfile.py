@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from fractal_app.durable import durable_file
+from fractal_app.outputs import OutputFormat, output_format
 from fractal_app.pngstream import PNG_SIGNATURE, png_chunk, sub_filter
 
 TEXT_KEY = b"fractal-app"
-OUTPUTS = ("image", "counts")
 
 # Slack over the band's raw (filtered, uncompressed) size that an honest file can need:
 # zlib's stored-block worst case is 5 bytes per 16 KiB block, chunk framing is 12 bytes per
@@ -64,18 +64,17 @@ class BandMeta:
     def rows(self) -> int:
         return self.row_stop - self.row_start
 
+    @property
+    def format(self) -> OutputFormat:
+        return output_format(self.output)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
 
-def png_bit_depth(meta: BandMeta, bit_depth: int) -> int:
-    """Bits per channel of the band's PNG: counts bands are always 16-bit."""
-    return 16 if meta.output == "counts" else bit_depth
-
-
 def max_file_bytes(meta: BandMeta, width: int, bit_depth: int) -> int:
     """The largest file an honest band of this size can be (incompressible data, stored)."""
-    raw = _raw_bytes(meta.rows, width, png_bit_depth(meta, bit_depth))
+    raw = _raw_bytes(meta.rows, width, meta.format.png_bits(bit_depth))
     return raw + int(raw * _SIZE_SLACK_RATIO) + _SIZE_SLACK_BYTES
 
 
@@ -88,32 +87,11 @@ def _raw_bytes(rows: int, width: int, bits: int) -> int:
 
 def _check_block(values: np.ndarray, meta: BandMeta, width: int | None = None) -> None:
     """Refuse band values whose shape or dtype does not fit the meta (a bug, not an attack)."""
-    if meta.output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {meta.output!r}")
-    if meta.output == "counts":
-        if values.dtype != np.uint32 or values.ndim != 2:
-            raise ValueError(f"counts band must be 2D uint32, got {values.ndim}D {values.dtype}")
-    elif values.dtype not in (np.uint8, np.uint16) or values.ndim != 3 or values.shape[2] != 3:
-        raise ValueError(
-            f"image band must be (rows, W, 3) uint8 or uint16, got {values.shape} {values.dtype}"
-        )
+    meta.format.check_values(values)
     if values.shape[0] < 1 or values.shape[1] < 1:
         raise ValueError(f"band block has no pixels: shape {values.shape}")
     if width is not None and values.shape[1] != width:
         raise ValueError(f"band block is {values.shape[1]} pixels wide, the band {width}")
-
-
-def _rgb_rows(values: np.ndarray, output: str) -> np.ndarray:
-    """The PNG's (rows, W, 3) samples for some rows of band values.
-
-    Counts travel in a 16-bit RGB PNG: red holds the high 16 bits, green the low 16 bits.
-    """
-    if output != "counts":
-        return values
-    rgb = np.zeros(values.shape + (3,), dtype=np.uint16)
-    rgb[..., 0] = values >> 16
-    rgb[..., 1] = values & 0xFFFF
-    return rgb
 
 
 # zlib level for band files: measured on half a 1080p Mandelbrot frame, level 3 encodes in
@@ -153,7 +131,7 @@ def png_pieces(
         raise ValueError("a band needs at least one block of rows")
     _check_block(first, meta)
     width = first.shape[1]
-    bits = 8 if meta.output == "image" and first.dtype == np.uint8 else 16
+    bits = meta.format.png_bits(16 if first.dtype == np.uint16 else 8)
     header = struct.pack(">IIBBBBB", width, meta.rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
     yield PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"tEXt", TEXT_KEY + b"\0" + text)
     compressor = zlib.compressobj(compress_level)
@@ -169,7 +147,7 @@ def png_pieces(
         if rows_seen > meta.rows:
             raise ValueError(f"band blocks hold more than the band's {meta.rows} rows")
         for start in range(0, block.shape[0], rows_per_piece):
-            piece = _rgb_rows(block[start : start + rows_per_piece], meta.output)
+            piece = meta.format.to_png_rgb(block[start : start + rows_per_piece])
             pending += compressor.compress(_filtered(piece))
             while len(pending) >= _IDAT_CHUNK_BYTES:
                 yield png_chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
@@ -486,10 +464,7 @@ def _decode(parts: list[memoryview], expected: BandMeta, width: int, bits: int) 
     rows = expected.rows
     stride = width * 3 * bits // 8
     bpp = 3 * bits // 8
-    if expected.output == "counts":
-        values = np.empty((rows, width), dtype=np.uint32)
-    else:
-        values = np.empty((rows, width, 3), dtype=np.uint8 if bits == 8 else np.uint16)
+    values = expected.format.empty_band(rows, width, bits)
     inflater = _Inflater(parts, _raw_bytes(rows, width, bits))
     block_rows = max(1, _DECODE_BLOCK_BYTES // (stride + 1))
     prev = np.zeros(stride, dtype=np.uint8)
@@ -497,22 +472,13 @@ def _decode(parts: list[memoryview], expected: BandMeta, width: int, bits: int) 
         count = min(block_rows, rows - start)
         data = _unfilter(inflater.read(count * (stride + 1)), count, stride, bpp, prev, start)
         prev = data[-1].copy()
-        if bits == 8:
-            values[start : start + count] = data.reshape(count, width, 3)
-            continue
-        rgb = data.view(">u2").reshape(count, width, 3)
-        if expected.output == "image":
-            values[start : start + count] = rgb
-            continue
-        if rgb[..., 2].any():
-            row, col = (int(v) for v in np.argwhere(rgb[..., 2])[0])
-            raise BandFileError(
-                f"counts band has a non-zero blue channel at row "
-                f"{expected.row_start + start + row}, column {col} (B must be 0)"
+        rgb = data.view(">u2" if bits == 16 else np.uint8).reshape(count, width, 3)
+        try:
+            expected.format.from_png_rgb(
+                rgb, values[start : start + count], expected.row_start + start
             )
-        block = values[start : start + count]
-        np.left_shift(rgb[..., 0], 16, out=block, dtype=np.uint32)
-        block |= rgb[..., 1]
+        except ValueError as exc:
+            raise BandFileError(str(exc)) from None
     inflater.finish()
     return values
 
@@ -525,10 +491,10 @@ def read_band(path: Path, expected: BandMeta, width: int, bit_depth: int) -> np.
     thing that is wrong. Nothing is inflated until the header and text chunk have passed,
     and then only a block of rows at a time: the file and the values are all it holds.
     """
-    if expected.output not in OUTPUTS or expected.rows < 1 or width < 1:
+    if expected.rows < 1 or width < 1:
         raise ValueError(f"bad expectation: {expected}, width {width}")
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    bits = png_bit_depth(expected, bit_depth)
+    bits = expected.format.png_bits(bit_depth)
     data = _read_untrusted(Path(path), max_file_bytes(expected, width, bit_depth))
     return _decode(_parse(data, expected, width, bits), expected, width, bits)

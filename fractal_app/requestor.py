@@ -48,6 +48,7 @@ from fractal_app.errors import (
     storage_errors,
 )
 from fractal_app.images import image_for_env
+from fractal_app.outputs import RESULT_FILES
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.protocol.constants import SUBTASK_OUTPUTS_DIR
@@ -104,7 +105,7 @@ def subtask_params(subtask_id: str, band: BandRow) -> str:
 
 def result_file_name(scene) -> str:
     """The one file ``task_outputs`` holds once every band is accepted."""
-    return "result.tiff" if scene.output == "counts" else "result.png"
+    return scene.output_format.result_file
 
 
 @dataclass
@@ -629,7 +630,7 @@ def _remove_results(paths: TaskPaths) -> None:
     except FailedPrecondition as refused:  # a symlink: nothing of ours can be behind it
         logger.warning("not clearing task_outputs: %s", refused)
         return
-    for name in ("result.png", "result.tiff"):
+    for name in RESULT_FILES:
         with contextlib.suppress(FileNotFoundError):
             (task_outputs / name).unlink()
 
@@ -638,18 +639,11 @@ def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
     """Stream the accepted bands, top to bottom, into ``task_outputs``' one result file."""
     import numpy as np
 
-    from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
-
     width, height = scene.width_px, scene.height_px
     # Checked before anything is written: nothing goes through a planted symlink.
     task_outputs = paths.checked(paths.task_outputs, create=True)
     tmp = paths.checked(paths.state) / ".result.partial"
-    if scene.output == "counts":
-        writer = CountsTiffWriter(tmp, width, height)
-    else:
-        writer = PngStreamWriter(
-            tmp, width, height, scene.bit_depth, text={"Software": "fractal-app"}
-        )
+    writer = scene.output_format.open_writer(tmp, width, height, scene.bit_depth)
     try:
         with writer:
             for band in sorted(bands, key=lambda b: b.row_start):
