@@ -30,7 +30,7 @@ import numpy as np
 
 from fractal_app.durable import durable_file
 from fractal_app.outputs import OutputFormat, output_format
-from fractal_app.pngstream import PNG_SIGNATURE, png_chunk, sub_filter
+from fractal_app.pngstream import PNG_SIGNATURE, PngEncoder
 
 TEXT_KEY = b"fractal-app"
 
@@ -42,7 +42,6 @@ _SIZE_SLACK_RATIO = 0.01
 _MAX_TEXT_BYTES = 4096
 _MAX_ANCILLARY_BYTES = 64 * 1024
 _MAX_CHUNKS = 100_000
-_IDAT_CHUNK_BYTES = 1 << 20
 _COLOR_TYPE_RGB = 2
 
 
@@ -99,31 +98,14 @@ def _check_block(values: np.ndarray, meta: BandMeta, width: int | None = None) -
 # KiB); the provider pays the encode on every band, the network barely notices the size.
 COMPRESS_LEVEL = 3
 
-# Rows are filtered and compressed this many raw bytes at a time, so encoding a band needs
-# a few MiB beside the rows being encoded, however large the band (poster bands are hundreds
-# of MiB).
-_ENCODE_BLOCK_BYTES = 4 << 20
 
-
-def _filtered(rgb: np.ndarray) -> np.ndarray:
-    """PNG scanlines with filter 1 (Sub): cheap in numpy, and it compresses gradients well."""
-    rows, width, _ = rgb.shape
-    bits = 8 if rgb.dtype == np.uint8 else 16
-    raw = np.ascontiguousarray(rgb, dtype=">u2" if bits == 16 else np.uint8).view(np.uint8)
-    return sub_filter(raw.reshape(rows, width * 3 * bits // 8), 3 * bits // 8)
-
-
-def png_pieces(
-    blocks: Iterable[np.ndarray],
-    meta: BandMeta,
-    text: bytes,
-    compress_level: int = COMPRESS_LEVEL,
-) -> Iterator[bytes]:
+def png_pieces(blocks: Iterable[np.ndarray], meta: BandMeta, text: bytes) -> Iterator[bytes]:
     """The band PNG of ``meta.rows`` rows as a stream of byte strings.
 
     ``blocks`` gives the band's values a block of rows at a time, top to bottom (any block
-    sizes); each is filtered and compressed as it comes, so neither the band nor its file is
-    ever held whole. Raises ValueError if the blocks do not add up to the band.
+    sizes); each is encoded as it comes (``pngstream.PngEncoder``, on this thread: the
+    provider renders the next block meanwhile), so neither the band nor its file is ever
+    held whole. Raises ValueError if the blocks do not add up to the band.
     """
     blocks = iter(blocks)
     first = next(blocks, None)
@@ -132,34 +114,23 @@ def png_pieces(
     _check_block(first, meta)
     width = first.shape[1]
     bits = meta.format.png_bits(16 if first.dtype == np.uint16 else 8)
-    header = struct.pack(">IIBBBBB", width, meta.rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
-    yield PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"tEXt", TEXT_KEY + b"\0" + text)
-    compressor = zlib.compressobj(compress_level)
-    pending = bytearray()
-    rows_per_piece = max(1, _ENCODE_BLOCK_BYTES // (width * 3 * bits // 8 + 1))
-    rows_seen = 0
+    encoder = PngEncoder(
+        width, meta.rows, bits, {TEXT_KEY.decode(): text.decode("latin-1")}, COMPRESS_LEVEL
+    )
+    yield encoder.header()
     block = first
     while block is not None:
         _check_block(block, meta, width)
         if block.dtype != first.dtype:
             raise ValueError(f"band block is {block.dtype}, the band {first.dtype}")
-        rows_seen += block.shape[0]
-        if rows_seen > meta.rows:
+        if encoder.rows_written + block.shape[0] > meta.rows:
             raise ValueError(f"band blocks hold more than the band's {meta.rows} rows")
-        for start in range(0, block.shape[0], rows_per_piece):
-            piece = meta.format.to_png_rgb(block[start : start + rows_per_piece])
-            pending += compressor.compress(_filtered(piece))
-            while len(pending) >= _IDAT_CHUNK_BYTES:
-                yield png_chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
-                del pending[:_IDAT_CHUNK_BYTES]
-        del block, piece  # the next block is rendered while nothing else holds this one
+        yield from encoder.encode(meta.format.to_png_rgb(block))
+        del block  # the next block is rendered while nothing else holds this one
         block = next(blocks, None)
-    if rows_seen != meta.rows:
-        raise ValueError(f"band blocks hold {rows_seen} rows, the band {meta.rows}")
-    pending += compressor.flush()
-    for start in range(0, len(pending), _IDAT_CHUNK_BYTES):
-        yield png_chunk(b"IDAT", bytes(pending[start : start + _IDAT_CHUNK_BYTES]))
-    yield png_chunk(b"IEND", b"")
+    if encoder.rows_written != meta.rows:
+        raise ValueError(f"band blocks hold {encoder.rows_written} rows, the band {meta.rows}")
+    yield from encoder.finish()
 
 
 def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:

@@ -1,9 +1,11 @@
-"""Write the final image band by band, never holding the whole picture in memory.
+"""The app's one PNG encoder, and the streaming writers of the final result files.
 
-A poster-size image (32768 x 32768 RGB, 3 GiB raw at 8 bits) must be written by a requestor
-whose memory is bounded by about twice the raw size, so the final PNG is produced as a stream:
-rows go through zlib as they arrive and leave as IDAT chunks. ``counts`` output (one 32-bit
-integer a pixel) is an uncompressed TIFF, written the same way (BigTIFF when it passes 4 GiB).
+Every PNG the app writes (a provider's band file, the requestor's final image, a poster of
+any size) goes through :class:`PngEncoder`: rows arrive a block at a time, are Sub-filtered
+and deflated as they come, and leave as IDAT chunks of a fixed size, so neither the picture
+nor its file is ever held whole. A poster (32768 x 32768 RGB, 3 GiB raw at 8 bits) is written
+by a requestor whose memory stays far below the raw size. ``counts`` output (one 32-bit
+integer a pixel) is an uncompressed TIFF, written the same way (BigTIFF past 4 GiB).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import struct
 import zlib
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -20,25 +23,20 @@ from typing import BinaryIO, Self
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# zlib output is gathered into IDAT chunks of about this size.
+_COLOR_TYPE_RGB = 2
+# Deflate output leaves in IDAT chunks of exactly this size (the last one smaller).
 IDAT_CHUNK_BYTES = 1 << 20
-# Rows filtered per step, bounding the scratch memory of one step.
-ROWS_PER_STEP = 64
-# Raw bytes deflated as one independent segment (on one thread).
+# Raw bytes filtered per step, bounding the scratch memory of one step.
+STEP_BYTES = 4 << 20
+# With several threads, raw bytes deflated as one independent segment (on one thread).
 SEGMENT_BYTES = 4 << 20
 # zlib level and strategy of the final image. Sub-filtered fractal rows are mostly runs of
 # equal bytes, and run-length matching (Z_RLE) finds most of what level 6's full search
 # finds at 2.5-4x its speed (measured on 1920x1080 renders: files 10-25% larger). The final
 # image is written after the last band is accepted, when nothing else runs: its time is the
 # render's tail, so speed wins.
-DEFAULT_COMPRESS_LEVEL = 1
-COMPRESS_STRATEGY = zlib.Z_RLE
-
-
-def _deflate_segment(data: bytes, level: int) -> bytes:
-    """Raw deflate of one segment, ended by a sync flush (byte-aligned, not final)."""
-    deflate = zlib.compressobj(level, zlib.DEFLATED, -15, 8, COMPRESS_STRATEGY)
-    return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+FINAL_COMPRESS_LEVEL = 1
+FINAL_COMPRESS_STRATEGY = zlib.Z_RLE
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -60,6 +58,147 @@ def sub_filter(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
         out=filtered[:, 1 + bytes_per_pixel :],
     )
     return filtered
+
+
+def _deflate_segment(data: bytes, level: int, strategy: int) -> bytes:
+    """Raw deflate of one segment, ended by a sync flush (byte-aligned, not final)."""
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+    return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+
+class PngEncoder:
+    """An RGB PNG (8- or 16-bit, Sub-filtered, not interlaced) as a stream of byte strings.
+
+    ``header()`` first, then ``encode(rows)`` for each block of rows top to bottom (any block
+    sizes; (n, W, 3) uint8 at 8 bits, uint16 at 16), then ``finish()``, which checks that
+    exactly ``height`` rows came. Each returns the bytes ready to write.
+
+    With ``threads`` 1 the rows go through one zlib stream. With more, pigz-style: the rows
+    are cut into segments of about ``SEGMENT_BYTES``, each deflated on its own thread (zlib
+    releases the GIL) and ended with a sync flush so the pieces concatenate into one valid
+    zlib stream, the Adler-32 checksum computed over the raw bytes in order; at most
+    ``2 * threads`` segments are in flight, which bounds the memory. ``close()`` (or the end
+    of ``finish()``) stops the threads.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        bit_depth: int,
+        text: dict[str, str] | None = None,
+        compress_level: int = FINAL_COMPRESS_LEVEL,
+        strategy: int = zlib.Z_DEFAULT_STRATEGY,
+        threads: int = 1,
+    ) -> None:
+        if bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        if width < 1 or height < 1:
+            raise ValueError(f"a PNG needs at least one pixel, got {width}x{height}")
+        self.width, self.height, self.bit_depth = width, height, bit_depth
+        self.text = dict(text or {})
+        self._dtype = np.dtype(">u2") if bit_depth == 16 else np.dtype(np.uint8)
+        self._bytes_per_pixel = 3 * bit_depth // 8
+        self._rows_per_step = max(1, STEP_BYTES // (width * self._bytes_per_pixel + 1))
+        self._level, self._strategy = compress_level, strategy
+        self.rows_written = 0
+        self._pending = bytearray()
+        self._threads = max(1, threads)
+        if self._threads == 1:
+            self._stream = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 8, strategy)
+            self._pool = None
+        else:
+            self._segment: list[np.ndarray] = []
+            self._segment_bytes = 0
+            self._adler = zlib.adler32(b"")
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="deflate")
+            self._in_flight: deque[Future[bytes]] = deque()
+            self._pending += b"\x78\x9c"  # zlib header: deflate, 32 KiB window, no dictionary
+
+    def header(self) -> bytes:
+        """The signature, IHDR and one tEXt chunk per ``text`` entry."""
+        ihdr = struct.pack(
+            ">IIBBBBB", self.width, self.height, self.bit_depth, _COLOR_TYPE_RGB, 0, 0, 0
+        )
+        pieces = [PNG_SIGNATURE, png_chunk(b"IHDR", ihdr)]
+        for key, value in self.text.items():
+            entry = key.encode("latin-1") + b"\0" + value.encode("latin-1")
+            pieces.append(png_chunk(b"tEXt", entry))
+        return b"".join(pieces)
+
+    def encode(self, values: np.ndarray) -> Iterator[bytes]:
+        """Filter and deflate rows (n, W, 3) below those already given; yield full IDATs."""
+        if values.ndim != 3 or values.shape[1:] != (self.width, 3):
+            raise ValueError(f"expected rows of shape (n, {self.width}, 3), got {values.shape}")
+        if self.rows_written + values.shape[0] > self.height:
+            raise ValueError(f"more than {self.height} rows written")
+        expected = np.uint16 if self.bit_depth == 16 else np.uint8
+        if values.dtype != expected:
+            raise ValueError(
+                f"{self.bit_depth}-bit rows must be {np.dtype(expected)}, got {values.dtype}"
+            )
+        for start in range(0, values.shape[0], self._rows_per_step):
+            block = np.ascontiguousarray(
+                values[start : start + self._rows_per_step], dtype=self._dtype
+            )
+            filtered = sub_filter(block.view(np.uint8).reshape(block.shape[0], -1),
+                                  self._bytes_per_pixel)
+            if self._pool is None:
+                self._pending += self._stream.compress(filtered)
+            else:
+                self._segment.append(filtered)
+                self._segment_bytes += filtered.nbytes
+                if self._segment_bytes >= SEGMENT_BYTES:
+                    self._submit_segment()
+            yield from self._full_chunks()
+        self.rows_written += values.shape[0]
+
+    def finish(self) -> Iterator[bytes]:
+        """The rest of the image data and IEND; ValueError if not every row was given."""
+        if self.rows_written != self.height:
+            self.close()
+            raise ValueError(f"{self.rows_written} of {self.height} rows were written")
+        if self._pool is None:
+            self._pending += self._stream.flush()
+        else:
+            self._submit_segment()
+            while self._in_flight:
+                self._collect_one()
+            # The final (empty) deflate block, then the checksum of all raw bytes.
+            self._pending += zlib.compressobj(self._level, zlib.DEFLATED, -15).flush()
+            self._pending += struct.pack(">I", self._adler)
+            self.close()
+        yield from self._full_chunks()
+        if self._pending:
+            yield png_chunk(b"IDAT", bytes(self._pending))
+            self._pending.clear()
+        yield png_chunk(b"IEND", b"")
+
+    def close(self) -> None:
+        """Stop the deflate threads (after ``finish``, or to abandon the stream)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _full_chunks(self) -> Iterator[bytes]:
+        while len(self._pending) >= IDAT_CHUNK_BYTES:
+            yield png_chunk(b"IDAT", bytes(self._pending[:IDAT_CHUNK_BYTES]))
+            del self._pending[:IDAT_CHUNK_BYTES]
+
+    def _submit_segment(self) -> None:
+        if not self._segment:
+            return
+        data = b"".join(part.tobytes() for part in self._segment)
+        self._segment.clear()
+        self._segment_bytes = 0
+        self._adler = zlib.adler32(data, self._adler)
+        self._in_flight.append(
+            self._pool.submit(_deflate_segment, data, self._level, self._strategy)
+        )
+        while len(self._in_flight) > 2 * self._threads:
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        self._pending += self._in_flight.popleft().result()
 
 
 class _FileWriter:
@@ -88,16 +227,12 @@ class _FileWriter:
 
 
 class PngStreamWriter(_FileWriter):
-    """An RGB PNG (8- or 16-bit) written top to bottom, a block of rows at a time.
+    """The final image: an RGB PNG file (8- or 16-bit) written top to bottom, a block of
+    rows at a time, through :class:`PngEncoder` at the final image's level and strategy, on
+    ``threads`` threads (default: every core).
 
     ``write_rows`` takes (rows, W, 3) arrays of uint8 (bit_depth 8) or uint16 (bit_depth 16).
     ``close`` checks that exactly ``height`` rows were written, then ends the file.
-
-    Compression runs on ``threads`` threads (zlib releases the GIL), pigz-style: the rows are
-    cut into segments of about ``SEGMENT_BYTES``, each deflated on its own and ended with a
-    sync flush so the pieces concatenate into one valid zlib stream; the Adler-32 checksum is
-    computed over the raw bytes in order. At most ``2 * threads`` segments are in flight,
-    which bounds the memory.
     """
 
     def __init__(
@@ -106,100 +241,39 @@ class PngStreamWriter(_FileWriter):
         width: int,
         height: int,
         bit_depth: int,
-        compress_level: int = DEFAULT_COMPRESS_LEVEL,
+        compress_level: int = FINAL_COMPRESS_LEVEL,
         text: dict[str, str] | None = None,
         threads: int | None = None,
     ) -> None:
-        if bit_depth not in (8, 16):
-            raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
         self.width, self.height, self.bit_depth = width, height, bit_depth
-        self._dtype = np.dtype(">u2") if bit_depth == 16 else np.dtype(np.uint8)
-        self._bytes_per_pixel = 3 * bit_depth // 8
-        self._level = compress_level
-        self._rows_written = 0
-        self._pending = bytearray()
-        self._segment: list[np.ndarray] = []
-        self._segment_bytes = 0
-        self._adler = zlib.adler32(b"")
-        self._threads = max(1, threads or os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="deflate")
-        self._in_flight: deque[Future[bytes]] = deque()
+        self._encoder = PngEncoder(
+            width, height, bit_depth, text, compress_level, FINAL_COMPRESS_STRATEGY,
+            max(1, threads or os.cpu_count() or 1),
+        )
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._file.write(PNG_SIGNATURE)
-        ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
-        self._file.write(png_chunk(b"IHDR", ihdr))
-        for key, value in (text or {}).items():
-            self._file.write(
-                png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
-            )
-        # zlib header: deflate, 32 KiB window, no preset dictionary.
-        self._pending += b"\x78\x9c"
+        self._file.write(self._encoder.header())
 
     def write_rows(self, values: np.ndarray) -> None:
         """Append rows (rows, W, 3) below those already written."""
-        if values.ndim != 3 or values.shape[1:] != (self.width, 3):
-            raise ValueError(f"expected rows of shape (n, {self.width}, 3), got {values.shape}")
-        if self._rows_written + values.shape[0] > self.height:
-            raise ValueError(f"more than {self.height} rows written")
-        expected = np.uint16 if self.bit_depth == 16 else np.uint8
-        if values.dtype != expected:
-            raise ValueError(
-                f"{self.bit_depth}-bit rows must be {np.dtype(expected)}, got {values.dtype}"
-            )
-        for start in range(0, values.shape[0], ROWS_PER_STEP):
-            block = np.ascontiguousarray(values[start : start + ROWS_PER_STEP], dtype=self._dtype)
-            raw = block.view(np.uint8).reshape(block.shape[0], -1)
-            filtered = sub_filter(raw, self._bytes_per_pixel)
-            self._segment.append(filtered)
-            self._segment_bytes += filtered.nbytes
-            if self._segment_bytes >= SEGMENT_BYTES:
-                self._submit_segment()
-        self._rows_written += values.shape[0]
-
-    def _submit_segment(self) -> None:
-        if not self._segment:
-            return
-        data = b"".join(part.tobytes() for part in self._segment)
-        self._segment.clear()
-        self._segment_bytes = 0
-        self._adler = zlib.adler32(data, self._adler)
-        self._in_flight.append(self._pool.submit(_deflate_segment, data, self._level))
-        while len(self._in_flight) > 2 * self._threads:
-            self._collect_one()
-
-    def _collect_one(self) -> None:
-        self._pending += self._in_flight.popleft().result()
-        self._flush(IDAT_CHUNK_BYTES)
-
-    def _flush(self, at_least: int) -> None:
-        if len(self._pending) >= at_least and self._pending:
-            self._file.write(png_chunk(b"IDAT", bytes(self._pending)))
-            self._pending.clear()
+        for piece in self._encoder.encode(values):
+            self._file.write(piece)
 
     def close(self) -> None:
         """End the stream (fsync'd); ValueError if not every row was written."""
         if self._file.closed:
             return
         try:
-            if self._rows_written != self.height:
-                raise ValueError(f"{self._rows_written} of {self.height} rows were written")
-            self._submit_segment()
-            while self._in_flight:
-                self._collect_one()
-            # The final (empty) deflate block, then the checksum of all raw bytes.
-            self._pending += zlib.compressobj(self._level, zlib.DEFLATED, -15).flush()
-            self._pending += struct.pack(">I", self._adler)
-            self._flush(1)
-            self._file.write(png_chunk(b"IEND", b""))
+            for piece in self._encoder.finish():
+                self._file.write(piece)
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._encoder.close()
             self._file.close()
 
     def abandon(self) -> None:
         """Close without finishing (after an error); the caller deletes the file."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._encoder.close()
         self._file.close()
 
 
@@ -292,7 +366,8 @@ class CountsTiffWriter(_FileWriter):
         else:
             head += b"\0" * (data_at - len(head))
         assert len(head) == data_at
-        self._rows_written = 0
+        self.rows_written = 0
+        self._rows_per_step = max(1, STEP_BYTES // row_bytes)
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._file.write(head)
 
@@ -300,22 +375,22 @@ class CountsTiffWriter(_FileWriter):
         """Append rows (rows, W) of escape counts (any integer dtype, values < 2^31)."""
         if counts.ndim != 2 or counts.shape[1] != self.width:
             raise ValueError(f"expected rows of shape (n, {self.width}), got {counts.shape}")
-        if self._rows_written + counts.shape[0] > self.height:
+        if self.rows_written + counts.shape[0] > self.height:
             raise ValueError(f"more than {self.height} rows written")
-        for start in range(0, counts.shape[0], 4 * ROWS_PER_STEP):
-            block = counts[start : start + 4 * ROWS_PER_STEP]
+        for start in range(0, counts.shape[0], self._rows_per_step):
+            block = counts[start : start + self._rows_per_step]
             if block.size and int(block.max()) >= 2**31:
                 raise ValueError("escape counts must be below 2^31")
             self._file.write(np.ascontiguousarray(block, dtype="<i4").tobytes())
-        self._rows_written += counts.shape[0]
+        self.rows_written += counts.shape[0]
 
     def close(self) -> None:
         """End the file (fsync'd); ValueError if not every row was written."""
         if self._file.closed:
             return
         try:
-            if self._rows_written != self.height:
-                raise ValueError(f"{self._rows_written} of {self.height} rows were written")
+            if self.rows_written != self.height:
+                raise ValueError(f"{self.rows_written} of {self.height} rows were written")
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:

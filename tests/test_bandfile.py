@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from fractal_app import bandfile
+from fractal_app import bandfile, pngstream
 from fractal_app.bandfile import (
     BandFileError,
     BandMeta,
@@ -65,8 +65,8 @@ def test_counts_band_round_trips_full_uint32_range(tmp_path):
 )
 def test_bands_encode_a_block_of_rows_at_a_time(tmp_path, monkeypatch, output, dtype, bits):
     """Poster bands are encoded in row blocks (and IDAT chunks) far smaller than the band."""
-    monkeypatch.setattr(bandfile, "_ENCODE_BLOCK_BYTES", 3 * WIDTH * 2 * 2)  # ~2 rows a block
-    monkeypatch.setattr(bandfile, "_IDAT_CHUNK_BYTES", 64)
+    monkeypatch.setattr(pngstream, "STEP_BYTES", 3 * WIDTH * 2 * 2)  # ~2 rows a step
+    monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 64)
     meta = BandMeta("task-1", "sub-3", 0, 40, output)
     rng = np.random.default_rng(7)
     shape = (40, WIDTH) if output == "counts" else (40, WIDTH, 3)
@@ -147,7 +147,7 @@ def test_filters_decode_across_the_reader_s_row_blocks(tmp_path, monkeypatch, bi
 
 
 def test_many_idat_chunks_and_small_read_blocks_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setattr(bandfile, "_IDAT_CHUNK_BYTES", 7)
+    monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 7)
     monkeypatch.setattr(bandfile, "_DECODE_BLOCK_BYTES", 1)  # a row a block
     values = np.random.default_rng(5).integers(0, 2**32, (6, WIDTH), dtype=np.uint32)
     write_band(tmp_path / "c.png", values, COUNTS)

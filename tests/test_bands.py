@@ -86,7 +86,7 @@ def decode_png_rgb(path):
 
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_png_streamed_in_uneven_blocks_reads_back_exactly(tmp_path, monkeypatch, bit_depth):
-    monkeypatch.setattr(pngstream, "ROWS_PER_STEP", 7)  # several steps per block
+    monkeypatch.setattr(pngstream, "STEP_BYTES", 7 * 31 * 3)  # several steps per block
     monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 100)  # several IDAT chunks
     monkeypatch.setattr(pngstream, "SEGMENT_BYTES", 500)  # several deflate segments in flight
     rng = np.random.default_rng(5)
