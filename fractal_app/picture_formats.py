@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +93,7 @@ def read_png(path: Path) -> np.ndarray:
     """The (H, W, 3) uint8 or uint16 pixels of an RGB PNG this app wrote (trusted: the
     requestor's own final image; Pillow would reduce 16 bits to 8)."""
     from fractal_app.bandfile import _unfilter
+    from fractal_app.pngstream import deflate
 
     data = Path(path).read_bytes()
     at, idat, header = 8, [], None
@@ -109,7 +109,7 @@ def read_png(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not an RGB PNG")
     width, height, bits, _ = header
     bpp = 3 * bits // 8
-    raw = zlib.decompress(b"".join(idat))
+    raw = deflate.decompress(b"".join(idat))
     rows = _unfilter(raw, height, width * bpp, bpp, np.zeros(width * bpp, np.uint8), 0)
     if bits == 8:
         return rows.reshape(height, width, 3)
