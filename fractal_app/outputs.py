@@ -9,6 +9,7 @@ subclass and one line in ``OUTPUTS``. The names are public API (the JSON field `
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,9 +77,12 @@ class OutputFormat:
         """How verification compares values, for a verdict's reason."""
         raise NotImplementedError
 
-    def open_writer(self, path: Path, width: int, height: int, bit_depth: int):
-        """The streaming writer of the final result file (``write_rows``; a ``with`` block
-        finishes it, or abandons it on an exception)."""
+    def write_result(
+        self, path: Path, width: int, height: int, bit_depth: int, blocks: Iterable[np.ndarray]
+    ) -> None:
+        """Write the final result file from the image's values, given a block of rows at a
+        time top to bottom (a stream: never the whole image at once), fsync'd. ValueError if
+        the rows do not add up to the image; on any error the caller deletes ``path``."""
         raise NotImplementedError
 
 
@@ -127,10 +131,15 @@ class _Image(OutputFormat):
     def comparison(self, bit_depth: int) -> str:
         return f"colours compared to within {self.tolerance(bit_depth)} per channel"
 
-    def open_writer(self, path: Path, width: int, height: int, bit_depth: int):
+    def write_result(
+        self, path: Path, width: int, height: int, bit_depth: int, blocks: Iterable[np.ndarray]
+    ) -> None:
         from fractal_app.pngstream import PngStreamWriter
 
-        return PngStreamWriter(path, width, height, bit_depth, text={"Software": "fractal-app"})
+        text = {"Software": "fractal-app"}
+        with PngStreamWriter(path, width, height, bit_depth, text=text) as writer:
+            for block in blocks:
+                writer.write_rows(block)
 
 
 @dataclass(frozen=True)
@@ -180,10 +189,12 @@ class _Counts(OutputFormat):
     def comparison(self, bit_depth: int) -> str:
         return "escape counts compared exactly"
 
-    def open_writer(self, path: Path, width: int, height: int, bit_depth: int):
-        from fractal_app.pngstream import CountsTiffWriter
+    def write_result(
+        self, path: Path, width: int, height: int, bit_depth: int, blocks: Iterable[np.ndarray]
+    ) -> None:
+        from fractal_app.pngstream import write_counts_tiff
 
-        return CountsTiffWriter(path, width, height)
+        write_counts_tiff(path, width, height, blocks)
 
 
 IMAGE = _Image("image", coloured=True, result_file="result.png")

@@ -117,30 +117,9 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def write_tiff(path: Path, rgb: np.ndarray) -> None:
-    """An uncompressed baseline RGB TIFF of (H, W, 3) uint8 or uint16 pixels."""
-    height, width, _ = rgb.shape
-    bits = rgb.dtype.itemsize * 8
-    pixels = np.ascontiguousarray(rgb, dtype=f"<u{rgb.dtype.itemsize}").tobytes()
-    if len(pixels) > 2**32 - 2**20:
+    """An uncompressed baseline RGB TIFF of (H, W, 3) uint8 or uint16 pixels (tifffile)."""
+    import tifffile
+
+    if rgb.nbytes > 2**32 - 2**20:
         raise InvalidArgument("the picture is too large for a classic TIFF: write .png")
-    entries = [  # (tag, type, count, value); types 3 SHORT, 4 LONG
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1),
-        (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, height),
-        (279, 4, 1, len(pixels)), (284, 3, 1, 1),
-    ]
-    ifd_at = 8
-    bits_at = ifd_at + 2 + 12 * len(entries) + 4
-    data_at = bits_at + 6
-    out = bytearray(b"II" + struct.pack("<HI", 42, ifd_at) + struct.pack("<H", len(entries)))
-    for tag, kind, count, value in entries:
-        if tag == 258:
-            value = bits_at
-            out += struct.pack("<HHII", tag, kind, count, value)
-            continue
-        value = data_at if tag == 273 else value
-        packed = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
-        out += struct.pack("<HHI", tag, kind, count) + packed
-    out += struct.pack("<I", 0) + struct.pack("<HHH", bits, bits, bits)
-    with open(path, "wb") as file:
-        file.write(out)
-        file.write(pixels)
+    tifffile.imwrite(path, rgb, photometric="rgb")

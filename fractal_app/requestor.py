@@ -643,13 +643,15 @@ def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
     # Checked before anything is written: nothing goes through a planted symlink.
     task_outputs = paths.checked(paths.task_outputs, create=True)
     tmp = paths.checked(paths.state) / ".result.partial"
-    writer = scene.output_format.open_writer(tmp, width, height, scene.bit_depth)
+
+    def accepted_values():
+        for band in sorted(bands, key=lambda b: b.row_start):
+            if band.state != "accepted":
+                raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
+            yield np.load(paths.band_values(band.index), mmap_mode="r")
+
     try:
-        with writer:
-            for band in sorted(bands, key=lambda b: b.row_start):
-                if band.state != "accepted":
-                    raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
-                writer.write_rows(np.load(paths.band_values(band.index), mmap_mode="r"))
+        scene.output_format.write_result(tmp, width, height, scene.bit_depth, accepted_values())
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()  # a full disk must not keep what it could write of the image

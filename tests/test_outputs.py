@@ -66,9 +66,7 @@ def test_each_result_file_is_written_by_its_writer_and_reads_back(tmp_path, fmt)
     values = fmt.empty_band(6, 7, 8)
     values[...] = np.arange(values.size).reshape(values.shape) * 3 % 251
     path = tmp_path / fmt.result_file
-    with fmt.open_writer(path, 7, 6, 8) as writer:
-        writer.write_rows(values[:2])
-        writer.write_rows(values[2:])
+    fmt.write_result(path, 7, 6, 8, iter([values[:2], values[2:]]))
     with Image.open(path) as picture:
         assert picture.format == {"png": "PNG", "tiff": "TIFF"}[fmt.result_file.split(".")[1]]
         np.testing.assert_array_equal(np.asarray(picture), values)
