@@ -202,7 +202,6 @@ COUNTS = _Counts("counts", coloured=False, result_file="result.tiff",
                  file_suffixes=(".tiff", ".tif"))
 OUTPUTS: dict[str, OutputFormat] = {f.name: f for f in (IMAGE, COUNTS)}
 OUTPUT_NAMES = tuple(OUTPUTS)
-RESULT_FILES = tuple(f.result_file for f in OUTPUTS.values())
 
 
 def output_format(name: str) -> OutputFormat:

@@ -202,7 +202,7 @@ class PngEncoder:
 
 class PngStreamWriter:
     """The final image: an RGB PNG file (8- or 16-bit) written top to bottom, a block of
-    rows at a time, through :class:`PngEncoder` at the final image's level and strategy, on
+    rows at a time, through :class:`PngEncoder` at the final image's level, on
     ``threads`` threads (default: every core).
 
     ``write_rows`` takes (rows, W, 3) arrays of uint8 (bit_depth 8) or uint16 (bit_depth 16).

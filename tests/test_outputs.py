@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fractal_app import outputs, scene
+from fractal_app import scene, taskdir
 from fractal_app.outputs import COUNTS, IMAGE, OUTPUTS, output_format
 
 
@@ -71,4 +71,4 @@ def test_each_result_file_is_written_by_its_writer_and_reads_back(tmp_path, fmt)
         assert picture.format == {"png": "PNG", "tiff": "TIFF"}[fmt.result_file.split(".")[1]]
         np.testing.assert_array_equal(np.asarray(picture), values)
     assert not fmt.file_suffixes or path.suffix in fmt.file_suffixes
-    assert fmt.result_file in outputs.RESULT_FILES
+    assert taskdir.result_file_name(fmt.name) == fmt.result_file
