@@ -4,10 +4,11 @@ Four jobs, each on the poster scene's pixels (mandelbrot, centre -0.75, width 3,
 as bench_poster.py renders them), each candidate in a fresh process so its peak resident
 memory (``VmHWM``, C libraries included) is its own:
 
-- ``final_png``: the requestor's final image from its accepted bands (``.npy`` files, read
-  memory-mapped as ``requestor._assemble`` does): ``pngstream`` (level 1, on every core) with
-  CPython's zlib (with Z_RLE, as the app had it), with zlib-ng, with ISA-L (the app's), libvips
-  (``rawload`` of each band file, ``arrayjoin``, ``pngsave``, Sub filter, compression 1).
+- ``final_png``: the requestor's final image from its accepted bands (``.npy`` files, read a
+  few MiB at a time as ``task_files.assemble_result`` does): ``pngstream`` (level 1, on every
+  core) with CPython's zlib (with Z_RLE, as the app had it), with zlib-ng, with ISA-L (the
+  app's), libvips (``rawload`` of each band file, ``arrayjoin``, ``pngsave``, Sub filter,
+  compression 1).
 - ``band_png``: a provider's band file (``bandfile.write_band``, level 3, one thread)
   with zlib, zlib-ng, ISA-L, and libvips ``pngsave`` of the band in memory.
 - ``band_read``: the requestor's strict reader (``bandfile.read_band``) with zlib, zlib-ng,
@@ -133,10 +134,13 @@ def run_one(job: str, candidate: str, folder: Path, variant: str) -> dict:
             import pyvips
     start = time.perf_counter()
     if job == "final_png" and candidate.startswith("hand-"):
+        from fractal_app.task_files import band_value_blocks
+
         with pngstream.PngStreamWriter(out, width, height, bits,
                                        text={"Software": "fractal-app"}) as writer:
             for path in band_paths:
-                writer.write_rows(np.load(path, mmap_mode="r"))
+                for block in band_value_blocks(path):
+                    writer.write_rows(block)
     elif job == "final_png":
         image = _vips_join(band_paths, 3, "ushort" if bits == 16 else "uchar")
         image.pngsave(str(out), compression=1, filter=VIPS_FILTER_SUB, strip=True)
@@ -158,8 +162,10 @@ def run_one(job: str, candidate: str, folder: Path, variant: str) -> dict:
         np.ndarray(buffer=image.write_to_memory(), dtype=first.dtype,
                    shape=(image.height, image.width, image.bands))
     elif job == "counts_tiff" and candidate == "app":
+        from fractal_app.task_files import band_value_blocks
+
         pngstream.write_counts_tiff(
-            out, width, height, (np.load(path, mmap_mode="r") for path in band_paths)
+            out, width, height, (block for path in band_paths for block in band_value_blocks(path))
         )
     else:
         image = _vips_join(band_paths, 1, "int")
