@@ -8,11 +8,13 @@ bit depth, colour type) and its ``fractal-app`` text chunk match what was asked 
 is the pixel data inflated, with the output size capped at exactly the band's raw size, so a
 decompression bomb cannot allocate more than an honest band would.
 
-The PNG codec is our own (a few dozen lines): Pillow cannot write 16-bit RGB, and walking the
-chunks ourselves means nothing is decoded before it has been checked.
+Bands are encoded by the app's one PNG encoder (``pngstream.PngEncoder``). The reader is
+our own, over ISA-L's inflate: walking the chunks ourselves means nothing is inflated before
+it has been checked, and it holds less than libvips' decoder (benchmarks/README.md, Codecs).
 
-Format: RGB, 8 or 16 bits per channel, not interlaced. A ``counts`` band (uint32 escape
-counts) is a 16-bit RGB PNG with R = high 16 bits, G = low 16 bits and B = 0.
+Format: RGB, 8 or 16 bits per channel, not interlaced. How a format's values travel in it is
+the output format's (``outputs.py``): a ``counts`` band (uint32 escape counts) is a 16-bit
+RGB PNG with R = high 16 bits, G = low 16 bits and B = 0.
 """
 
 from __future__ import annotations
