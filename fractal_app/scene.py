@@ -36,6 +36,7 @@ from fractal_app.errors import InvalidArgument
 from fractal_app.fields import Bool, Camera, Colour, Int, Real, Vec2, Vec3, Width, strict_int
 from fractal_app.fractals import FRACTALS as REGISTERED
 from fractal_app.fractals import Fractal
+from fractal_app.outputs import OUTPUT_NAMES, OutputFormat, output_format
 from fractal_app.palettes import PALETTES
 
 MAX_SIDE = 65_536
@@ -67,7 +68,7 @@ class _SceneBase(BaseModel):
     bit_depth: Annotated[Literal[8, 16], BeforeValidator(strict_int)] = 8
     precision: Literal["float64", "float32"] = "float64"
     env: Literal["docker_cpu", "docker_gpu"] = "docker_cpu"
-    output: Literal["image", "counts"] = "image"
+    output: Literal[OUTPUT_NAMES] = "image"  # each name in the registry (outputs.OUTPUTS)
 
     @field_validator("resolution")
     @classmethod
@@ -92,11 +93,15 @@ class _SceneBase(BaseModel):
 
     @model_validator(mode="after")
     def _counts_need_plain_pixels(self):
-        if self.output == "counts" and self.supersample != 1:
+        if not self.output_format.coloured and self.supersample != 1:
             raise ValueError(
-                "output 'counts' stores one escape count per pixel: set supersample to 1"
+                f"output {self.output!r} stores one escape count per pixel: set supersample to 1"
             )
         return self
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return output_format(self.output)
 
     @property
     def width_px(self) -> int:
@@ -196,8 +201,10 @@ class _RaymarchScene(_SceneBase):
 
     @model_validator(mode="after")
     def _no_counts_for_3d(self):
-        if self.output == "counts":
-            raise ValueError("output 'counts' is for 2D escape-time fractals; use output 'image'")
+        if not self.output_format.coloured:
+            raise ValueError(
+                f"output {self.output!r} is for 2D escape-time fractals; use output 'image'"
+            )
         if math.fsum(x * x for x in self.light_direction) == 0.0:
             raise ValueError("light_direction must not be the zero vector")
         return self
