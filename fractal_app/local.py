@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from fractal_app import lifeline
+from fractal_app import forkserver, lifeline
 from fractal_app.errors import AppError
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
@@ -99,12 +99,19 @@ def output_path_for(output: Path, scene_output: str) -> Path:
 class _Process:
     """A ``python -m fractal_app`` server process started by this module."""
 
-    def __init__(self, role: str, work_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        role: str,
+        work_dir: Path,
+        log_path: Path,
+        forks: forkserver.ForkServer | None = None,
+    ) -> None:
         self.role = role
+        self.forks = forks
         self.work_dir = work_dir
         self.log_path = log_path
         self.port_file = work_dir.parent / f"{work_dir.name}.port"
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: asyncio.subprocess.Process | forkserver.ForkedProcess | None = None
         self.port = 0
 
     async def start(self, extra_args: list[str], log_level: str) -> None:
@@ -124,14 +131,20 @@ class _Process:
             log_level,
             *extra_args,
         ]
-        with open(self.log_path, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=lifeline.child_environment(),  # it dies with us, even by SIGKILL
-            )
+        if self.forks is not None:
+            try:
+                self.process = await self.forks.spawn(command[3:], self.log_path)
+            except forkserver.ForkServerError as error:
+                raise LocalRenderError(f"the {self.role} could not start: {error}") from None
+        else:
+            with open(self.log_path, "ab") as log:
+                self.process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=lifeline.child_environment(),  # it dies with us, even by SIGKILL
+                )
         # The server writes the port file once it is SERVING; a bounded poll waits for it.
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.port_file.exists():
@@ -179,10 +192,17 @@ class ProviderLauncher:
     nothing of its subtask until ``Compute``.
     """
 
-    def __init__(self, root: Path, backend: str | None, log_level: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        backend: str | None,
+        log_level: str,
+        forks: forkserver.ForkServer | None = None,
+    ) -> None:
         self.folder = root / "providers"
         self.extra_args = ["--backend", backend] if backend else []
         self.log_level = log_level
+        self.forks = forks
         self.children: set[_Process] = set()
         self.starts: dict[_Process, asyncio.Task] = {}
 
@@ -190,7 +210,7 @@ class ProviderLauncher:
         name = f"provider-{uuid.uuid4().hex}"
         work = self.folder / name
         work.mkdir(parents=True)
-        provider = _Process("provider", work, self.folder / f"{name}.log")
+        provider = _Process("provider", work, self.folder / f"{name}.log", self.forks)
         self.children.add(provider)
         self.starts[provider] = asyncio.create_task(provider.start(self.extra_args, self.log_level))
         return provider
@@ -445,6 +465,7 @@ async def render_locally(
     keep: Path | None = None,
     log_level: str = "WARNING",
     on_progress: Callable[[int, int], None] | None = None,
+    fork_server: forkserver.ForkServer | None = None,
 ) -> LocalRenderReport:
     """Run the whole Golem lifecycle on this machine and write the final image to ``output``.
 
@@ -452,6 +473,9 @@ async def render_locally(
     provider is killed and the band handed out again, like any other failed attempt.
     ``keep``: a directory to hold the work directories (and logs) instead of a temporary one.
     ``on_progress``: called with (bands accepted, bands in all) after each accepted band.
+    ``fork_server``: the fork server to start the processes from (see
+    :mod:`fractal_app.forkserver`), already loading, which this closes; by default one is
+    started here where the platform allows it.
 
     SIGTERM and SIGHUP stop it as Ctrl-C does: every process it started is reaped and the
     temporary folder removed, then LocalRenderError says which signal. After a SIGKILL its
@@ -472,6 +496,7 @@ async def render_locally(
                 keep,
                 log_level,
                 on_progress,
+                fork_server,
             )
         except asyncio.CancelledError:
             if not received:
@@ -522,6 +547,7 @@ async def _render_locally(
     keep: Path | None,
     log_level: str,
     on_progress: Callable[[int, int], None] | None,
+    fork_server: forkserver.ForkServer | None,
 ) -> LocalRenderReport:
     from tqdm import tqdm
 
@@ -552,8 +578,13 @@ async def _render_locally(
                 raise LocalRenderError(f"{root} is not empty; give --keep an empty or new folder")
         (root / "requestor").mkdir()
         (root / "providers").mkdir()
-        launcher = ProviderLauncher(root, backend, log_level)
-        requestor = _Process("requestor", root / "requestor", root / "requestor.log")
+        forks = fork_server
+        if forks is None and forkserver.available():
+            forks = forkserver.ForkServer()
+        if forks is not None:
+            stack.callback(forks.close)  # once every process it forked is reaped (below)
+        launcher = ProviderLauncher(root, backend, log_level, forks)
+        requestor = _Process("requestor", root / "requestor", root / "requestor.log", forks)
         # The requestor starts first: it needs nothing of the scene and has the longest way
         # to its first answer (CreateTask's cost estimate loads Numba and its kernels), so
         # this process validates the scene (pydantic's import and all) meanwhile.

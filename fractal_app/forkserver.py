@@ -1,0 +1,388 @@
+"""A fork server for the one-machine render: one process loads NumPy, Numba and the app once,
+then forks the requestor and every provider from that state.
+
+Every service process of ``fractal-app render`` needs about a CPU-second of start-up before
+its first kernel runs (the interpreter, gRPC, NumPy, Numba's import and its typing and
+lowering registries, pydantic): measured on the two-core machine, the 1920x1080 default view
+paid 2.4 CPU-s of it for 0.3 CPU-s of rendering (benchmarks/README.md, "Fixed cost of a
+render"). Here that start-up is paid once a render: each requestor and provider is still a
+process of its own, started fresh for its one band as Golem starts them, running the same
+entrypoint (:func:`fractal_app.__main__.main`) with the same arguments and serving real gRPC;
+it just begins with the imports done.
+
+The server forks before anything starts a thread that would not survive a fork: it never
+runs a kernel (Numba's OpenMP pool starts at the first parallel kernel, in the child), never
+creates a gRPC object or an event loop (gRPC's core starts with the child's server), and
+configures no logging. Children run with the start-up objects frozen (``gc.freeze``), so
+neither the collector nor reference counting copies many of their pages.
+
+Protocol, one JSON object a line. The client writes ``{"id": N, "argv": [...], "log":
+PATH}`` (start ``python -m fractal_app ARGV`` with stdout and stderr appended to PATH) and
+``{"kill": PID}``; the server answers ``{"id": N, "pid": PID}`` (or ``{"id": N, "error":
+WHY}``) and ``{"exited": PID, "code": CODE}`` (negative: killed by that signal) when a child
+ends. ``{"id": N, "compile_estimate": SCENE_JSON, "backend": B}`` asks, before any start,
+how long a cold render of the scene would compile first (:func:`warmup.
+compile_estimate_seconds`, which loads what the server has loaded anyway), answered
+``{"id": N, "seconds": S}``. End of file on its stdin: it kills the children still running,
+reaps them and exits. The server and its children die with the render even after a SIGKILL
+(:mod:`lifeline`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+# The environment variable that turns the fork server off: every service process then starts
+# its own interpreter (the slower way, for comparing the two).
+DISABLE_ENV_VAR = "FRACTAL_APP_NO_FORK_SERVER"
+
+
+def available() -> bool:
+    """Whether ``fractal-app render`` forks its processes from a fork server here."""
+    return (
+        hasattr(os, "fork")
+        and hasattr(os, "pidfd_open")
+        and os.environ.get(DISABLE_ENV_VAR, "") in ("", "0")
+    )
+
+
+class ForkServerError(RuntimeError):
+    """The fork server could not start a process, or is gone; the message says why."""
+
+
+# ---- the server (``python -m fractal_app.forkserver``) ---------------------------------------
+
+
+def _preload() -> None:
+    """What every requestor and provider imports and sets up before its first request."""
+    import grpc  # noqa: F401
+    import grpc.aio  # noqa: F401
+    import numba  # noqa: F401
+    import numpy  # noqa: F401
+    import setproctitle  # noqa: F401
+    from numba.core.registry import cpu_target
+
+    import fractal_app.__main__  # noqa: F401
+    import fractal_app.bandfile  # noqa: F401
+    import fractal_app.bandplan  # noqa: F401
+    import fractal_app.decoding  # noqa: F401
+    import fractal_app.pngstream  # noqa: F401
+    import fractal_app.provider  # noqa: F401
+    import fractal_app.render  # noqa: F401
+    import fractal_app.requestor  # noqa: F401
+    import fractal_app.scene  # noqa: F401
+    import fractal_app.server  # noqa: F401
+    import fractal_app.store  # noqa: F401
+    import fractal_app.verify  # noqa: F401
+
+    # Filled on the first kernel load otherwise, in every child (about 0.25 CPU-s).
+    cpu_target.typing_context.refresh()
+    cpu_target.target_context.refresh()
+
+
+def serve() -> int:
+    """The server's loop: fork on request, report exits, until stdin closes."""
+    import gc
+    import selectors
+    import signal
+
+    from fractal_app.lifeline import adopt
+
+    adopt()  # die with the render, even if it is SIGKILLed
+    # Ctrl-C reaches the whole process group: the render stops the children and then this
+    # server (closing its stdin), in that order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The protocol runs on private copies of the standard streams; the standard ones point
+    # at /dev/null (in) and stderr (out), where the children replace them with their log.
+    commands = os.fdopen(os.dup(0), "rb", buffering=0)
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+
+    gc.disable()
+    _preload()
+    gc.freeze()  # start-up's objects: never scanned again, and their pages stay shared
+    gc.enable()
+
+    selector = selectors.DefaultSelector()
+    selector.register(commands, selectors.EVENT_READ)
+    children: dict[int, int] = {}  # pid -> pidfd
+    pending = b""
+
+    def reply(message: dict) -> None:
+        replies.write(json.dumps(message).encode() + b"\n")
+
+    def reap(pid: int) -> None:
+        pidfd = children.pop(pid)
+        selector.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        reply({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def handle(line: bytes) -> None:
+        request = json.loads(line)
+        if "kill" in request:
+            pid = int(request["kill"])
+            if pid in children:  # not reaped yet: the pid is still this child's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        if "compile_estimate" in request:
+            reply({"id": request["id"], "seconds": _compile_estimate(request)})
+            return
+        try:
+            inherited = (commands, replies, selector, *children.values())
+            pid = _fork_child(request["argv"], request["log"], inherited)
+            children[pid] = os.pidfd_open(pid)
+            selector.register(children[pid], selectors.EVENT_READ, pid)
+        except OSError as error:
+            reply({"id": request["id"], "error": f"cannot start the process: {error}"})
+            return
+        reply({"id": request["id"], "pid": pid})
+
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data is not None:
+                    reap(key.data)
+                    continue
+                chunk = commands.read(65536)
+                if not chunk:
+                    return 0
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    handle(line)
+    finally:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                reap(pid)
+
+
+def _compile_estimate(request: dict) -> float:
+    from fractal_app.warmup import compile_estimate_seconds
+
+    try:
+        return compile_estimate_seconds(request["compile_estimate"], request.get("backend"))
+    except Exception:  # only a message to the user depends on it: say nothing
+        return 0.0
+
+
+def _fork_child(argv: list[str], log: str, inherited) -> int:
+    """Fork a child that runs the service entrypoint with ``argv``; its pid. ``inherited``:
+    the server's files (and pidfds) the child closes."""
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        pid = os.fork()
+    except BaseException:
+        os.close(log_fd)
+        raise
+    if pid:
+        os.close(log_fd)
+        return pid
+    code = 1
+    try:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for resource in inherited:
+            if isinstance(resource, int):
+                os.close(resource)
+            else:
+                resource.close()
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        import setproctitle
+
+        from fractal_app import __main__ as entrypoint
+        from fractal_app.lifeline import PARENT_ENV_VAR
+
+        # As `python -m fractal_app ARGV` sees it (ps shows that command line too), and
+        # dying with this server.
+        sys.argv = [entrypoint.__file__, *argv]
+        setproctitle.setproctitle(" ".join([sys.executable, "-m", "fractal_app", *argv]))
+        os.environ[PARENT_ENV_VAR] = str(os.getppid())
+        code = entrypoint.main(argv)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        from fractal_app.__main__ import exit_without_finalizing
+
+        exit_without_finalizing(code)
+    raise AssertionError("unreachable")
+
+
+# ---- the client ----------------------------------------------------------------------------
+
+
+class ForkServer:
+    """The render's side of a fork server: starts it, asks it for processes, stops it.
+
+    Started without an event loop (the CLI starts it first thing, so that its loading
+    overlaps the CLI's own); used from one event loop afterwards.
+    """
+
+    def __init__(self) -> None:
+        from fractal_app.lifeline import child_environment
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fractal_app.forkserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_environment(),
+        )
+        self._pending = b""
+        self._next_id = 0
+        self._starts: dict[int, asyncio.Future[int]] = {}
+        self._children: dict[int, ForkedProcess] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gone: str | None = None
+        self._closed = False
+
+    def _attach(self) -> None:
+        import asyncio  # not before: the CLI starts the server before importing it
+
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.process.stdout.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+        except OSError as error:
+            chunk, why = b"", f"its pipe failed: {error}"
+        else:
+            why = f"it exited with {self.process.poll()}"
+        if not chunk:
+            self._lost(f"the fork server is gone ({why})")
+            return
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "exited" in message:
+                child = self._children.pop(message["exited"], None)
+                if child is not None:
+                    child._exited(message["code"])
+                continue
+            start = self._starts.pop(message["id"], None)
+            if start is None or start.done():
+                continue
+            if "error" in message:
+                start.set_exception(ForkServerError(message["error"]))
+            else:
+                start.set_result(message["pid"])
+
+    def _lost(self, why: str) -> None:
+        self._gone = why
+        assert self._loop is not None
+        self._loop.remove_reader(self.process.stdout.fileno())
+        for start in self._starts.values():
+            if not start.done():
+                start.set_exception(ForkServerError(why))
+        self._starts.clear()
+        for child in self._children.values():
+            child._exited(-9)  # its children die with it (lifeline)
+        self._children.clear()
+
+    def _send(self, message: dict) -> None:
+        if self._gone is not None:
+            raise ForkServerError(self._gone)
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError as error:
+            raise ForkServerError(f"the fork server is gone ({error})") from None
+
+    def compile_estimate(self, scene_json: str, backend: str | None) -> float:
+        """Seconds a render of ``scene_json`` would compile before it starts (0: every kernel
+        is cached), from the server once it has loaded; blocking, before any ``spawn``."""
+        if self._loop is not None:
+            raise RuntimeError("compile_estimate is asked before the first spawn")
+        self._next_id += 1
+        self._send({"id": self._next_id, "compile_estimate": scene_json, "backend": backend})
+        line = self.process.stdout.readline()
+        if not line:
+            raise ForkServerError(f"the fork server is gone (exit {self.process.poll()})")
+        return float(json.loads(line)["seconds"])
+
+    async def spawn(self, argv: list[str], log: Path) -> ForkedProcess:
+        """Start ``python -m fractal_app ARGV`` as a child of the server, output to ``log``."""
+        self._attach()
+        self._next_id += 1
+        start = self._loop.create_future()
+        self._starts[self._next_id] = start
+        self._send({"id": self._next_id, "argv": argv, "log": str(log)})
+        pid = await start
+        child = ForkedProcess(self, pid)
+        self._children[pid] = child
+        return child
+
+    def kill(self, pid: int) -> None:
+        with contextlib.suppress(ForkServerError):
+            self._send({"kill": pid})
+
+    def close(self) -> None:
+        """Stop the server (it kills and reaps any child left) and wait for it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None and self._gone is None:
+            self._loop.remove_reader(self.process.stdout.fileno())
+            self._gone = "the fork server was closed"
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+class ForkedProcess:
+    """A child of the fork server, with the parts of ``asyncio.subprocess.Process`` the
+    render uses: ``pid``, ``returncode``, ``wait()`` and ``kill()``."""
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self.server = server
+        self.pid = pid
+        self.returncode: int | None = None
+        self._done = server._loop.create_future()
+
+    def _exited(self, code: int) -> None:
+        self.returncode = code
+        if not self._done.done():
+            self._done.set_result(code)
+
+    async def wait(self) -> int:
+        import asyncio
+
+        # Shielded: a caller's timeout must not cancel the one future every waiter shares.
+        return await asyncio.shield(self._done)
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self.server.kill(self.pid)
+
+
+if __name__ == "__main__":
+    from fractal_app.__main__ import exit_without_finalizing
+
+    exit_without_finalizing(serve())
