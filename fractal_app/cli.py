@@ -119,35 +119,40 @@ def _render(
     import asyncio
 
     from fractal_app import forkserver, picture_formats
-    from fractal_app.local import output_path_for, render_locally
-    from fractal_app.render import resolve_backend
-    from fractal_app.scene import parse_scene
+    from fractal_app.local import output_path_for, plan_render, render_locally
 
     if not quiet and forks is None:
         _say_if_compiling(scene_file, backend)
     try:
         scene_json = scene_file.read_text()
-        scene = parse_scene(scene_json)
+        # Validated (and its bands planned) by the fork server where there is one: it has
+        # pydantic and NumPy loaded for its children anyway, and this process need not.
+        if forks is not None:
+            plan = forks.plan(scene_json, providers, subtasks)
+        else:
+            plan = plan_render(scene_json, providers, subtasks)
         # Refused up front, not after the render: a picture format or folder that cannot be
         # written, and a GPU that is not there (every retry would fail the same way).
-        target = output_path_for(output, scene.output)
+        target = output_path_for(output, plan.output)
         chosen = picture_formats.TIFF
-        if scene.output == "image":
-            chosen = picture_formats.format_for(output, scene.bit_depth, quality)
+        if plan.output == "image":
+            chosen = picture_formats.format_for(output, plan.bit_depth, quality)
         if not target.parent.is_dir():
             raise click.ClickException(
                 f"the folder {str(target.parent)!r} does not exist: create it first (-o does "
                 "not create folders, so a mistyped path fails before the render, not after)"
             )
         if backend == "cuda":
-            resolve_backend(backend, scene.env)
+            from fractal_app.render import resolve_backend
+
+            resolve_backend(backend, plan.env)
         if not quiet and forks is not None:
             # Asked of the fork server, which loads Numba and the kernels anyway.
             with contextlib.suppress(forkserver.ForkServerError):  # the render says why
                 _say_compiling(forks.compile_estimate(scene_json, backend))
         # Rendered as the requestor's PNG beside the target, then converted (or renamed).
         rendered = target
-        if chosen is not picture_formats.PNG and scene.output == "image":
+        if chosen is not picture_formats.PNG and plan.output == "image":
             rendered = target.with_name(f".{target.name}.rendering.png")
         report = asyncio.run(
             render_locally(
@@ -160,6 +165,7 @@ def _render(
                 show_progress=not quiet,
                 keep=keep,
                 fork_server=forks,
+                plan=plan,
             )
         )
         if rendered != target:

@@ -23,7 +23,10 @@ WHY}``) and ``{"exited": PID, "code": CODE}`` (negative: killed by that signal) 
 ends. ``{"id": N, "compile_estimate": SCENE_JSON, "backend": B}`` asks, before any start,
 how long a cold render of the scene would compile first (:func:`warmup.
 compile_estimate_seconds`, which loads what the server has loaded anyway), answered
-``{"id": N, "seconds": S}``. End of file on its stdin: it kills the children still running,
+``{"id": N, "seconds": S}``; ``{"id": N, "plan": SCENE_JSON, "providers": P, "subtasks": S}``
+validates the scene and plans its bands (:func:`local.plan_render`, so that the CLI need not
+import pydantic and NumPy), answered ``{"id": N, "plan": {...}}`` or ``{"id": N, "invalid":
+WHY}``. End of file on its stdin: it kills the children still running,
 reaps them and exits. The server and its children die with the render even after a SIGKILL
 (:mod:`lifeline`).
 """
@@ -31,6 +34,7 @@ reaps them and exits. The server and its children die with the render even after
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,8 +42,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fractal_app.errors import AppError
+
 if TYPE_CHECKING:
     import asyncio
+
+    from fractal_app.local import RenderPlan
 
 # The environment variable that turns the fork server off: every service process then starts
 # its own interpreter (the slower way, for comparing the two).
@@ -55,7 +63,7 @@ def available() -> bool:
     )
 
 
-class ForkServerError(RuntimeError):
+class ForkServerError(AppError):
     """The fork server could not start a process, or is gone; the message says why."""
 
 
@@ -141,6 +149,9 @@ def serve() -> int:
         if "compile_estimate" in request:
             reply({"id": request["id"], "seconds": _compile_estimate(request)})
             return
+        if "plan" in request:
+            reply({"id": request["id"], **_plan(request)})
+            return
         try:
             inherited = (commands, replies, selector, *children.values())
             pid = _fork_child(request["argv"], request["log"], inherited)
@@ -179,6 +190,17 @@ def _compile_estimate(request: dict) -> float:
         return compile_estimate_seconds(request["compile_estimate"], request.get("backend"))
     except Exception:  # only a message to the user depends on it: say nothing
         return 0.0
+
+
+def _plan(request: dict) -> dict:
+    from fractal_app.errors import AppError
+    from fractal_app.local import plan_render
+
+    try:
+        plan = plan_render(request["plan"], request["providers"], request["subtasks"])
+    except AppError as error:
+        return {"invalid": str(error)}
+    return {"plan": dataclasses.asdict(plan)}
 
 
 def _fork_child(argv: list[str], log: str, inherited) -> int:
@@ -313,14 +335,31 @@ class ForkServer:
     def compile_estimate(self, scene_json: str, backend: str | None) -> float:
         """Seconds a render of ``scene_json`` would compile before it starts (0: every kernel
         is cached), from the server once it has loaded; blocking, before any ``spawn``."""
+        answer = self._ask({"compile_estimate": scene_json, "backend": backend})
+        return float(answer["seconds"])
+
+    def plan(self, scene_json: str, providers: int, subtasks: int | None) -> RenderPlan:
+        """:func:`local.plan_render`, made by the server once it has loaded; blocking, before
+        any ``spawn``. An invalid scene raises InvalidArgument with the validator's message."""
+        from fractal_app.errors import InvalidArgument
+        from fractal_app.local import RenderPlan
+
+        answer = self._ask({"plan": scene_json, "providers": providers, "subtasks": subtasks})
+        if "invalid" in answer:
+            raise InvalidArgument(answer["invalid"])
+        return RenderPlan(**answer["plan"])
+
+    def _ask(self, request: dict) -> dict:
+        """Send ``request`` and wait for its answer (only before the first spawn: then
+        nothing else is in flight)."""
         if self._loop is not None:
-            raise RuntimeError("compile_estimate is asked before the first spawn")
+            raise RuntimeError("the fork server is asked questions before the first spawn")
         self._next_id += 1
-        self._send({"id": self._next_id, "compile_estimate": scene_json, "backend": backend})
+        self._send({"id": self._next_id, **request})
         line = self.process.stdout.readline()
         if not line:
             raise ForkServerError(f"the fork server is gone (exit {self.process.poll()})")
-        return float(json.loads(line)["seconds"])
+        return json.loads(line)
 
     async def spawn(self, argv: list[str], log: Path) -> ForkedProcess:
         """Start ``python -m fractal_app ARGV`` as a child of the server, output to ``log``."""

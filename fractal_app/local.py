@@ -89,6 +89,29 @@ def default_subtasks(scene, providers: int) -> int:
     )
 
 
+@dataclass(frozen=True)
+class RenderPlan:
+    """What the render needs of a valid scene before it starts: the output's kind and bit
+    depth, the env, and the bands (``subtasks``: CreateTask's max_subtasks_count)."""
+
+    output: str
+    bit_depth: int
+    env: str
+    subtasks: int
+    bands: int
+
+
+def plan_render(scene_json: str, providers: int, subtasks: int | None) -> RenderPlan:
+    """Validate the scene (scene.SceneError names the bad field) and plan its bands."""
+    from fractal_app.bands import plan_bands
+    from fractal_app.scene import parse_scene
+
+    scene = parse_scene(scene_json)
+    count = subtasks or default_subtasks(scene, providers)
+    bands = len(plan_bands(scene.height_px, count))
+    return RenderPlan(scene.output, scene.bit_depth, scene.env, count, bands)
+
+
 def output_path_for(output: Path, scene_output: str) -> Path:
     """``counts`` results are TIFF files: OUT gets the .tiff suffix if it has another."""
     if scene_output == "counts" and output.suffix.lower() not in (".tif", ".tiff"):
@@ -466,6 +489,7 @@ async def render_locally(
     log_level: str = "WARNING",
     on_progress: Callable[[int, int], None] | None = None,
     fork_server: forkserver.ForkServer | None = None,
+    plan: RenderPlan | None = None,
 ) -> LocalRenderReport:
     """Run the whole Golem lifecycle on this machine and write the final image to ``output``.
 
@@ -475,7 +499,8 @@ async def render_locally(
     ``on_progress``: called with (bands accepted, bands in all) after each accepted band.
     ``fork_server``: the fork server to start the processes from (see
     :mod:`fractal_app.forkserver`), already loading, which this closes; by default one is
-    started here where the platform allows it.
+    started here where the platform allows it. ``plan``: :func:`plan_render` of the scene,
+    if the caller made it already.
 
     SIGTERM and SIGHUP stop it as Ctrl-C does: every process it started is reaped and the
     temporary folder removed, then LocalRenderError says which signal. After a SIGKILL its
@@ -497,6 +522,7 @@ async def render_locally(
                 log_level,
                 on_progress,
                 fork_server,
+                plan,
             )
         except asyncio.CancelledError:
             if not received:
@@ -548,11 +574,9 @@ async def _render_locally(
     log_level: str,
     on_progress: Callable[[int, int], None] | None,
     fork_server: forkserver.ForkServer | None,
+    plan: RenderPlan | None,
 ) -> LocalRenderReport:
     from tqdm import tqdm
-
-    from fractal_app.bands import plan_bands
-    from fractal_app.scene import parse_scene
 
     if providers < 1:
         raise LocalRenderError("--providers must be at least 1")
@@ -590,10 +614,9 @@ async def _render_locally(
         # this process validates the scene (pydantic's import and all) meanwhile.
         requestor_start = asyncio.create_task(requestor.start([], log_level))
         try:
-            scene = parse_scene(scene_json)
-            count = subtasks or default_subtasks(scene, providers)
-            total = len(plan_bands(scene.height_px, count))
-            output = output_path_for(Path(output), scene.output)
+            plan = plan or plan_render(scene_json, providers, subtasks)
+            count, total = plan.subtasks, plan.bands
+            output = output_path_for(Path(output), plan.output)
             # The first providers start with the requestor: their start-up and Numba
             # loading overlap the requestor's and the task's creation.
             first_providers = [launcher.launch() for _ in range(min(providers, total))]

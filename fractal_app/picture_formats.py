@@ -14,10 +14,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fractal_app.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ def convert(png: Path, target: Path, chosen: PictureFormat, quality: int | None)
 def read_png(path: Path) -> np.ndarray:
     """The (H, W, 3) uint8 or uint16 pixels of an RGB PNG this app wrote (trusted: the
     requestor's own final image; Pillow would reduce 16 bits to 8)."""
+    import numpy as np
+
     from fractal_app.bandfile import _unfilter
 
     data = Path(path).read_bytes()
@@ -118,6 +122,8 @@ def read_png(path: Path) -> np.ndarray:
 
 def write_tiff(path: Path, rgb: np.ndarray) -> None:
     """An uncompressed baseline RGB TIFF of (H, W, 3) uint8 or uint16 pixels."""
+    import numpy as np
+
     height, width, _ = rgb.shape
     bits = rgb.dtype.itemsize * 8
     pixels = np.ascontiguousarray(rgb, dtype=f"<u{rgb.dtype.itemsize}").tobytes()

@@ -165,3 +165,23 @@ def test_render_is_the_same_with_and_without_the_fork_server(tmp_path, fork_serv
     np.testing.assert_array_equal(read_result(out, scene), expected)
     # Each band had a provider process (and work directory) of its own.
     assert len({band.parent.parent for band in keep.glob("providers/*/*/band.png")}) == 2
+
+
+def test_the_plan_and_a_bad_scene_s_message_are_the_ones_this_process_makes():
+    from fractal_app.errors import InvalidArgument
+    from fractal_app.local import plan_render
+
+    good = json.dumps({"fractal": "mandelbrot", "resolution": [7680, 4320], "max_iter": 5000})
+    bad = json.dumps({"fractal": "mandelbrot", "resolution": [640, 480], "max_itre": 10})
+    server = forkserver.ForkServer()
+    try:
+        for providers, subtasks in ((1, None), (3, None), (2, 7)):
+            assert server.plan(good, providers, subtasks) == plan_render(good, providers, subtasks)
+        with pytest.raises(InvalidArgument) as raised:
+            server.plan(bad, 1, None)
+    finally:
+        server.close()
+    with pytest.raises(InvalidArgument) as expected:
+        plan_render(bad, 1, None)
+    assert str(raised.value) == str(expected.value)
+    assert "max_itre" in str(raised.value)
