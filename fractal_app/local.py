@@ -2,7 +2,8 @@
 
 Everything a node does is done here, in the same order and through the same entrypoint: the
 requestor and every provider are separate ``python -m fractal_app`` processes with their own
-work directories; the task folder is prepared as a node prepares it; each subtask's resources
+work directories (forked, with the imports done, from a :mod:`fractal_app.forkserver`, or
+each started as a fresh interpreter where there is none); the task folder is prepared as a node prepares it; each subtask's resources
 are copied to a fresh provider, its result copied back to ``subtask_outputs/{subtask_id}/``,
 and the requestor verifies it. A band that fails verification goes back to the requestor's
 pending list and is handed out again, a bounded number of times.
