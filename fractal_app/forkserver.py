@@ -206,6 +206,10 @@ def _plan(request: dict) -> dict:
 def _fork_child(argv: list[str], log: str, inherited) -> int:
     """Fork a child that runs the service entrypoint with ``argv``; its pid. ``inherited``:
     the server's files (and pidfds) the child closes."""
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized:  # a bug here: the child would abort in its first kernel
+        raise OSError("the fork server has loaded a parallel kernel; it cannot fork safely")
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         pid = os.fork()

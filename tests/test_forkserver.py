@@ -185,3 +185,24 @@ def test_the_plan_and_a_bad_scene_s_message_are_the_ones_this_process_makes():
         plan_render(bad, 1, None)
     assert str(raised.value) == str(expected.value)
     assert "max_itre" in str(raised.value)
+
+
+def test_the_server_refuses_to_fork_once_a_parallel_kernel_is_loaded(tmp_path):
+    """GNU OpenMP aborts a child forked after its first parallel region: a clear refusal
+    instead (the server never runs a kernel; this guards against one slipping in)."""
+    program = (
+        "import sys\n"
+        "from fractal_app import render\n"
+        "from fractal_app.forkserver import _fork_child\n"
+        "from fractal_app.scene import parse_scene\n"
+        "render.render_band(parse_scene({'fractal': 'mandelbrot', 'resolution': [8, 8]}), 0, 8)\n"
+        "try:\n"
+        "    _fork_child(['requestor', '0'], sys.argv[1], ())\n"
+        "except OSError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, str(tmp_path / "log")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "has loaded a parallel kernel; it cannot fork safely" in done.stdout
+    assert not (tmp_path / "log").exists()  # refused before anything was started
