@@ -18,9 +18,11 @@ neither the collector nor reference counting copies many of their pages.
 
 Protocol, one JSON object a line. The client writes ``{"id": N, "argv": [...], "log":
 PATH}`` (start ``python -m fractal_app ARGV`` with stdout and stderr appended to PATH) and
-``{"kill": PID}``; the server answers ``{"id": N, "pid": PID}`` (or ``{"id": N, "error":
-WHY}``) and ``{"exited": PID, "code": CODE}`` (negative: killed by that signal) when a child
-ends. ``{"id": N, "compile_estimate": SCENE_JSON, "backend": B}`` asks, before any start,
+``{"signal": N, "signum": S}`` (send signal S to start N, if it still runs); the server
+answers ``{"id": N, "pid": PID}`` and ``{"exited": N, "code": CODE}`` (negative: killed by
+that signal) when the child ends; a start that fails writes why into its log and exits with
+1. The client needs no event loop: it reads the answers when asked (``poll``, ``wait``).
+``{"id": N, "compile_estimate": SCENE_JSON, "backend": B}`` asks, before any start,
 how long a cold render of the scene would compile first (:func:`warmup.
 compile_estimate_seconds`, which loads what the server has loaded anyway), answered
 ``{"id": N, "seconds": S}``; ``{"id": N, "plan": SCENE_JSON, "providers": P, "subtasks": S}``
@@ -37,16 +39,16 @@ import contextlib
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fractal_app.errors import AppError
 
 if TYPE_CHECKING:
-    import asyncio
-
     from fractal_app.local import RenderPlan
 
 # The environment variable that turns the fork server off: every service process then starts
@@ -89,6 +91,7 @@ def _preload() -> None:
     import fractal_app.requestor  # noqa: F401
     import fractal_app.scene  # noqa: F401
     import fractal_app.server  # noqa: F401
+    import fractal_app.servicers  # noqa: F401 - the gRPC adapters and the protocol's modules
     import fractal_app.store  # noqa: F401
     import fractal_app.verify  # noqa: F401
 
@@ -125,26 +128,28 @@ def serve() -> int:
 
     selector = selectors.DefaultSelector()
     selector.register(commands, selectors.EVENT_READ)
-    children: dict[int, int] = {}  # pid -> pidfd
+    children: dict[int, tuple[int, int]] = {}  # pid -> (pidfd, the start's id)
+    pid_of: dict[int, int] = {}  # the start's id -> pid, while it runs
     pending = b""
 
     def reply(message: dict) -> None:
         replies.write(json.dumps(message).encode() + b"\n")
 
     def reap(pid: int) -> None:
-        pidfd = children.pop(pid)
+        pidfd, start = children.pop(pid)
+        del pid_of[start]
         selector.unregister(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
-        reply({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        reply({"exited": start, "code": os.waitstatus_to_exitcode(status)})
 
     def handle(line: bytes) -> None:
         request = json.loads(line)
-        if "kill" in request:
-            pid = int(request["kill"])
-            if pid in children:  # not reaped yet: the pid is still this child's
+        if "signal" in request:
+            pid = pid_of.get(request["signal"])
+            if pid is not None:  # not reaped yet: the pid is still this child's
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, int(request["signum"]))
             return
         if "compile_estimate" in request:
             reply({"id": request["id"], "seconds": _compile_estimate(request)})
@@ -153,13 +158,17 @@ def serve() -> int:
             reply({"id": request["id"], **_plan(request)})
             return
         try:
-            inherited = (commands, replies, selector, *children.values())
+            inherited = (commands, replies, selector, *(fd for fd, _ in children.values()))
             pid = _fork_child(request["argv"], request["log"], inherited)
-            children[pid] = os.pidfd_open(pid)
-            selector.register(children[pid], selectors.EVENT_READ, pid)
+            pidfd = os.pidfd_open(pid)
         except OSError as error:
-            reply({"id": request["id"], "error": f"cannot start the process: {error}"})
+            with contextlib.suppress(OSError), open(request["log"], "a") as log:
+                print(f"fork server: cannot start the process: {error}", file=log)
+            reply({"exited": request["id"], "code": 1})
             return
+        children[pid] = (pidfd, request["id"])
+        pid_of[request["id"]] = pid
+        selector.register(pidfd, selectors.EVENT_READ, pid)
         reply({"id": request["id"], "pid": pid})
 
     try:
@@ -260,8 +269,10 @@ def _fork_child(argv: list[str], log: str, inherited) -> int:
 class ForkServer:
     """The render's side of a fork server: starts it, asks it for processes, stops it.
 
-    Started without an event loop (the CLI starts it first thing, so that its loading
-    overlaps the CLI's own); used from one event loop afterwards.
+    Needs no event loop: the server's answers are read when a caller asks (a child's
+    ``poll`` or ``wait``, a question), so an event loop polls its children as it polls
+    ``subprocess.Popen`` ones. Started first thing by the CLI, so that the server's loading
+    overlaps the CLI's own.
     """
 
     def __init__(self) -> None:
@@ -271,80 +282,35 @@ class ForkServer:
             [sys.executable, "-m", "fractal_app.forkserver"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            bufsize=0,  # unbuffered: closing the pipe to a dead server has nothing to flush
             env=child_environment(),
         )
         self._pending = b""
         self._next_id = 0
-        self._starts: dict[int, asyncio.Future[int]] = {}
-        self._children: dict[int, ForkedProcess] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._children: dict[int, ForkedProcess] = {}  # by start id, until they exit
+        self._answers: dict[int, dict] = {}
         self._gone: str | None = None
-        self._closed = False
 
-    def _attach(self) -> None:
-        import asyncio  # not before: the CLI starts the server before importing it
-
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(self.process.stdout.fileno(), self._read)
-
-    def _read(self) -> None:
-        try:
-            chunk = os.read(self.process.stdout.fileno(), 65536)
-        except OSError as error:
-            chunk, why = b"", f"its pipe failed: {error}"
-        else:
-            why = f"it exited with {self.process.poll()}"
-        if not chunk:
-            self._lost(f"the fork server is gone ({why})")
-            return
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            message = json.loads(line)
-            if "exited" in message:
-                child = self._children.pop(message["exited"], None)
-                if child is not None:
-                    child._exited(message["code"])
-                continue
-            start = self._starts.pop(message["id"], None)
-            if start is None or start.done():
-                continue
-            if "error" in message:
-                start.set_exception(ForkServerError(message["error"]))
-            else:
-                start.set_result(message["pid"])
-
-    def _lost(self, why: str) -> None:
-        self._gone = why
-        assert self._loop is not None
-        self._loop.remove_reader(self.process.stdout.fileno())
-        for start in self._starts.values():
-            if not start.done():
-                start.set_exception(ForkServerError(why))
-        self._starts.clear()
-        for child in self._children.values():
-            child._exited(-9)  # its children die with it (lifeline)
-        self._children.clear()
-
-    def _send(self, message: dict) -> None:
+    def spawn(self, argv: list[str], log: Path) -> ForkedProcess:
+        """Start ``python -m fractal_app ARGV`` as a child of the server, output appended to
+        ``log``; returns at once (the server forks once it has loaded)."""
+        start = self._send({"argv": argv, "log": str(log)})
+        child = ForkedProcess(self, start)
         if self._gone is not None:
-            raise ForkServerError(self._gone)
-        try:
-            self.process.stdin.write(json.dumps(message).encode() + b"\n")
-            self.process.stdin.flush()
-        except OSError as error:
-            raise ForkServerError(f"the fork server is gone ({error})") from None
+            child.returncode = -9
+        else:
+            self._children[start] = child
+        return child
 
     def compile_estimate(self, scene_json: str, backend: str | None) -> float:
         """Seconds a render of ``scene_json`` would compile before it starts (0: every kernel
-        is cached), from the server once it has loaded; blocking, before any ``spawn``."""
+        is cached), from the server once it has loaded; blocking."""
         answer = self._ask({"compile_estimate": scene_json, "backend": backend})
         return float(answer["seconds"])
 
     def plan(self, scene_json: str, providers: int, subtasks: int | None) -> RenderPlan:
-        """:func:`local.plan_render`, made by the server once it has loaded; blocking, before
-        any ``spawn``. An invalid scene raises InvalidArgument with the validator's message."""
+        """:func:`local.plan_render`, made by the server once it has loaded; blocking. An
+        invalid scene raises InvalidArgument with the validator's message."""
         from fractal_app.errors import InvalidArgument
         from fractal_app.local import RenderPlan
 
@@ -353,76 +319,117 @@ class ForkServer:
             raise InvalidArgument(answer["invalid"])
         return RenderPlan(**answer["plan"])
 
-    def _ask(self, request: dict) -> dict:
-        """Send ``request`` and wait for its answer (only before the first spawn: then
-        nothing else is in flight)."""
-        if self._loop is not None:
-            raise RuntimeError("the fork server is asked questions before the first spawn")
-        self._next_id += 1
-        self._send({"id": self._next_id, **request})
-        line = self.process.stdout.readline()
-        if not line:
-            raise ForkServerError(f"the fork server is gone (exit {self.process.poll()})")
-        return json.loads(line)
-
-    async def spawn(self, argv: list[str], log: Path) -> ForkedProcess:
-        """Start ``python -m fractal_app ARGV`` as a child of the server, output to ``log``."""
-        self._attach()
-        self._next_id += 1
-        start = self._loop.create_future()
-        self._starts[self._next_id] = start
-        self._send({"id": self._next_id, "argv": argv, "log": str(log)})
-        pid = await start
-        child = ForkedProcess(self, pid)
-        self._children[pid] = child
-        return child
-
-    def kill(self, pid: int) -> None:
-        with contextlib.suppress(ForkServerError):
-            self._send({"kill": pid})
-
     def close(self) -> None:
         """Stop the server (it kills and reaps any child left) and wait for it. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._loop is not None and self._gone is None:
-            self._loop.remove_reader(self.process.stdout.fileno())
-            self._gone = "the fork server was closed"
         with contextlib.suppress(OSError):
             self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.returncode is None:
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._lost("the fork server was closed")
         self.process.stdout.close()
+
+    # ---- the pipe ----------------------------------------------------------------------------
+
+    def _send(self, message: dict) -> int:
+        """Write a request with a new id; the id. A server that is gone is found out by the
+        caller's next ``poll``."""
+        self._next_id += 1
+        if self._gone is None:
+            data = json.dumps({"id": self._next_id, **message}).encode() + b"\n"
+            try:
+                while data:  # a scene may be longer than one write to a pipe takes
+                    data = data[os.write(self.process.stdin.fileno(), data):]
+            except OSError as error:
+                self._lost(f"the fork server is gone ({error})")
+        return self._next_id
+
+    def _ask(self, request: dict) -> dict:
+        """Send ``request`` and wait for its answer."""
+        asked = self._send(request)
+        while asked not in self._answers:
+            if self._gone is not None:
+                raise ForkServerError(self._gone)
+            self._read(None)
+        return self._answers.pop(asked)
+
+    def _read(self, timeout: float | None) -> None:
+        """Take in what the server has written, waiting at most ``timeout`` seconds for it
+        (None: until it writes)."""
+        if self._gone is not None:
+            return
+        fd = self.process.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        while ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._lost(f"the fork server is gone (exit {self.process.wait()})")
+                return
+            self._pending += chunk
+            ready, _, _ = select.select([fd], [], [], 0)
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "exited" in message:
+                child = self._children.pop(message["exited"], None)
+                if child is not None:
+                    child.returncode = message["code"]
+            elif "pid" in message:
+                if message["id"] in self._children:
+                    self._children[message["id"]].pid = message["pid"]
+            else:
+                self._answers[message["id"]] = message
+
+    def _lost(self, why: str) -> None:
+        """The server is gone: so are its children (they die with it, lifeline)."""
+        if self._gone is None:
+            self._gone = why
+        for child in self._children.values():
+            child.returncode = -9
+        self._children.clear()
 
 
 class ForkedProcess:
-    """A child of the fork server, with the parts of ``asyncio.subprocess.Process`` the
-    render uses: ``pid``, ``returncode``, ``wait()`` and ``kill()``."""
+    """A child of the fork server, with the parts of ``subprocess.Popen`` the launcher uses:
+    ``pid`` (once the server has forked it), ``returncode``, ``poll``, ``wait``, ``kill``,
+    ``terminate`` and ``send_signal``."""
 
-    def __init__(self, server: ForkServer, pid: int) -> None:
+    def __init__(self, server: ForkServer, start: int) -> None:
         self.server = server
-        self.pid = pid
+        self.start = start
+        self.pid: int | None = None
         self.returncode: int | None = None
-        self._done = server._loop.create_future()
 
-    def _exited(self, code: int) -> None:
-        self.returncode = code
-        if not self._done.done():
-            self._done.set_result(code)
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.server._read(0)
+        return self.returncode
 
-    async def wait(self) -> int:
-        import asyncio
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"fork server child {self.start}", timeout)
+            self.server._read(left)
+        return self.returncode
 
-        # Shielded: a caller's timeout must not cancel the one future every waiter shares.
-        return await asyncio.shield(self._done)
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            self.server._send({"signal": self.start, "signum": int(signum)})
 
     def kill(self) -> None:
-        if self.returncode is None:
-            self.server.kill(self.pid)
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
 
 
 if __name__ == "__main__":

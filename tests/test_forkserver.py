@@ -27,12 +27,12 @@ def _requestor_argv(work: Path) -> list[str]:
             "--host", "127.0.0.1", "--log-level", "INFO"]
 
 
-async def _wait_for_file(path: Path, child: forkserver.ForkedProcess) -> None:
+def _wait_for_file(path: Path, child: forkserver.ForkedProcess) -> None:
     deadline = time.monotonic() + 120
     while not path.exists():
-        assert child.returncode is None, f"exited with {child.returncode}"
+        assert child.poll() is None, f"exited with {child.returncode}"
         assert time.monotonic() < deadline, f"{path} never appeared"
-        await asyncio.sleep(0.02)
+        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -48,19 +48,18 @@ def test_a_child_serves_as_the_entrypoint_would_and_reports_its_exit(tmp_path):
     work.mkdir()
     log = tmp_path / "requestor.log"
     server = forkserver.ForkServer()
-
-    async def scenario():
-        child = await server.spawn(_requestor_argv(work), log)
-        await _wait_for_file(tmp_path / "port", child)
+    try:
+        child = server.spawn(_requestor_argv(work), log)
+        _wait_for_file(tmp_path / "port", child)
         command = Path(f"/proc/{child.pid}/cmdline").read_bytes().replace(b"\0", b" ")
         assert b" -m fractal_app requestor 0 --work-dir " + str(work).encode() in command
-        port = int((tmp_path / "port").read_text())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await pb_grpc.RequestorAppStub(channel).Shutdown(pb.ShutdownRequest())
-        return await asyncio.wait_for(child.wait(), 60)
 
-    try:
-        assert asyncio.run(scenario()) == 0
+        async def shutdown(port):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await pb_grpc.RequestorAppStub(channel).Shutdown(pb.ShutdownRequest())
+
+        asyncio.run(shutdown(int((tmp_path / "port").read_text())))
+        assert child.wait(60) == 0
     finally:
         server.close()
     assert "serving plaintext on 127.0.0.1" in log.read_text()
@@ -70,39 +69,39 @@ def test_a_child_serves_as_the_entrypoint_would_and_reports_its_exit(tmp_path):
 def test_a_bad_command_line_fails_with_its_reason_in_the_log(tmp_path):
     log = tmp_path / "requestor.log"
     server = forkserver.ForkServer()
-
-    async def scenario():
-        child = await server.spawn(_requestor_argv(tmp_path / "missing"), log)
-        return await asyncio.wait_for(child.wait(), 60)
-
     try:
-        assert asyncio.run(scenario()) == 2
+        assert server.spawn(_requestor_argv(tmp_path / "missing"), log).wait(60) == 2
+        # A start the server cannot make at all (no folder for its log) fails the same way.
+        assert server.spawn(_requestor_argv(tmp_path), tmp_path / "no" / "log").wait(60) == 1
     finally:
         server.close()
     assert f"work directory {tmp_path / 'missing'} does not exist" in log.read_text()
 
 
-def test_kill_and_close_leave_no_child(tmp_path):
+def test_kill_terminate_and_close_leave_no_child(tmp_path):
     server = forkserver.ForkServer()
-    pids = []
-
-    async def scenario():
-        for name in ("a", "b"):
-            (tmp_path / name / "work").mkdir(parents=True)
-        killed = await server.spawn(_requestor_argv(tmp_path / "a" / "work"), tmp_path / "a.log")
-        left = await server.spawn(_requestor_argv(tmp_path / "b" / "work"), tmp_path / "b.log")
-        pids.extend([killed.pid, left.pid])
-        await _wait_for_file(tmp_path / "a" / "port", killed)
-        killed.kill()
-        assert await asyncio.wait_for(killed.wait(), 30) == -signal.SIGKILL
-        await _wait_for_file(tmp_path / "b" / "port", left)
-        assert _alive(left.pid)
-
+    children = []
     try:
-        asyncio.run(scenario())
+        for name in ("a", "b", "c"):
+            (tmp_path / name / "work").mkdir(parents=True)
+            children.append(
+                server.spawn(_requestor_argv(tmp_path / name / "work"), tmp_path / f"{name}.log")
+            )
+        killed, stopped, left = children
+        _wait_for_file(tmp_path / "a" / "port", killed)
+        killed.kill()
+        assert killed.wait(30) == -signal.SIGKILL
+        _wait_for_file(tmp_path / "b" / "port", stopped)
+        stopped.terminate()  # the server stops gracefully, as on a node's SIGTERM
+        assert stopped.wait(30) == 0
+        _wait_for_file(tmp_path / "c" / "port", left)
+        assert _alive(left.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            left.wait(0.1)
     finally:
         server.close()  # kills and reaps the one still serving
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(_alive(child.pid) for child in children)
+    assert left.returncode == -signal.SIGKILL
     assert server.process.returncode == 0
 
 
@@ -110,19 +109,15 @@ def test_children_die_with_the_server_even_by_sigkill(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     server = forkserver.ForkServer()
-
-    async def scenario():
-        child = await server.spawn(_requestor_argv(work), tmp_path / "requestor.log")
-        await _wait_for_file(tmp_path / "port", child)
-        return child.pid
-
     try:
-        pid = asyncio.run(scenario())
+        child = server.spawn(_requestor_argv(work), tmp_path / "requestor.log")
+        _wait_for_file(tmp_path / "port", child)
         server.process.kill()
         deadline = time.monotonic() + 15
-        while _alive(pid):
+        while _alive(child.pid):
             assert time.monotonic() < deadline, "the child outlived its fork server"
             time.sleep(0.05)
+        assert child.wait(10) == -signal.SIGKILL  # what the render is told
     finally:
         server.close()
 
