@@ -120,6 +120,7 @@ def _render(
 
     from fractal_app import forkserver, picture_formats
     from fractal_app.local import output_path_for, plan_render, render_locally
+    from fractal_app.outputs import output_format
 
     if not quiet and forks is None:
         _say_if_compiling(scene_file, backend)
@@ -135,7 +136,8 @@ def _render(
         # written, and a GPU that is not there (every retry would fail the same way).
         target = output_path_for(output, plan.output)
         chosen = picture_formats.TIFF
-        if plan.output == "image":
+        coloured = output_format(plan.output).coloured
+        if coloured:  # a picture: the suffix chooses its format
             chosen = picture_formats.format_for(output, plan.bit_depth, quality)
         if not target.parent.is_dir():
             raise click.ClickException(
@@ -152,7 +154,7 @@ def _render(
                 _say_compiling(forks.compile_estimate(scene_json, backend))
         # Rendered as the requestor's PNG beside the target, then converted (or renamed).
         rendered = target
-        if chosen is not picture_formats.PNG and plan.output == "image":
+        if chosen is not picture_formats.PNG and coloured:
             rendered = target.with_name(f".{target.name}.rendering.png")
         report = asyncio.run(
             render_locally(
