@@ -182,6 +182,7 @@ def test_the_plan_and_a_bad_scene_s_message_are_the_ones_this_process_makes():
     assert "max_itre" in str(raised.value)
 
 
+@pytest.mark.slow  # a fresh process loads (or, cold, compiles) a kernel
 def test_the_server_refuses_to_fork_once_a_parallel_kernel_is_loaded(tmp_path):
     """GNU OpenMP aborts a child forked after its first parallel region: a clear refusal
     instead (the server never runs a kernel; this guards against one slipping in)."""
