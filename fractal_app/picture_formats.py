@@ -13,10 +13,12 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fractal_app.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ def convert(png: Path, target: Path, chosen: PictureFormat, quality: int | None)
 def read_png(path: Path) -> np.ndarray:
     """The (H, W, 3) uint8 or uint16 pixels of an RGB PNG this app wrote (trusted: the
     requestor's own final image; Pillow would reduce 16 bits to 8)."""
+    import numpy as np
+
     from fractal_app.bandfile import _unfilter
     from fractal_app.pngstream import deflate
 

@@ -83,13 +83,13 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
     kernels = _kernels(backend)
     args = _escape_args(scene)
     ss = scene.supersample
-    re_cols = _sample_coords(scene, np.arange(width, dtype=np.int64), axis="re")
+    re_cols = sample_coords(scene, np.arange(width, dtype=np.int64), axis="re")
     re_cols = re_cols.reshape(-1).astype(args.dtype)
     rows_per_chunk = max(1, MAX_SAMPLES_PER_CHUNK // (width * ss * ss))
     coloured = scene.output_format.coloured
     out = scene.output_format.empty_band(row_stop - row_start, width, scene.bit_depth)
     for r0, r1 in row_pieces(row_start, row_stop, rows_per_chunk):
-        im_rows = _sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
+        im_rows = sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
         im_rows = im_rows.reshape(-1).astype(args.dtype)
         counts = np.empty((im_rows.shape[0], re_cols.shape[0]), dtype=np.uint32)
         mag2 = np.empty(counts.shape, dtype=np.float64)
@@ -139,8 +139,8 @@ def render_pixels(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "cpu
     ss = scene.supersample
     n = rows.shape[0]
     # Sample (a, b) of pixel k sits at row offset a and column offset b, as in render_band.
-    re = _sample_coords(scene, cols, axis="re")[:, None, :]
-    im = _sample_coords(scene, rows, axis="im")[:, :, None]
+    re = sample_coords(scene, cols, axis="re")[:, None, :]
+    im = sample_coords(scene, rows, axis="im")[:, :, None]
     re, im = np.broadcast_arrays(re, im)
     re = np.ascontiguousarray(re.reshape(-1), dtype=args.dtype)
     im = np.ascontiguousarray(im.reshape(-1), dtype=args.dtype)
@@ -206,7 +206,7 @@ def _escape_args(scene) -> _EscapeArgs:
     return _EscapeArgs(scene)
 
 
-def _sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
+def sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
     """(len(index), s) float64 coordinates of the s sub-pixel sample centres of each pixel
     column (axis "re") or row (axis "im"): the contract's formula, in this one place."""
     from fractal_app.fractals import FRACTALS

@@ -305,7 +305,9 @@ def _describe(error: dict[str, Any]) -> str:
             f"field {field!r} must have exactly {wanted} items (got {ctx.get('actual_length')})"
         )
     if kind == "literal_error":
-        return f"field {field!r} must be {ctx.get('expected')} (got {got!r})"
+        # An array or object is named by its kind: its repr can be megabytes, or recurse too deep.
+        shown = _json_kind(got) if isinstance(got, list | dict) else repr(got)
+        return f"field {field!r} must be {ctx.get('expected')} (got {shown})"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     return f"field {field!r}: {message}" if loc else message
 

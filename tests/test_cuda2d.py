@@ -170,8 +170,8 @@ def _simulator_checks():
                                  "resolution": [11, 5], "max_iter": 60, "precision": precision,
                                  "supersample": 2})
             args = render._escape_args(scene)
-            re = render._sample_coords(scene, np.arange(11), "re").reshape(-1).astype(args.dtype)
-            im = render._sample_coords(scene, np.arange(5), "im").reshape(-1).astype(args.dtype)
+            re = render.sample_coords(scene, np.arange(11), "re").reshape(-1).astype(args.dtype)
+            im = render.sample_coords(scene, np.arange(5), "im").reshape(-1).astype(args.dtype)
             scalars = (args.jr, args.ji, args.power, args.max_iter, args.escape2)
             results = []
             for backend in (cpu, gpu):

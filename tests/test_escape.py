@@ -34,8 +34,8 @@ def kernel_samples(scene):
     args = render._escape_args(scene)
     cols = np.arange(scene.width_px, dtype=np.int64)
     rows = np.arange(scene.height_px, dtype=np.int64)
-    re = render._sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
-    im = render._sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
+    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
+    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
     counts = np.empty((im.size, re.size), dtype=np.uint32)
     mag2 = np.empty(counts.shape)
     cpu.iterate_grid(
@@ -94,8 +94,8 @@ def test_block_kernels_equal_the_scalar_kernel(fractal, precision):
     args = render._escape_args(scene)
     assert cpu.block_module(args.kind, args.dtype) is not None
     counts, mag2 = kernel_samples(scene)
-    re = render._sample_coords(scene, np.arange(100), "re").reshape(-1).astype(args.dtype)
-    im = render._sample_coords(scene, np.arange(40), "im").reshape(-1).astype(args.dtype)
+    re = render.sample_coords(scene, np.arange(100), "re").reshape(-1).astype(args.dtype)
+    im = render.sample_coords(scene, np.arange(40), "im").reshape(-1).astype(args.dtype)
     scalar_counts = np.empty_like(counts)
     scalar_mag2 = np.empty_like(mag2)
     cpu.iterate_grid_scalar(

@@ -126,8 +126,8 @@ def _scattered_pixels(scene, count=101, seed=3):
 
 def _kernel_points(scene, rows, cols):
     args = render._escape_args(scene)
-    re = render._sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
-    im = render._sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
+    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
+    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
     counts = np.empty(re.size, np.uint32)
     mag2 = np.empty(re.size)
     cpu.iterate_points(args.kind, re, im, args.jr, args.ji, args.power, args.max_iter,
