@@ -32,6 +32,8 @@ The escape count is the one of ``kernels/escape.py``: completed iterations befor
 
 import math
 
+from fractal_app.deep.bla import MIN_LEVEL as BLA_MIN_LEVEL
+
 # Below 2^TINY_EXP a reference value or a perturbation is "tiny": its products may
 # underflow float64, so steps where both are tiny run in float-with-exponent arithmetic.
 TINY_EXP = -400
@@ -90,12 +92,42 @@ def fe_less(ar, ai, ae, br, bi, be):
     return a2 < math.ldexp(b2, 2 * (be - ae))
 
 
-def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, max_iter):
+def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
+    """The row of the longest bilinear map (deep/bla.py) that may start at reference index
+    m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0). Radii shrink as the maps
+    grow, so the search stops at the first level whose map does not apply."""
+    w2 = wr * wr + wi * wi
+    best = -1
+    best_level = 0
+    level = BLA_MIN_LEVEL
+    while level + 1 < bla_off.shape[0]:
+        j = m >> level
+        if (j << level) != m or n + (1 << level) > max_iter:
+            break
+        row = bla_off[level] + j
+        if row >= bla_off[level + 1]:
+            break
+        # |w| 2^S < R = sqrt(R2) 2^re, with |w| < 2^17 and R2 in [0.25, 1) (or 0)
+        d = int(bla_e[row, 2]) - S
+        if d < -40 or bla_f[row, 4] == 0.0:
+            break
+        if d < 40 and not w2 < math.ldexp(bla_f[row, 4], 2 * d):
+            break
+        best = row
+        best_level = level
+        level += 1
+    return best, best_level
+
+
+def mandelbrot_perturbed(
+    dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, bla_f, bla_e, bla_off, max_iter
+):
     """Escape count and |z|^2 of the pixel c = C + (dcr, dci) * 2^dce.
 
     zr_ref, zi_ref: the reference Z_0 .. Z_N as float64 (N + 1 values, Z_0 = 0; the last
     one escaped or is Z_max_iter). mr_ref, mi_ref, e_ref: the same values as normalised
-    mantissas and exponents (exact where the float64 ones underflow).
+    mantissas and exponents (exact where the float64 ones underflow). bla_f, bla_e,
+    bla_off: the reference's bilinear maps (deep/bla.py); empty tables take every step.
     """
     last = zr_ref.shape[0] - 1
     # dc, normalised
@@ -139,6 +171,32 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
                 rebase = fe_less(qr, qi, qe, wr, wi, S)
             if rebase:
                 qr, qi, qe = fe_add(mr_ref[m], mi_ref[m], ze, wr, wi, S)
+            elif m > 0:
+                # While |dz| << |Z| neither the escape nor the rebase test can fire: skip
+                # along a bilinear map (dz <- A dz + B dc) as far as one applies.
+                row, level = bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S)
+                if row >= 0:
+                    ar = bla_f[row, 0]
+                    ai = bla_f[row, 1]
+                    br = bla_f[row, 2]
+                    bi = bla_f[row, 3]
+                    pr, pi, pe = fe_normalize(
+                        madd(ar, wr, -(ai * wi)), madd(ar, wi, ai * wr), int(bla_e[row, 0]) + S
+                    )
+                    ur, ui, ue = fe_normalize(
+                        madd(br, dcr, -(bi * dci)),
+                        madd(br, dci, bi * dcr),
+                        int(bla_e[row, 1]) + dce,
+                    )
+                    wr, wi, S = fe_add(pr, pi, pe, ur, ui, ue)
+                    if S == ZERO_EXP:
+                        S = dce
+                    s = math.ldexp(1.0, S)
+                    dr = math.ldexp(dcr, dce - S)
+                    di = math.ldexp(dci, dce - S)
+                    m += 1 << level
+                    n += 1 << level
+                    continue
         if rebase:
             wr, wi, S = qr, qi, qe
             if S == ZERO_EXP:
@@ -209,13 +267,14 @@ def compile_core(jit, fused_madd=None):
         "RENORM_EXP": RENORM_EXP,
         "DOUBLE_TEST_EXP": DOUBLE_TEST_EXP,
         "ZERO_EXP": ZERO_EXP,
+        "BLA_MIN_LEVEL": BLA_MIN_LEVEL,
     }
     import types
 
     out = {}
     if fused_madd is not None:
         g["madd"] = fused_madd
-    for fn in (madd, fe_normalize, fe_add, fe_less, mandelbrot_perturbed):
+    for fn in (madd, fe_normalize, fe_add, fe_less, bla_level, mandelbrot_perturbed):
         if fn is madd and fused_madd is not None:
             continue
         clone = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__)

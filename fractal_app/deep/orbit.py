@@ -111,16 +111,15 @@ def _normalise(zr: np.ndarray, zi: np.ndarray):
     return mr, mi, ex
 
 
-_cache: dict[tuple, Orbit] = {}
+_cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
 _key_locks: dict[tuple, threading.Lock] = {}
 CACHE_ENTRIES = 4
 
 
-def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Orbit:
-    """compute_orbit, remembered for the last few views (the requestor verifies many bands
-    of one task with one orbit); concurrent callers of one key compute it once."""
-    key = (center_re, center_im, bits, max_iter)
+def remember(key: tuple, compute):
+    """compute(), remembered under ``key`` for the last few keys (the requestor verifies
+    many bands of one task with one orbit); concurrent callers of one key compute it once."""
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -130,10 +129,18 @@ def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Or
         with _cache_lock:
             hit = _cache.get(key)
         if hit is None:
-            hit = compute_orbit(center_re, center_im, bits, max_iter)
+            hit = compute()
             with _cache_lock:
                 while len(_cache) >= CACHE_ENTRIES:
                     _cache.pop(next(iter(_cache)))
                 _cache[key] = hit
                 _key_locks.pop(key, None)
         return hit
+
+
+def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Orbit:
+    """compute_orbit, remembered for the last few views."""
+    return remember(
+        ("orbit", center_re, center_im, bits, max_iter),
+        lambda: compute_orbit(center_re, center_im, bits, max_iter),
+    )
