@@ -97,6 +97,8 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
     m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0). Radii shrink as the maps
     grow, so the search stops at the first level whose map does not apply."""
     w2 = wr * wr + wi * wi
+    # 2^(lw - 1) <= w2 < 2^lw: exponents alone decide most radius tests (no libm call).
+    lw = math.frexp(w2)[1]
     best = -1
     best_level = 0
     level = BLA_MIN_LEVEL
@@ -107,11 +109,14 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
         row = bla_off[level] + j
         if row >= bla_off[level + 1]:
             break
-        # |w| 2^S < R = sqrt(R2) 2^re, with |w| < 2^17 and R2 in [0.25, 1) (or 0)
-        d = int(bla_e[row, 2]) - S
-        if d < -40 or bla_f[row, 4] == 0.0:
+        r2 = bla_f[row, 4]
+        if r2 == 0.0:
             break
-        if d < 40 and not w2 < math.ldexp(bla_f[row, 4], 2 * d):
+        # |dz| < R  <=>  w2 < r2 * 2^d2, with r2 (R's mantissa squared) in [0.25, 1)
+        d2 = 2 * (int(bla_e[row, 2]) - S)
+        if lw - 1 >= d2:
+            break
+        if lw > d2 - 2 and not w2 < math.ldexp(r2, d2):
             break
         best = row
         best_level = level
@@ -180,15 +185,16 @@ def mandelbrot_perturbed(
                     ai = bla_f[row, 1]
                     br = bla_f[row, 2]
                     bi = bla_f[row, 3]
-                    pr, pi, pe = fe_normalize(
-                        madd(ar, wr, -(ai * wi)), madd(ar, wi, ai * wr), int(bla_e[row, 0]) + S
-                    )
-                    ur, ui, ue = fe_normalize(
+                    # A dz + B dc: the products' mantissas lie within 2^+-18 of 1, near
+                    # enough to normalised for fe_add (it normalises the sum once).
+                    wr, wi, S = fe_add(
+                        madd(ar, wr, -(ai * wi)),
+                        madd(ar, wi, ai * wr),
+                        int(bla_e[row, 0]) + S,
                         madd(br, dcr, -(bi * dci)),
                         madd(br, dci, bi * dcr),
                         int(bla_e[row, 1]) + dce,
                     )
-                    wr, wi, S = fe_add(pr, pi, pe, ur, ui, ue)
                     if S == ZERO_EXP:
                         S = dce
                     s = math.ldexp(1.0, S)
