@@ -62,7 +62,7 @@ def test_each_map_is_the_composition_of_the_steps_it_replaces(view_1e300):
 def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):
     scene, geo, reference = view_1e300
     core = compile_core(lambda f: f)  # the scalar source, run as Python: calls observable
-    search = core.mandelbrot_perturbed.__globals__["bla_level"]
+    search = core.perturbed.__globals__["bla_level"]
     skipped = []
 
     def observed(*args):
@@ -70,16 +70,17 @@ def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):
         skipped.append((1 << level) if row >= 0 else 0)
         return row, level
 
-    core.mandelbrot_perturbed.__globals__["bla_level"] = observed
+    core.perturbed.__globals__["bla_level"] = observed
     arrays = reference.arrays()
-    no_maps = (*arrays[:5], arrays[5][:0], arrays[6][:0], np.zeros(1, dtype=np.int64))
+    no_maps = (*arrays[:5], arrays[5][:0], arrays[6][:0], np.zeros(1, dtype=np.int64),
+               arrays[8])
     cols = _offsets(scene, np.array([2, 5]), "re", geo.pixel_mantissa).ravel()
     rows = _offsets(scene, np.array([1, 4]), "im", geo.pixel_mantissa).ravel()
     for dcr, dci in zip(cols, rows, strict=True):
         skipped.clear()
-        count, _ = core.mandelbrot_perturbed(dcr, dci, geo.pixel_exp, *arrays, scene.max_iter)
+        count, _ = core.perturbed(dcr, dci, geo.pixel_exp, *arrays, scene.max_iter)
         skips = list(skipped)
-        stepped, _ = core.mandelbrot_perturbed(dcr, dci, geo.pixel_exp, *no_maps,
+        stepped, _ = core.perturbed(dcr, dci, geo.pixel_exp, *no_maps,
                                                scene.max_iter)
         assert count == stepped
         assert count > 400 and sum(skips) > 0.9 * count, (count, sum(skips))

@@ -34,7 +34,7 @@ def _signature(kernel_name):
 
     f8 = types.float64
     orbit = (f8[::1], f8[::1], f8[::1], f8[::1], types.int64[::1],
-             f8[:, ::1], types.int64[:, ::1], types.int64[::1])
+             f8[:, ::1], types.int64[:, ::1], types.int64[::1], types.int64[::1])
     if kernel_name == "grid_kernel":
         outputs = (types.uint32[:, ::1], types.float64[:, ::1])
     else:

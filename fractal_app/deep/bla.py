@@ -4,7 +4,7 @@ While ``|dz|`` is tiny against ``|Z_m|``, the step ``dz <- 2 Z_m dz + dz^2 + dc`
 to float64 precision (``dz^2`` is below the rounding of ``2 Z_m dz``). ``l`` such steps from
 reference index ``m`` compose into ``dz <- A dz + B dc``, valid while ``|dz| < R``:
 
-    one step:   A = 2 Z_m,  B = 1,  R = 2^EPS_EXP |Z_m|
+    one step:   A = 2 Z_m,  B = 1 (0 for a Julia set),  R = 2^EPS_EXP |Z_m|
     x then y:   A = A_y A_x,  B = A_y B_x + B_y,
                 R = min(R_x, max(0, (R_y - |B_x| dc_max) / |A_x|))
 
@@ -98,7 +98,7 @@ def _radius(rxm, rxe, rym, rye, bxm, bxe, axm, axe, dcm, dce):
 
 @cached
 @numba.njit(nogil=True)
-def _build(mr, mi, e, dcm, dce, min_level, f_out, e_out, offsets):
+def _build(mr, mi, e, dcm, dce, b_step, seam, min_level, f_out, e_out, offsets):
     last = mr.shape[0] - 1
     # Level 0, single steps from m = 0 .. last - 1, in working arrays (never stored).
     af = np.empty((last, 5))
@@ -108,12 +108,12 @@ def _build(mr, mi, e, dcm, dce, min_level, f_out, e_out, offsets):
         rm, rexp = _abs(mr[m], mi[m], e[m] + EPS_EXP)
         af[m, A_RE] = ar
         af[m, A_IM] = ai
-        af[m, B_RE] = 0.5
+        af[m, B_RE] = 0.5 * b_step
         af[m, B_IM] = 0.0
-        af[m, R2] = rm
+        af[m, R2] = 0.0 if m == seam else rm
         ae[m, A_EXP] = aexp
-        ae[m, B_EXP] = 1
-        ae[m, R_EXP] = rexp
+        ae[m, B_EXP] = 1 if b_step != 0.0 else ZERO_EXP
+        ae[m, R_EXP] = ZERO_EXP if m == seam else rexp
     count = last
     level = 0
     while count >= 2:
@@ -171,9 +171,13 @@ def level_offsets(orbit_length: int, min_level: int = MIN_LEVEL) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
 
 
-def build_tables(mr, mi, e, dc_max_mantissa: float, dc_max_exp: int):
-    """(floats (K, 5), exponents (K, 3), level offsets) for an orbit's mantissas and
-    exponents and a bound on |dc| of dc_max_mantissa * 2^dc_max_exp."""
+def build_tables(
+    mr, mi, e, dc_max_mantissa: float, dc_max_exp: int, adds_dc: bool = True, seam: int = -1
+):
+    """(floats (K, 5), exponents (K, 3), level offsets) for a reference's mantissas and
+    exponents and a bound on |dc| of dc_max_mantissa * 2^dc_max_exp. ``adds_dc``: each step
+    adds dc (Mandelbrot; B = 1 a step) or nothing (Julia; B = 0). ``seam``: an index whose
+    successor starts another orbit (deep/core.py's layout): no map steps across it."""
     offsets = level_offsets(mr.shape[0])
     rows = int(offsets[-1])
     f_out = np.zeros((rows, 5))
@@ -181,5 +185,6 @@ def build_tables(mr, mi, e, dc_max_mantissa: float, dc_max_exp: int):
     dcm, _ = math.frexp(dc_max_mantissa)
     dce = int(dc_max_exp) + math.frexp(dc_max_mantissa)[1]
     if mr.shape[0] > 2:
-        _build(mr, mi, e, dcm, dce, MIN_LEVEL, f_out, e_out, offsets)
+        b_step = 1.0 if adds_dc else 0.0
+        _build(mr, mi, e, dcm, dce, b_step, seam, MIN_LEVEL, f_out, e_out, offsets)
     return f_out, e_out, offsets

@@ -56,8 +56,11 @@ class Orbit:
             return cls(*(np.ascontiguousarray(data[k]) for k in ("zr", "zi", "mr", "mi", "e")))
 
 
-def compute_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Orbit:
-    """The Mandelbrot reference orbit of C = center_re + i center_im (decimal strings)."""
+def compute_orbit(
+    center_re: str, center_im: str, bits: int, max_iter: int, start: tuple[str, str] = ("0", "0")
+) -> Orbit:
+    """The orbit of ``start`` under z <- z^2 + C, C = center_re + i center_im (decimal
+    strings): the Mandelbrot reference of C from 0, a Julia view's from its centre."""
     import gmpy2
 
     zr = np.zeros(max_iter + 1)
@@ -66,8 +69,8 @@ def compute_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> O
     with gmpy2.context(gmpy2.get_context(), precision=bits, round=gmpy2.RoundToNearest):
         cr = gmpy2.mpfr(center_re)
         ci = gmpy2.mpfr(center_im)
-        x = gmpy2.mpfr(0)
-        y = gmpy2.mpfr(0)
+        x = gmpy2.mpfr(start[0])
+        y = gmpy2.mpfr(start[1])
         four = gmpy2.mpfr(4)
         n = 0
         while True:
@@ -138,9 +141,11 @@ def remember(key: tuple, compute):
         return hit
 
 
-def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Orbit:
+def cached_orbit(
+    center_re: str, center_im: str, bits: int, max_iter: int, start: tuple[str, str] = ("0", "0")
+) -> Orbit:
     """compute_orbit, remembered for the last few views."""
     return remember(
-        ("orbit", center_re, center_im, bits, max_iter),
-        lambda: compute_orbit(center_re, center_im, bits, max_iter),
+        ("orbit", center_re, center_im, bits, max_iter, start),
+        lambda: compute_orbit(center_re, center_im, bits, max_iter, start),
     )

@@ -11,6 +11,8 @@ from both, on every machine that computes the same orbit (MPFR: every machine).
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 
 from fractal_app.deep.reference import cached_reference
@@ -23,7 +25,11 @@ def reference_for(scene):
     view = scene.exact_view
     geo = geometry(view, scene.width_px)
     length = min(scene.max_iter, view.orbit_iter) if view.orbit_iter else scene.max_iter
-    return geo, cached_reference(geo, length, scene.width_px, scene.height_px)
+    julia_c = None
+    if scene.fractal == "julia":
+        # c's exact binary value: the float64 path iterates that very number
+        julia_c = (str(Decimal(scene.c[0])), str(Decimal(scene.c[1])))
+    return geo, cached_reference(geo, length, scene.width_px, scene.height_px, julia_c)
 
 
 def nudged(scene, re_ulps: float, im_ulps: float):
