@@ -102,7 +102,7 @@ def render(
         # written, and a GPU that is not there (every retry would fail the same way).
         target = output_path_for(output, scene.output)
         chosen = picture_formats.TIFF
-        if scene.output == "image":
+        if scene.output_format.coloured:  # a picture: the suffix chooses its format
             chosen = picture_formats.format_for(output, scene.bit_depth, quality)
         if not target.parent.is_dir():
             raise click.ClickException(
@@ -113,7 +113,7 @@ def render(
             resolve_backend(backend, scene.env)
         # Rendered as the requestor's PNG beside the target, then converted (or renamed).
         rendered = target
-        if chosen is not picture_formats.PNG and scene.output == "image":
+        if chosen is not picture_formats.PNG and scene.output_format.coloured:
             rendered = target.with_name(f".{target.name}.rendering.png")
         report = asyncio.run(
             render_locally(

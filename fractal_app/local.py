@@ -33,6 +33,7 @@ import grpc
 from fractal_app import lifeline
 from fractal_app.errors import AppError
 from fractal_app.launcher import ServerProcess, ServerStartError, launch
+from fractal_app.outputs import output_format
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.taskdir import ProviderTaskDir, RequestorTaskDir, check_relative_path
@@ -91,9 +92,11 @@ def default_subtasks(scene, providers: int) -> int:
 
 
 def output_path_for(output: Path, scene_output: str) -> Path:
-    """``counts`` results are TIFF files: OUT gets the .tiff suffix if it has another."""
-    if scene_output == "counts" and output.suffix.lower() not in (".tif", ".tiff"):
-        return output.with_suffix(".tiff")
+    """The file a render to ``output`` writes: an output format with a fixed file type
+    (``counts``: TIFF) gives OUT its first suffix if OUT has none of them."""
+    suffixes = output_format(scene_output).file_suffixes
+    if suffixes and output.suffix.lower() not in suffixes:
+        return output.with_suffix(suffixes[0])
     return output
 
 

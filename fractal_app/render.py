@@ -21,6 +21,7 @@ import numpy as np
 
 from fractal_app import config
 from fractal_app.errors import FailedPrecondition, InvalidArgument
+from fractal_app.outputs import COUNTS
 from fractal_app.protocol.constants import DOCKER_GPU_ENV_ID
 
 BACKENDS = ("cpu", "cuda")
@@ -41,7 +42,7 @@ _BENCHMARK_SCENE = {
     "center": [-0.75, 0.0],
     "width": 3.5,
     "max_iter": 1000,
-    "output": "counts",
+    "output": COUNTS.name,
 }
 
 
@@ -89,11 +90,8 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
     re_cols = _sample_coords(scene, np.arange(width, dtype=np.int64), axis="re")
     re_cols = re_cols.reshape(-1).astype(args.dtype)
     rows_per_chunk = max(1, MAX_SAMPLES_PER_CHUNK // (width * ss * ss))
-    counts_out = scene.output == "counts"
-    if counts_out:
-        out = np.empty((row_stop - row_start, width), dtype=np.uint32)
-    else:
-        out = np.empty((row_stop - row_start, width, 3), dtype=_image_dtype(scene))
+    coloured = scene.output_format.coloured
+    out = scene.output_format.empty_band(row_stop - row_start, width, scene.bit_depth)
     for r0 in range(row_start, row_stop, rows_per_chunk):
         r1 = min(row_stop, r0 + rows_per_chunk)
         im_rows = _sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
@@ -105,11 +103,11 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
             args.escape2, counts, mag2,
         )
         target = out[r0 - row_start : r1 - row_start]
-        if counts_out:
-            target[...] = counts
-        else:
+        if coloured:
             shape = (r1 - r0, ss, width, ss)
             _colour(scene, counts.reshape(shape), mag2.reshape(shape), target)
+        else:
+            target[...] = counts
     return out
 
 
@@ -158,7 +156,7 @@ def render_pixels(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "cpu
             args.kind, re, im, args.jr, args.ji, args.power, args.max_iter, args.escape2,
             counts, mag2,
         )
-    if scene.output == "counts":
+    if not scene.output_format.coloured:
         return counts
     out = np.empty((n, 1, 3), dtype=_image_dtype(scene))
     shape = (n, ss, 1, ss)
