@@ -56,6 +56,8 @@ from harness import (
     task_plan,
 )
 
+from fractal_app.taskdir import BAND_FILE, ProviderTaskDir, RequestorTaskDir
+
 HEAVY_SCENE = {
     "fractal": "mandelbrot",
     "resolution": [7680, 4320],
@@ -124,32 +126,32 @@ def timeline(keep: Path) -> dict:
     the launch-ahead did not hide), and the idle tail (last band accepted -> result written).
     """
     providers = keep / "providers"
-    (task,) = (keep / "requestor").glob("*/subtask_outputs")
+    (task_root,) = (p for p in (keep / "requestor").iterdir() if p.is_dir())
+    task_dir = RequestorTaskDir(task_root)
     sums = dict.fromkeys(("assigned_to_rendered", "rendered_to_returned",
                           "returned_to_accepted"), 0.0)
     sums["waited_for_provider"] = 0.0
-    accepted_times = sorted(p.stat().st_mtime for p in task.parent.glob("app_state/bands/*"))
-    band_of = _accepted_bands(task.parent / "app_state" / "state.sqlite3")
+    accepted_times = sorted(p.stat().st_mtime for p in task_dir.bands.iterdir())
+    band_of = _accepted_bands(task_dir.database)
     first = None
     for work in sorted(p for p in providers.iterdir() if p.is_dir()):
-        band = next(work.glob("*/band.png"), None)
+        band = next(work.glob(f"*/{BAND_FILE}"), None)
         port = providers / f"{work.name}.port"
         if band is None or not port.exists():
             continue
         subtask_id = band.parent.name
-        returned = task / subtask_id / "band.png"
+        returned = task_dir.result_dir(subtask_id) / BAND_FILE
         if not returned.exists():
             continue
-        assigned = (work / "subtask_inputs").stat().st_mtime
+        assigned = ProviderTaskDir(work).subtask_inputs.stat().st_mtime
         sums["waited_for_provider"] += max(0.0, port.stat().st_mtime - assigned)
         t = [assigned, band.stat().st_mtime, returned.stat().st_mtime]
         if subtask_id in band_of:
-            t.append((task.parent / "app_state" / "bands" / f"{band_of[subtask_id]}.npy")
-                     .stat().st_mtime)
+            t.append(task_dir.band_values(band_of[subtask_id]).stat().st_mtime)
         first = t[0] if first is None else min(first, t[0])
         for name, a, b in zip(sums, t, t[1:], strict=False):
             sums[name] += b - a
-    results = list(task.parent.glob("task_outputs/*"))
+    results = list(task_dir.task_outputs.iterdir())
     if results and accepted_times:
         sums["last_accept_to_result"] = results[0].stat().st_mtime - accepted_times[-1]
     if first is not None and accepted_times:
@@ -201,13 +203,13 @@ def breakdown(scene_dict: dict, values: np.ndarray, plan, work: Path) -> dict[st
     cancel = threading.Event()
     for index, (r0, r1) in enumerate(plan):
         meta = BandMeta("bd", f"s{index}", r0, r1, scene.output)
-        provider_file = work / f"p{index}" / "band.png"
+        provider_file = work / f"p{index}" / BAND_FILE
         provider_file.parent.mkdir(parents=True)
         seconds, _ = _timed(write_band, provider_file, values[r0:r1], meta)
         parts["band_png_encode"] += seconds
         result_dir = work / "subtask_outputs" / f"s{index}"
         result_dir.mkdir(parents=True)
-        seconds, _ = _timed(shutil.copyfile, provider_file, result_dir / "band.png")
+        seconds, _ = _timed(shutil.copyfile, provider_file, result_dir / BAND_FILE)
         parts["file_copies"] += seconds * 2  # provider -> node -> requestor
         seconds, verdict = _timed(verify_band, scene, meta, result_dir, cancel)
         assert verdict.accepted, verdict.reason

@@ -1,8 +1,9 @@
 """Helpers shared by the app-level benchmarks: start the real servers, time them, measure memory.
 
-Everything goes through ``python -m fractal_app`` (the entrypoint a Golem node runs) and the
-generated stubs, so the figures include what a node pays: interpreter start, imports, TLS-less
-gRPC, the work directory. Timings are wall-clock from just before ``Popen``.
+Everything goes through ``python -m fractal_app`` (the entrypoint a Golem node runs, started
+by :mod:`fractal_app.launcher`) and the generated stubs, so the figures include what a node
+pays: interpreter start, imports, TLS-less gRPC, the work directory. Timings are wall-clock
+from just before ``Popen``.
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ import time
 import uuid
 from pathlib import Path
 
+from fractal_app import launcher
+from fractal_app.launcher import ServerProcess
 from fractal_app.protocol import golem_task_api_pb2 as pb
-
-# The server-process helpers are the tests' own (tests/grpc_helpers.py).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from grpc_helpers import ServerProcess as Server  # noqa: E402
-from grpc_helpers import create_task  # noqa: E402, F401 - for the benchmarks
-from grpc_helpers import start_server as _start_server  # noqa: E402
+from fractal_app.taskdir import SCENE_RESOURCE, ProviderTaskDir, RequestorTaskDir
 
 # The port file appears once the server is SERVING; it is polled this often. 1 ms keeps the
 # polling error far below the 0.5 s start-up target.
 PORT_FILE_POLL_S = 0.001
+# As long as the tests allow: a benchmark's server starts on a loaded machine too.
+START_TIMEOUT_S = 90.0
 
 
 def start_server(
@@ -36,23 +36,32 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     log_level: str = "WARNING",
-) -> Server:
-    """Start ``python -m fractal_app ROLE 0`` on 127.0.0.1 and time it to SERVING: the
-    tests' helper, polling every millisecond so the polling error stays far below the
-    start-up targets. The returned server has ``started_at``, ``port_file_s`` and
-    ``serving_s``."""
-    return _start_server(
-        role, work_dir, extra_args=extra_args, env=env, log_level=log_level,
-        poll_s=PORT_FILE_POLL_S,
+) -> ServerProcess:
+    """Start ``python -m fractal_app ROLE 0`` on 127.0.0.1 (``env`` added to this process's
+    environment) and time it to SERVING, polling every millisecond so the polling error
+    stays far below the start-up targets. The returned server has ``started_at``,
+    ``port_file_s`` and ``serving_s``."""
+    return launcher.start_server(
+        role, work_dir, timeout=START_TIMEOUT_S, poll_s=PORT_FILE_POLL_S,
+        extra_args=extra_args, env={**os.environ, **(env or {})}, log_level=log_level,
     )
 
 
 def provider_work_dir(root: Path, scene: dict) -> Path:
     """A provider's work directory holding the subtask's one resource, the scene."""
-    work = root / f"provider-{uuid.uuid4().hex[:8]}"
-    (work / "subtask_inputs").mkdir(parents=True)
-    (work / "subtask_inputs" / "scene.json").write_text(json.dumps(scene))
-    return work
+    task_dir = ProviderTaskDir(root / f"provider-{uuid.uuid4().hex[:8]}")
+    task_dir.prepare()
+    task_dir.resource(SCENE_RESOURCE).write_text(json.dumps(scene))
+    return task_dir.root
+
+
+def create_task(stub, work_dir: Path, task_id: str, scene: dict, max_subtasks: int):
+    """CreateTask as a node sends it: the task folder prepared first."""
+    RequestorTaskDir.of(work_dir, task_id).prepare()
+    request = pb.CreateTaskRequest(
+        task_id=task_id, max_subtasks_count=max_subtasks, task_params_json=json.dumps(scene)
+    )
+    return stub.CreateTask(request, timeout=120)
 
 
 def compute_request(task_id: str, row_start: int, row_stop: int) -> pb.ComputeRequest:
@@ -70,7 +79,8 @@ def task_plan(keep: Path) -> list[tuple[int, int]]:
     ``fractal-app render --keep KEEP`` run."""
     import sqlite3
 
-    (database,) = keep.glob("requestor/*/app_state/state.sqlite3")
+    (task_root,) = (p for p in (keep / "requestor").iterdir() if p.is_dir())
+    database = RequestorTaskDir(task_root).database
     with sqlite3.connect(database) as db:
         rows = db.execute("SELECT row_start, row_stop FROM band ORDER BY row_start").fetchall()
     return [(int(a), int(b)) for a, b in rows]

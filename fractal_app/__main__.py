@@ -13,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_WORK_DIR = Path("/golem/work")
+from fractal_app.protocol.constants import WORK_DIR
+
+DEFAULT_WORK_DIR = Path("/") / WORK_DIR
 ROLES = ("requestor", "provider")
 
 
@@ -76,11 +78,11 @@ async def serve(
 
     stop = asyncio.Event()
     if role == "requestor":
-        from fractal_app.requestor import RequestorService
+        from fractal_app.servicers import RequestorService
 
         service = RequestorService(work_dir, stop)
     else:
-        from fractal_app.provider import ProviderService
+        from fractal_app.servicers import ProviderService
 
         service = ProviderService(work_dir, stop, backend)
     try:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fractal_app") -> 
         level=args.log_level,
         format=f"%(asctime)s {args.role}[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    from fractal_app.server import pause_gc_for_startup
+    from fractal_app.startup import pause_gc_for_startup
 
     pause_gc_for_startup()  # each service's preload turns it back on
     work_dir: Path = args.work_dir

@@ -7,6 +7,7 @@ Fields as PROTOCOL.md ("How a Golem node runs the app") lists them.
 from __future__ import annotations
 
 from fractal_app import __version__, images
+from fractal_app.protocol.constants import DOCKER_CPU_ENV_ID
 
 APP_NAME = "fractal-app"
 
@@ -33,8 +34,8 @@ def app_definition() -> dict:
     environment from the same image that CreateTask names for CPU providers."""
     return {
         "name": APP_NAME,
-        "requestor_env": images.CPU_ENV_ID,
-        "requestor_prereq": images.image_for_env(images.CPU_ENV_ID),
+        "requestor_env": DOCKER_CPU_ENV_ID,
+        "requestor_prereq": images.image_for_env(DOCKER_CPU_ENV_ID),
         "max_benchmark_score": MAX_BENCHMARK_SCORE,
         "version": __version__,
         "description": DESCRIPTION,

@@ -160,9 +160,10 @@ def benchmark(backend: str | None) -> None:
     repeatedly for a few seconds, the fastest repeat counted.
     """
     from fractal_app import render
+    from fractal_app.protocol.constants import DOCKER_CPU_ENV_ID
 
     try:
-        chosen = render.resolve_backend(backend, "docker_cpu")
+        chosen = render.resolve_backend(backend, DOCKER_CPU_ENV_ID)
         score = render.run_benchmark(backend=chosen)
     except AppError as error:
         raise click.ClickException(str(error)) from None

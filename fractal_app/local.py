@@ -32,9 +32,10 @@ import grpc
 
 from fractal_app import lifeline
 from fractal_app.errors import AppError
+from fractal_app.launcher import ServerProcess, ServerStartError, launch
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
-from fractal_app.store import check_name, check_relative_path
+from fractal_app.taskdir import ProviderTaskDir, RequestorTaskDir, check_relative_path
 
 logger = logging.getLogger(__name__)
 
@@ -96,78 +97,27 @@ def output_path_for(output: Path, scene_output: str) -> Path:
     return output
 
 
-class _Process:
-    """A ``python -m fractal_app`` server process started by this module."""
+def _launch(role: str, work_dir: Path, extra_args: list[str], log_level: str) -> ServerProcess:
+    """Start a server process for ``work_dir``, its port file and log beside it (what --keep
+    keeps); it dies with this process, even by SIGKILL."""
+    return launch(
+        role,
+        work_dir,
+        log_path=work_dir.with_name(f"{work_dir.name}.log"),
+        port_file=work_dir.with_name(f"{work_dir.name}.port"),
+        log_level=log_level,
+        extra_args=extra_args,
+        env=lifeline.child_environment(),
+    )
 
-    def __init__(self, role: str, work_dir: Path, log_path: Path) -> None:
-        self.role = role
-        self.work_dir = work_dir
-        self.log_path = log_path
-        self.port_file = work_dir.parent / f"{work_dir.name}.port"
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
 
-    async def start(self, extra_args: list[str], log_level: str) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "fractal_app",
-            self.role,
-            "0",
-            "--work-dir",
-            str(self.work_dir),
-            "--port-file",
-            str(self.port_file),
-            "--host",
-            "127.0.0.1",
-            "--log-level",
-            log_level,
-            *extra_args,
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=lifeline.child_environment(),  # it dies with us, even by SIGKILL
-            )
-        # The server writes the port file once it is SERVING; a bounded poll waits for it.
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.port_file.exists():
-            if self.process.returncode is not None:
-                raise LocalRenderError(f"the {self.role} exited at start-up:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise LocalRenderError(
-                    f"the {self.role} did not start within {START_TIMEOUT_S:.0f} s:\n"
-                    + self.log_tail()
-                )
-            await asyncio.sleep(POLL_S)
-        self.port = int(self.port_file.read_text())
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    async def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-    async def kill_and_reap(self) -> None:
-        """SIGKILL if still running, and wait for the exit, so no process outlives us."""
-        if self.process is None:
-            return
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
-            await asyncio.wait_for(self.process.wait(), 10)
+async def _serving(server: ServerProcess) -> None:
+    """Until ``server`` has written its port (it serves then); LocalRenderError if it exits
+    first or does not serve within START_TIMEOUT_S."""
+    try:
+        await server.wait_for_port_async(START_TIMEOUT_S, POLL_S)
+    except ServerStartError as error:
+        raise LocalRenderError(str(error)) from None
 
 
 class ProviderLauncher:
@@ -183,23 +133,23 @@ class ProviderLauncher:
         self.folder = root / "providers"
         self.extra_args = ["--backend", backend] if backend else []
         self.log_level = log_level
-        self.children: set[_Process] = set()
-        self.starts: dict[_Process, asyncio.Task] = {}
+        self.children: set[ServerProcess] = set()
+        self.starts: dict[ServerProcess, asyncio.Task] = {}
 
-    def launch(self) -> _Process:
+    def launch(self) -> ServerProcess:
         name = f"provider-{uuid.uuid4().hex}"
         work = self.folder / name
         work.mkdir(parents=True)
-        provider = _Process("provider", work, self.folder / f"{name}.log")
+        provider = _launch("provider", work, self.extra_args, self.log_level)
         self.children.add(provider)
-        self.starts[provider] = asyncio.create_task(provider.start(self.extra_args, self.log_level))
+        self.starts[provider] = asyncio.create_task(_serving(provider))
         return provider
 
-    async def started(self, provider: _Process) -> None:
+    async def started(self, provider: ServerProcess) -> None:
         """Wait until ``provider`` serves; LocalRenderError if it failed to start."""
         await self.starts.pop(provider)
 
-    async def retire(self, provider: _Process) -> None:
+    async def retire(self, provider: ServerProcess) -> None:
         """Make sure ``provider`` is gone (it answers one request and exits by itself)."""
         start = self.starts.pop(provider, None)
         if start is not None:
@@ -223,14 +173,14 @@ class LocalNode:
         task_id: str,
         total_bands: int,
         launcher: ProviderLauncher,
-        first_providers: list[_Process],
+        first_providers: list[ServerProcess],
         progress,
         band_timeout: float | None = None,
     ) -> None:
         self.root = root
         self.requestor = requestor
         self.task_id = task_id
-        self.task_dir = root / "requestor" / task_id
+        self.task_dir = RequestorTaskDir.of(root / "requestor", task_id)
         self.total = total_bands
         self.launcher = launcher
         self.first_providers = first_providers
@@ -269,7 +219,7 @@ class LocalNode:
             self.generation += 1
             self.changed.notify_all()
 
-    async def _worker(self, provider: _Process | None) -> None:
+    async def _worker(self, provider: ServerProcess | None) -> None:
         """One provider slot. The next provider process is launched as soon as the last one
         has answered, so its start-up overlaps the wait for a band instead of following it."""
         while self.accepted < self.total:
@@ -332,7 +282,7 @@ class LocalNode:
     async def _deliver(self, subtask_id: str, band: int, result: Path) -> None:
         """Copy a result to the requestor (as a node does) and have it verified."""
         try:
-            target = self.task_dir / "subtask_outputs" / subtask_id
+            target = self.task_dir.result_dir(subtask_id)
             target.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(shutil.copyfile, result, target / result.name)
             verdict = await self.requestor.Verify(
@@ -359,15 +309,14 @@ class LocalNode:
             )
 
     async def _compute(
-        self, provider: _Process, subtask_id: str, subtask: pb.SubtaskReply
+        self, provider: ServerProcess, subtask_id: str, subtask: pb.SubtaskReply
     ) -> Path:
         """A fresh provider process renders the subtask; the path of its result file."""
         work = provider.work_dir
-        inputs = work / "subtask_inputs"
-        inputs.mkdir()
+        provider_dir = ProviderTaskDir(work)
+        provider_dir.prepare()
         for name in subtask.resources:
-            check_name("resource name", name)
-            shutil.copyfile(self.task_dir / "subtask_inputs" / name, inputs / name)
+            shutil.copyfile(self.task_dir.subtask_inputs / name, provider_dir.resource(name))
         try:
             await self.launcher.started(provider)
             async with grpc.aio.insecure_channel(provider.address) as channel:
@@ -389,7 +338,7 @@ class LocalNode:
                     raise LocalRenderError(
                         f"Compute failed with {error.code().name}: {error.details()}"
                     ) from None
-            code = await provider.wait(timeout=30)
+            code = await provider.wait_async(timeout=30)
             if code != 0:
                 raise LocalRenderError(f"the provider exited with {code}:\n{provider.log_tail()}")
         finally:
@@ -553,11 +502,11 @@ async def _render_locally(
         (root / "requestor").mkdir()
         (root / "providers").mkdir()
         launcher = ProviderLauncher(root, backend, log_level)
-        requestor = _Process("requestor", root / "requestor", root / "requestor.log")
+        requestor = _launch("requestor", root / "requestor", [], log_level)
         # The requestor starts first: it needs nothing of the scene and has the longest way
         # to its first answer (CreateTask's cost estimate loads Numba and its kernels), so
         # this process validates the scene (pydantic's import and all) meanwhile.
-        requestor_start = asyncio.create_task(requestor.start([], log_level))
+        requestor_start = asyncio.create_task(_serving(requestor))
         try:
             scene = parse_scene(scene_json)
             count = subtasks or default_subtasks(scene, providers)
@@ -570,9 +519,8 @@ async def _render_locally(
             async with grpc.aio.insecure_channel(requestor.address) as channel:
                 stub = pb_grpc.RequestorAppStub(channel)
                 task_id = f"local-{uuid.uuid4().hex}"
-                task_dir = root / "requestor" / task_id
-                for name in ("task_inputs", "subtask_inputs", "task_outputs", "subtask_outputs"):
-                    (task_dir / name).mkdir(parents=True)
+                task_dir = RequestorTaskDir.of(root / "requestor", task_id)
+                task_dir.prepare()
                 try:
                     await stub.CreateTask(
                         pb.CreateTaskRequest(
@@ -600,7 +548,7 @@ async def _render_locally(
                             f"the requestor answered {error.code().name}: {error.details()}\n"
                             f"{requestor.log_tail()}"
                         ) from None
-                results = sorted((task_dir / "task_outputs").iterdir())
+                results = sorted(task_dir.task_outputs.iterdir())
                 if len(results) != 1:
                     raise LocalRenderError(
                         f"task_outputs holds {[p.name for p in results]}, expected one file"
@@ -610,7 +558,7 @@ async def _render_locally(
                 # renamed (same file system), copy it otherwise.
                 await asyncio.to_thread(_deliver_output, results[0], output, keep is None)
                 await stub.Shutdown(pb.ShutdownRequest())
-            await requestor.wait(timeout=30)
+            await requestor.wait_async(timeout=30)
         finally:
             requestor_start.cancel()
             await asyncio.gather(requestor_start, return_exceptions=True)

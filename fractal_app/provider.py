@@ -1,5 +1,8 @@
 """The provider: renders one band (``Compute``) or runs the benchmark, then exits.
 
+:class:`Provider` is the typed domain layer; its gRPC adapter is
+:class:`fractal_app.servicers.ProviderServicer`.
+
 Golem starts a fresh provider process for every subtask, so its start-up is paid every time:
 this module imports only gRPC and the protocol at start; scene validation, NumPy, Numba and
 the kernels load when the one request arrives.
@@ -9,33 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import gc
 import json
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
-
 from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument
-from fractal_app.protocol import golem_task_api_pb2 as pb
-from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
-from fractal_app.server import Preload, resume_gc_after_startup, rpc_errors
+from fractal_app.protocol.constants import DOCKER_CPU_ENV_ID
+from fractal_app.startup import Preload, resume_gc_after_startup
+from fractal_app.taskdir import SCENE_RESOURCE, ProviderTaskDir, check_name
 
 if TYPE_CHECKING:
     import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SCENE_RESOURCE = "scene.json"
-SUBTASK_INPUTS = "subtask_inputs"
-BAND_FILE_NAME = "band.png"
 # Overrides the backend the scene's env implies (e.g. "cpu" on a GPU machine, for tests).
 BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
 # Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few
@@ -51,8 +46,6 @@ RENDER_BLOCK_SAMPLES = 1 << 20
 # less than a few rows, so the kernel's threads still share it.
 RENDER_BLOCK_STEPS = 1 << 30
 MIN_BLOCK_ROWS = 4
-# The scene resource is small JSON (scene.MAX_PARAMS_BYTES and the defaults filled in).
-MAX_RESOURCE_BYTES = 1 << 20
 _PARAM_KEYS = {"subtask_id", "band_index", "row_start", "row_stop"}
 
 
@@ -95,6 +88,7 @@ class Provider:
 
     def __init__(self, work_dir: Path, stop: asyncio.Event, backend: str | None = None) -> None:
         self.work_dir = Path(work_dir)
+        self.task_dir = ProviderTaskDir(self.work_dir)
         self.stop = stop
         self.backend = backend or os.environ.get(BACKEND_ENV_VAR) or None
         self._handled = False
@@ -120,7 +114,8 @@ class Provider:
         self._handled = True
 
     async def compute(self, task_id: str, subtask_id: str, params_json: str) -> str:
-        """Render the band the params name into ``{work_dir}/{subtask_id}/band.png``.
+        """Render the band the params name into ``{work_dir}/{subtask_id}/band.png``
+        (:meth:`fractal_app.taskdir.ProviderTaskDir.band_file`).
 
         Returns that path relative to the work dir.
         """
@@ -132,8 +127,6 @@ class Provider:
             self.stop.set()
 
     async def _compute(self, task_id: str, subtask_id: str, params_json: str) -> str:
-        from fractal_app.store import check_name
-
         check_name("task_id", task_id)
         check_name("subtask_id", subtask_id)
         params = parse_params(params_json)
@@ -142,7 +135,7 @@ class Provider:
                 f"subtask_params_json names subtask {params.subtask_id[:80]!r}, the request"
                 f" {subtask_id!r}"
             )
-        scene_json = read_resource(self.work_dir, SCENE_RESOURCE)
+        scene_json = self.task_dir.read_resource(SCENE_RESOURCE)
 
         from fractal_app import render
         from fractal_app.bandfile import BandMeta, write_band_blocks
@@ -158,8 +151,7 @@ class Provider:
         await self._preloaded()
         backend = render.resolve_backend(self.backend, scene.env)
         meta = BandMeta(task_id, subtask_id, params.row_start, params.row_stop, scene.output)
-        out_dir = real_folder(self.work_dir, subtask_id, create=True)
-        out_path = out_dir / BAND_FILE_NAME
+        out_path = self.task_dir.band_file(subtask_id, create=True)
         halt = threading.Event()
 
         def render_and_write() -> None:
@@ -190,7 +182,7 @@ class Provider:
         if halt.is_set():
             raise Aborted("the provider was stopped (SIGTERM or Shutdown) before the band was done")
         rendering.result()
-        return f"{subtask_id}/{BAND_FILE_NAME}"
+        return self.task_dir.band_output(subtask_id)
 
     async def run_benchmark(self) -> float:
         self._take_the_one_request()
@@ -198,7 +190,7 @@ class Provider:
             await self._preloaded()
             from fractal_app import render
 
-            backend = render.resolve_backend(self.backend, "docker_cpu")
+            backend = render.resolve_backend(self.backend, DOCKER_CPU_ENV_ID)
             return await asyncio.to_thread(render.run_benchmark, backend=backend)
         finally:
             self._startup_done()
@@ -249,40 +241,6 @@ def block_rows(scene, row_start: int, row_stop: int) -> Iterator[tuple[int, int]
         yield start, min(row_stop, start + block)
 
 
-def real_folder(work_dir: Path, name: str, create: bool = False) -> Path:
-    """``work_dir/name`` as a real folder: never a symlink a node (or anyone) planted, so the
-    band is never written outside the work directory."""
-    from fractal_app.store import real_folder as checked
-
-    return checked(work_dir, name, create)
-
-
-def read_resource(work_dir: Path, name: str) -> str:
-    """A subtask resource from ``subtask_inputs``, if it is a regular file (not a symlink, a
-    FIFO that would block the provider, or a device) of sane size."""
-    where = f"{SUBTASK_INPUTS}/{name}"
-    folder = real_folder(work_dir, SUBTASK_INPUTS)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(folder / name, flags)
-    except OSError as error:
-        raise FailedPrecondition(
-            f"cannot read the task's scene at {where}: {error.strerror}; the node must ship the"
-            " subtask's resources (regular files, not symlinks)"
-        ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise FailedPrecondition(f"{where} is not a regular file; the node must ship one")
-        if info.st_size > MAX_RESOURCE_BYTES:
-            raise FailedPrecondition(f"{where} is {info.st_size:,} bytes; a scene is far smaller")
-        data = handle.read(MAX_RESOURCE_BYTES + 1)
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise FailedPrecondition(f"{where} is not UTF-8 text") from None
-
-
 def rendered_ahead(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """``blocks``, each next one rendering in a thread while the caller encodes this one.
 
@@ -325,74 +283,3 @@ def rendered_ahead(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
                 handed.get(timeout=0.05)
                 handed.task_done()
         thread.join()
-
-
-class ProviderServicer(pb_grpc.ProviderAppServicer):
-    """Decodes requests, calls :class:`Provider`, encodes replies."""
-
-    def __init__(self, app: Provider) -> None:
-        self.app = app
-
-    @rpc_errors
-    async def Compute(self, request, context):  # noqa: N802 - gRPC method names
-        path = await self.app.compute(
-            request.task_id, request.subtask_id, request.subtask_params_json
-        )
-        return pb.ComputeReply(output_filepath=path)
-
-    @rpc_errors
-    async def RunBenchmark(self, request, context):  # noqa: N802
-        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
-
-    @rpc_errors
-    async def Shutdown(self, request, context):  # noqa: N802
-        self.app.stop.set()
-        return pb.ShutdownReply()
-
-
-class ProviderService:
-    """What ``python -m fractal_app provider`` serves."""
-
-    def __init__(self, work_dir: Path, stop: asyncio.Event, backend: str | None = None) -> None:
-        self.app = Provider(work_dir, stop, backend)
-        self.servicer = ProviderServicer(self.app)
-
-    def register(self, server: grpc.aio.Server) -> None:
-        from fractal_app.decoding import add_servicer
-
-        add_servicer(self.servicer, server, pb_grpc.add_ProviderAppServicer_to_server)
-
-    def serving(self) -> None:
-        """Called once the server answers SERVING: load the heavy modules in the background.
-
-        Every request needs NumPy, Numba and the renderer (about half a CPU-second of imports
-        and Numba set-up), and a node usually sends the request a little after the health
-        check succeeds, or launches providers ahead of their subtasks; loading them now
-        overlaps that gap instead of adding to the request's time. The request waits for the
-        preload to finish rather than load beside it (see :class:`server.Preload`).
-        """
-        # The entrypoint paused the collector for the start-up; the request resumes it.
-        self.app.gc_paused = not gc.isenabled()
-        self.app.preload = Preload(functools.partial(_preload, False))
-
-    def close(self) -> None:
-        pass
-
-
-def _preload(resume_gc: bool) -> None:
-    try:
-        import numba  # noqa: F401
-        from numba.core.registry import cpu_target
-
-        import fractal_app.bandfile  # noqa: F401
-        import fractal_app.render  # noqa: F401
-        import fractal_app.scene  # noqa: F401
-
-        # Numba fills its typing and lowering registries on the first compile or cache load
-        # (about 0.1 CPU-s); every kernel the request loads needs them.
-        cpu_target.typing_context.refresh()
-        cpu_target.target_context.refresh()
-    except Exception:  # the request imports them again and reports any error itself
-        logger.debug("preloading failed", exc_info=True)
-    finally:
-        resume_gc_after_startup(resume_gc)

@@ -21,6 +21,7 @@ import numpy as np
 
 from fractal_app import config
 from fractal_app.errors import FailedPrecondition, InvalidArgument
+from fractal_app.protocol.constants import DOCKER_GPU_ENV_ID
 
 BACKENDS = ("cpu", "cuda")
 
@@ -57,7 +58,7 @@ def resolve_backend(requested: str | None, env: str) -> str:
             if reason is not None:
                 raise FailedPrecondition(f"no CUDA GPU found: {reason}; use backend cpu")
         return requested
-    if env == "docker_gpu" and _cuda_unavailable_reason() is None:
+    if env == DOCKER_GPU_ENV_ID and _cuda_unavailable_reason() is None:
         return "cuda"
     return "cpu"
 

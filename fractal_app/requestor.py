@@ -1,10 +1,10 @@
-"""The requestor: the task lifecycle a Golem node drives, and its gRPC adapter.
+"""The requestor: the task lifecycle a Golem node drives, as typed domain calls.
 
-:class:`Requestor` is the typed domain layer: it validates names, keeps each task's state in
-its sqlite store (:mod:`fractal_app.store`), hands out bands, has results verified off the
-event loop, and merges accepted bands into the final image. :class:`RequestorServicer` only
-decodes requests and encodes replies; :func:`fractal_app.server.rpc_errors` maps the domain
-errors to gRPC statuses.
+:class:`Requestor` validates names, keeps each task's state in its sqlite store
+(:mod:`fractal_app.store`), hands out bands, has results verified off the event loop, and
+merges accepted bands into the final image (:mod:`fractal_app.task_files`). The gRPC adapter
+over it is :class:`fractal_app.servicers.RequestorServicer`; :func:`fractal_app.server.rpc_errors`
+maps the domain errors to gRPC statuses.
 
 Restart: every change is committed before an rpc answers, and a task is re-opened from its
 folder the first time an rpc names it. Subtasks that were handed out stay ``running``, so a
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import gc
 import json
 import logging
 import os
@@ -34,12 +32,9 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import grpc
-
+from fractal_app import task_files
 from fractal_app.bands import band_memory_mib, plan_bands
-from fractal_app.durable import durable_file, fsync_dir
 from fractal_app.errors import (
     Aborted,
     FailedPrecondition,
@@ -48,18 +43,13 @@ from fractal_app.errors import (
     storage_errors,
 )
 from fractal_app.images import image_for_env
-from fractal_app.protocol import golem_task_api_pb2 as pb
-from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.protocol.constants import SUBTASK_OUTPUTS_DIR
-from fractal_app.server import Preload, resume_gc_after_startup, rpc_errors
-from fractal_app.store import BandRow, TaskPaths, TaskStore, check_name
-
-if TYPE_CHECKING:
-    import numpy as np
+from fractal_app.startup import Preload
+from fractal_app.store import BandRow, TaskStore
+from fractal_app.taskdir import SCENE_RESOURCE, RequestorTaskDir, check_name
 
 logger = logging.getLogger(__name__)
 
-SCENE_RESOURCE = "scene.json"
 MAX_NODE_ID_LENGTH = 1024
 MAX_SUBTASKS_COUNT = 1_000_000
 # Idle tasks whose sqlite connection stays open (three files each: the database, its WAL
@@ -102,16 +92,11 @@ def subtask_params(subtask_id: str, band: BandRow) -> str:
     )
 
 
-def result_file_name(scene) -> str:
-    """The one file ``task_outputs`` holds once every band is accepted."""
-    return "result.tiff" if scene.output == "counts" else "result.png"
-
-
 @dataclass
 class _Task:
     """An open task: its folder, its store, the scene, and the live verifications."""
 
-    paths: TaskPaths
+    task_dir: RequestorTaskDir
     store: TaskStore
     scene: object
     # Aborted, or every band accepted: its store is closed as soon as nothing uses it.
@@ -126,7 +111,7 @@ class _Task:
 
     @property
     def result_path(self) -> Path:
-        return self.paths.task_outputs / result_file_name(self.scene)
+        return self.task_dir.result_file(self.scene.output)
 
 
 class Requestor:
@@ -195,9 +180,9 @@ class Requestor:
             task = self._tasks.get(task_id)
             if task is not None:
                 return task
-            paths = TaskPaths.of(self.work_dir, task_id)
+            task_dir = RequestorTaskDir.of(self.work_dir, task_id)
             with storage_errors(f"opening task {task_id!r}"):
-                store = await self._db(_open_store, paths, task_id)
+                store = await self._db(_open_store, task_dir, task_id)
                 if store is None:
                     raise NotFound(
                         f"unknown task {task_id!r}: CreateTask was not called for it (work dir"
@@ -205,7 +190,7 @@ class Requestor:
                     )
                 try:
                     scene_json = await self._db(lambda: store.scene_json)
-                    task = _Task(paths, store, _parse_scene(scene_json))
+                    task = _Task(task_dir, store, _parse_scene(scene_json))
                     # Nothing of this task is running here (it was not open), so a subtask
                     # left verifying was cut off by a restart or a failed undo.
                     recovered = await self._db(store.recover)
@@ -231,8 +216,8 @@ class Requestor:
 
     def _hold(self, task: _Task) -> None:
         task.users += 1
-        if task.paths.task_id in self._tasks:
-            self._tasks.move_to_end(task.paths.task_id)
+        if task.task_dir.task_id in self._tasks:
+            self._tasks.move_to_end(task.task_dir.task_id)
 
     def _let_go(self, task: _Task) -> None:
         task.users -= 1
@@ -257,10 +242,10 @@ class Requestor:
         complete = await self._db(task.store.all_accepted)
         if complete and not task.result_path.is_file():
             bands = await self._db(task.store.bands)
-            with storage_errors(f"writing the final image of task {task.paths.task_id!r}"):
-                await self._file_work(_assemble, task.paths, task.scene, bands)
+            with storage_errors(f"writing the final image of task {task.task_dir.task_id!r}"):
+                await self._file_work(task_files.assemble_result, task.task_dir, task.scene, bands)
         elif not complete:
-            await self._file_work(_remove_results, task.paths)
+            await self._file_work(task_files.remove_results, task.task_dir)
 
     # ---- the rpcs --------------------------------------------------------------------------
 
@@ -276,23 +261,25 @@ class Requestor:
             )
         scene = _parse_scene(task_params_json)
         async with self._open_lock:
-            paths = TaskPaths.of(self.work_dir, task_id)
+            task_dir = RequestorTaskDir.of(self.work_dir, task_id)
             with storage_errors(f"creating task {task_id!r}"):
-                if task_id in self._tasks or await self._db(_exists, paths, task_id):
+                if task_id in self._tasks or await self._db(_exists, task_dir, task_id):
                     raise FailedPrecondition(
                         f"task {task_id!r} already exists; CreateTask is called once per task id"
                     )
-                await self._file_work(_prepare_folder, paths, scene.to_json().encode())
+                await self._file_work(
+                    task_files.prepare_task_folder, task_dir, scene.to_json().encode()
+                )
                 plan = await self._file_work(_plan, scene, max_subtasks_count)
                 store = await self._db(
                     TaskStore.create,
-                    paths.database,
+                    task_dir.database,
                     task_id,
                     task_params_json,
                     scene.to_json(),
                     plan,
                 )
-            self._tasks[task_id] = _Task(paths, store, scene)
+            self._tasks[task_id] = _Task(task_dir, store, scene)
             self._close_idle()
         tallest = max(stop - start for start, stop in plan)
         logger.info("task %s: %d bands of at most %d rows", task_id, len(plan), tallest)
@@ -353,10 +340,10 @@ class Requestor:
         return running
 
     async def _verify(self, task: _Task, subtask_id: str) -> VerifyOutcome:
-        result_dir = task.paths.result_dir(subtask_id)
+        result_dir = task.task_dir.result_dir(subtask_id)
         async with task.lock:
             with storage_errors("starting the verification"):
-                started = await self._db(_start_verification, task.paths, task.store, subtask_id)
+                started = await self._db(_start_verification, task.task_dir, task.store, subtask_id)
             if isinstance(started, VerifyOutcome):
                 return started  # verified before: the recorded verdict
             band = started
@@ -367,7 +354,7 @@ class Requestor:
         from fractal_app.verify import verify_band
 
         meta = BandMeta(
-            task.paths.task_id, subtask_id, band.row_start, band.row_stop, task.scene.output
+            task.task_dir.task_id, subtask_id, band.row_start, band.row_stop, task.scene.output
         )
         try:
             verdict = await self._run(verify_band, task.scene, meta, result_dir, cancel)
@@ -406,13 +393,15 @@ class Requestor:
                     )
                 logger.info(
                     "task %s: subtask %s rejected: %s",
-                    task.paths.task_id,
+                    task.task_dir.task_id,
                     subtask_id,
                     verdict.reason,
                 )
                 return VerifyOutcome(False, verdict.reason)
             with storage_errors("saving the accepted band"):
-                await self._file_work(_save_values, task.paths, band.index, verdict.values)
+                await self._file_work(
+                    task_files.save_band_values, task.task_dir, band.index, verdict.values
+                )
             counts = await self._db(task.store.counts)
             last = counts.get("accepted", 0) == sum(counts.values()) - 1
             if last:
@@ -422,18 +411,20 @@ class Requestor:
                 stored = await self._db(task.store.bands)
                 bands = [b if b.index != band.index else _accepted(b) for b in stored]
                 with storage_errors("writing the final image"):
-                    await self._file_work(_assemble, task.paths, task.scene, bands)
+                    await self._file_work(
+                        task_files.assemble_result, task.task_dir, task.scene, bands
+                    )
             try:
                 with storage_errors("recording the accepted band"):
                     await self._db(task.store.finish_verification, subtask_id, True, verdict.reason)
             except BaseException:
                 if last:  # no finished image for a task whose last band is not accepted
                     with contextlib.suppress(Exception):
-                        await self._file_work(_remove_results, task.paths)
+                        await self._file_work(task_files.remove_results, task.task_dir)
                 raise
             task.finished = task.finished or last
         logger.info(
-            "task %s: subtask %s accepted (band %d)", task.paths.task_id, subtask_id, band.index
+            "task %s: subtask %s accepted (band %d)", task.task_dir.task_id, subtask_id, band.index
         )
         return VerifyOutcome(True, verdict.reason)
 
@@ -452,7 +443,7 @@ class Requestor:
             # Committed first, then the file goes: a crash in between leaves a result file
             # that re-opening the task removes, never a merged image holding a discarded band.
             if discarded and not await self._db(task.store.all_accepted):
-                await self._file_work(_remove_results, task.paths)
+                await self._file_work(task_files.remove_results, task.task_dir)
             task.finished = await self._db(_is_finished, task.store)
         return discarded
 
@@ -481,7 +472,7 @@ class Requestor:
         return await self._run(render.run_benchmark)
 
 
-# ---- files (run in worker threads) ----------------------------------------------------------
+# ---- helpers ------------------------------------------------------------------------------
 
 
 def _parse_scene(params):
@@ -491,50 +482,16 @@ def _parse_scene(params):
     return parse_scene(params)
 
 
-def _preload(resume_gc: bool) -> None:
-    """Import what CreateTask and Verify need, in the background once SERVING."""
-    try:
-        import numpy  # noqa: F401
-
-        import fractal_app.bandfile  # noqa: F401
-        import fractal_app.bandplan  # noqa: F401
-        import fractal_app.render  # noqa: F401
-        import fractal_app.scene  # noqa: F401
-        import fractal_app.verify  # noqa: F401
-
-        _warm_kernels()
-    except Exception:  # the rpc that needs a module imports it again and reports the error
-        logger.debug("preloading failed", exc_info=True)
-    finally:
-        resume_gc_after_startup(resume_gc)
-
-
-def _warm_kernels() -> None:
-    """Load the pixel kernels CreateTask's cost estimate and Verify's recompute run.
-
-    Numba's first kernel call in a process sets up its compiler contexts and loads the kernel
-    from the on-disk cache: about a second of CPU here, which would otherwise land on the
-    first CreateTask (its cost estimate) of a requestor that has just started.
-    """
-    import numpy as np
-
-    from fractal_app import render
-    from fractal_app.scene import parse_scene
-
-    probe = parse_scene({"fractal": "mandelbrot", "resolution": [2, 2], "max_iter": 8})
-    render.render_pixels(probe, np.zeros(1, np.int64), np.zeros(1, np.int64))
-
-
-def _open_store(paths: TaskPaths, task_id: str) -> TaskStore | None:
+def _open_store(task_dir: RequestorTaskDir, task_id: str) -> TaskStore | None:
     """The task's store, or None if it has none; never through a symlinked folder."""
-    if not os.path.lexists(paths.state):
+    if not os.path.lexists(task_dir.state):
         return None
-    paths.checked(paths.state)
-    return TaskStore.open(paths.database, task_id)
+    task_dir.checked(task_dir.state)
+    return TaskStore.open(task_dir.database, task_id)
 
 
-def _exists(paths: TaskPaths, task_id: str) -> bool:
-    store = _open_store(paths, task_id)
+def _exists(task_dir: RequestorTaskDir, task_id: str) -> bool:
+    store = _open_store(task_dir, task_id)
     if store is None:
         return False
     store.close()
@@ -545,20 +502,8 @@ def _is_finished(store: TaskStore) -> bool:
     return store.aborted or store.all_accepted()
 
 
-def _prepare_folder(paths: TaskPaths, scene_json: bytes) -> None:
-    """The task folder's own parts, and the scene every provider gets as a resource."""
-    if os.path.lexists(paths.root) and not os.path.isdir(paths.root):
-        raise FailedPrecondition(
-            f"{paths.root.name!r} in the work directory is a file, not a task folder; choose"
-            " another task_id"
-        )
-    paths.make_folders()
-    paths.checked(paths.state, create=True)
-    _write_atomic(paths.subtask_inputs / SCENE_RESOURCE, scene_json)
-
-
 def _start_verification(
-    paths: TaskPaths, store: TaskStore, subtask_id: str
+    task_dir: RequestorTaskDir, store: TaskStore, subtask_id: str
 ) -> BandRow | VerifyOutcome:
     """running -> verifying, if the task is live, the subtask is running and its file is
     here; for a subtask verified before, its recorded verdict."""
@@ -569,9 +514,9 @@ def _start_verification(
         return VerifyOutcome(True, sub.reason)
     if sub.state == "failed":
         return VerifyOutcome(False, sub.reason)
-    result_dir = paths.result_dir(subtask_id)
-    paths.checked(paths.subtask_outputs)
-    if sub.state == "running" and not _has_file(result_dir):
+    result_dir = task_dir.result_dir(subtask_id)
+    task_dir.checked(task_dir.subtask_outputs)
+    if sub.state == "running" and not task_files.has_result_file(result_dir):
         raise FailedPrecondition(
             f"no result for subtask {subtask_id!r} yet: expected the provider's file in"
             f" {SUBTASK_OUTPUTS_DIR}/{subtask_id}/"
@@ -596,168 +541,3 @@ def _accepted(band: BandRow) -> BandRow:
     return BandRow(
         band.index, band.row_start, band.row_stop, "accepted", band.subtask_id, band.failures
     )
-
-
-def _has_file(folder: Path) -> bool:
-    """Whether the provider's result is there. A symlink counts (without being followed):
-    the verification rejects it with a reason."""
-    try:
-        if os.path.islink(folder):
-            return True
-        return any(folder.iterdir())
-    except OSError:
-        return False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    with durable_file(path) as out:
-        out.write(data)
-
-
-def _save_values(paths: TaskPaths, band_index: int, values: np.ndarray) -> None:
-    """An accepted band's values, durable before the acceptance is committed."""
-    import numpy as np
-
-    paths.checked(paths.bands, create=True)
-    with durable_file(paths.band_values(band_index)) as out:
-        np.save(out, np.ascontiguousarray(values), allow_pickle=False)
-
-
-def _remove_results(paths: TaskPaths) -> None:
-    try:
-        task_outputs = paths.checked(paths.task_outputs)
-    except FailedPrecondition as refused:  # a symlink: nothing of ours can be behind it
-        logger.warning("not clearing task_outputs: %s", refused)
-        return
-    for name in ("result.png", "result.tiff"):
-        with contextlib.suppress(FileNotFoundError):
-            (task_outputs / name).unlink()
-
-
-def _assemble(paths: TaskPaths, scene, bands: Sequence[BandRow]) -> None:
-    """Stream the accepted bands, top to bottom, into ``task_outputs``' one result file."""
-    import numpy as np
-
-    from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
-
-    width, height = scene.width_px, scene.height_px
-    # Checked before anything is written: nothing goes through a planted symlink.
-    task_outputs = paths.checked(paths.task_outputs, create=True)
-    tmp = paths.checked(paths.state) / ".result.partial"
-    if scene.output == "counts":
-        writer = CountsTiffWriter(tmp, width, height)
-    else:
-        writer = PngStreamWriter(
-            tmp, width, height, scene.bit_depth, text={"Software": "fractal-app"}
-        )
-    try:
-        with writer:
-            for band in sorted(bands, key=lambda b: b.row_start):
-                if band.state != "accepted":
-                    raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
-                writer.write_rows(np.load(paths.band_values(band.index), mmap_mode="r"))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()  # a full disk must not keep what it could write of the image
-        raise
-    target = task_outputs / result_file_name(scene)
-    # task_outputs holds the result and nothing else: clear what a previous run left there.
-    # (A symlink in it is removed itself, never followed.)
-    for entry in task_outputs.iterdir():
-        if entry.name != target.name and (entry.is_symlink() or entry.is_file()):
-            entry.unlink()
-    os.replace(tmp, target)
-    fsync_dir(task_outputs)
-
-
-# ---- the gRPC adapter -----------------------------------------------------------------------
-
-
-class RequestorServicer(pb_grpc.RequestorAppServicer):
-    """Decodes requests, calls :class:`Requestor`, encodes replies. Nothing else."""
-
-    def __init__(self, app: Requestor, stop: asyncio.Event) -> None:
-        self.app = app
-        self.stop = stop
-
-    @rpc_errors
-    async def CreateTask(self, request, context):  # noqa: N802 - gRPC method names
-        created = await self.app.create_task(
-            request.task_id, request.max_subtasks_count, request.task_params_json
-        )
-        return pb.CreateTaskReply(
-            env_id=created.env_id,
-            prerequisites_json=created.prerequisites_json,
-            inf_requirements=pb.Infrastructure(min_memory_mib=created.min_memory_mib),
-        )
-
-    @rpc_errors
-    async def NextSubtask(self, request, context):  # noqa: N802
-        spec = await self.app.next_subtask(
-            request.task_id, request.subtask_id, request.opaque_node_id
-        )
-        if spec is None:
-            return pb.NextSubtaskReply()
-        return pb.NextSubtaskReply(
-            subtask=pb.SubtaskReply(subtask_params_json=spec.params_json, resources=spec.resources)
-        )
-
-    @rpc_errors
-    async def Verify(self, request, context):  # noqa: N802
-        outcome = await self.app.verify(request.task_id, request.subtask_id)
-        result = pb.VerifyReply.SUCCESS if outcome.accepted else pb.VerifyReply.FAILURE
-        return pb.VerifyReply(result=result, reason=outcome.reason)
-
-    @rpc_errors
-    async def DiscardSubtasks(self, request, context):  # noqa: N802
-        ids = await self.app.discard_subtasks(request.task_id, list(request.subtask_ids))
-        return pb.DiscardSubtasksReply(discarded_subtask_ids=ids)
-
-    @rpc_errors
-    async def RunBenchmark(self, request, context):  # noqa: N802
-        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
-
-    @rpc_errors
-    async def HasPendingSubtasks(self, request, context):  # noqa: N802
-        pending = await self.app.has_pending_subtasks(request.task_id)
-        return pb.HasPendingSubtasksReply(has_pending_subtasks=pending)
-
-    @rpc_errors
-    async def AbortTask(self, request, context):  # noqa: N802
-        await self.app.abort_task(request.task_id)
-        return pb.AbortTaskReply()
-
-    @rpc_errors
-    async def AbortSubtask(self, request, context):  # noqa: N802
-        await self.app.abort_subtask(request.task_id, request.subtask_id)
-        return pb.AbortSubtaskReply()
-
-    @rpc_errors
-    async def Shutdown(self, request, context):  # noqa: N802
-        self.stop.set()
-        return pb.ShutdownReply()
-
-
-class RequestorService:
-    """What ``python -m fractal_app requestor`` serves: the domain app behind its adapter."""
-
-    def __init__(self, work_dir: Path, stop: asyncio.Event) -> None:
-        self.app = Requestor(work_dir)
-        self.servicer = RequestorServicer(self.app, stop)
-        # The heavy modules and kernels load in the background from the start, beside the
-        # server's own start-up, so that a CreateTask sent the moment the server is SERVING
-        # waits as little as possible for them. (Tasks need no loading: each is re-opened
-        # from its folder when an rpc first names it.)
-        resume_gc = not gc.isenabled()  # the entrypoint paused it for the start-up
-        self.app.preload = Preload(functools.partial(_preload, resume_gc))
-
-    def register(self, server: grpc.aio.Server) -> None:
-        from fractal_app.decoding import add_servicer
-
-        add_servicer(self.servicer, server, pb_grpc.add_RequestorAppServicer_to_server)
-
-    def serving(self) -> None:
-        """Called once the server answers SERVING (the preload started in __init__)."""
-
-    def close(self) -> None:
-        self.app.close()

@@ -13,15 +13,12 @@ the domain errors only.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
-import gc
 import inspect
 import logging
 import re
 import signal
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,58 +35,6 @@ from fractal_app.protocol.constants import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def pause_gc_for_startup() -> None:
-    """Turn the cyclic garbage collector off while a service starts.
-
-    Start-up makes hundreds of thousands of objects that live as long as the process (gRPC,
-    NumPy, Numba's registries) and almost no garbage; collecting while they are made scans
-    them over and over, about a tenth of the start-up's CPU time. The service's preload
-    calls :func:`resume_gc_after_startup` once it has loaded what its requests need.
-    """
-    gc.disable()
-
-
-def resume_gc_after_startup(paused: bool) -> None:
-    """If start-up paused the collector: freeze what start-up made (so later collections,
-    which stop every thread, no longer scan it) and collect again from here on.
-
-    Nothing is collected first: with a warm kernel cache start-up leaves about a thousand
-    garbage objects, and a full collection (50 ms holding the GIL) would land on the first
-    request. After a cold Numba compile (about 230,000 garbage objects; the images ship a
-    warm cache) that garbage stays frozen.
-    """
-    if paused:
-        gc.freeze()
-        gc.enable()
-
-
-class Preload:
-    """What a service's requests need (NumPy, Numba, the kernels), loaded in a background
-    thread from start-up on; a request awaits it before it starts.
-
-    Loading overlaps the gap between SERVING and the first request, and a request never loads
-    beside it: Numba's target contexts are not thread-safe while they fill their registries,
-    and a request that refreshed them while the preload did failed with "generator already
-    executing" (about one Compute in 130 sent the instant health said SERVING).
-    """
-
-    def __init__(self, load: Callable[[], None]) -> None:
-        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._load = load
-        threading.Thread(target=self._run, name="preload", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self._load()
-        finally:  # the request loads what failed itself, and reports any error
-            self._done.set_result(None)
-
-    async def wait(self) -> None:
-        """Until the preload has finished (at once if it has)."""
-        if not self._done.done():
-            await asyncio.wrap_future(self._done)
 
 
 # Domain error -> gRPC status. Order matters only for subclasses (none overlap today);

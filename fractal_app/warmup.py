@@ -169,12 +169,13 @@ def _run_service_paths(scene) -> None:
     """What CreateTask, Compute and Verify run for ``scene``, in this process."""
     from fractal_app import bandfile, bandplan, verify
     from fractal_app.provider import band_blocks
+    from fractal_app.taskdir import BAND_FILE
 
     bandplan.plan_bands_by_cost(scene, 2)  # CreateTask's cost estimate
     height = scene.height_px
     meta = bandfile.BandMeta("warm", "warm", 1, height - 1, scene.output)
     with tempfile.TemporaryDirectory(prefix="fractal-app-warm-") as folder:
-        result = Path(folder) / "band.png"
+        result = Path(folder) / BAND_FILE
         bandfile.write_band_blocks(result, band_blocks(scene, 1, height - 1, "cpu"), meta)
         verdicts = [verify.verify_band(scene, meta, Path(folder), threading.Event())]
         # A provider's PNG may use any row filter (Pillow and libpng pick one per row).

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fractal_app.bandfile import PNG_SIGNATURE, TEXT_KEY, BandMeta, write_band
+from fractal_app.taskdir import BAND_FILE
 
 
 # --------------------------------------------------------------------------- crafting PNGs
@@ -103,7 +104,6 @@ def craft_png(
 # --------------------------------------------------------------------------- file cheats
 # Each takes (folder, meta, width, bit_depth, honest_values) and fills the result folder.
 FileCheat = Callable[[Path, BandMeta, int, int, np.ndarray], None]
-RESULT_NAME = "band.png"
 
 
 def _png_bits(meta: BandMeta, bit_depth: int) -> int:
@@ -111,42 +111,42 @@ def _png_bits(meta: BandMeta, bit_depth: int) -> int:
 
 
 def not_png(folder, meta, width, bit_depth, honest):
-    (folder / RESULT_NAME).write_bytes(b"GIF89a" + bytes(200))
+    (folder / BAND_FILE).write_bytes(b"GIF89a" + bytes(200))
 
 
 def empty_file(folder, meta, width, bit_depth, honest):
-    (folder / RESULT_NAME).write_bytes(b"")
+    (folder / BAND_FILE).write_bytes(b"")
 
 
 def truncated(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, meta)
-    data = (folder / RESULT_NAME).read_bytes()
-    (folder / RESULT_NAME).write_bytes(data[: len(data) * 2 // 3])
+    write_band(folder / BAND_FILE, honest, meta)
+    data = (folder / BAND_FILE).read_bytes()
+    (folder / BAND_FILE).write_bytes(data[: len(data) * 2 // 3])
 
 
 def wrong_size(folder, meta, width, bit_depth, honest):
     text = meta.to_json().encode()
     bits = _png_bits(meta, bit_depth)
-    (folder / RESULT_NAME).write_bytes(craft_png(width + 1, meta.rows, bit_depth=bits, text=text))
+    (folder / BAND_FILE).write_bytes(craft_png(width + 1, meta.rows, bit_depth=bits, text=text))
 
 
 def wrong_height(folder, meta, width, bit_depth, honest):
     text = meta.to_json().encode()
     bits = _png_bits(meta, bit_depth)
-    (folder / RESULT_NAME).write_bytes(craft_png(width, meta.rows + 1, bit_depth=bits, text=text))
+    (folder / BAND_FILE).write_bytes(craft_png(width, meta.rows + 1, bit_depth=bits, text=text))
 
 
 def wrong_mode(folder, meta, width, bit_depth, honest):
     text = meta.to_json().encode()
     bits = _png_bits(meta, bit_depth)
     png = craft_png(width, meta.rows, bit_depth=bits, color_type=6, text=text)
-    (folder / RESULT_NAME).write_bytes(png)
+    (folder / BAND_FILE).write_bytes(png)
 
 
 def wrong_depth(folder, meta, width, bit_depth, honest):
     text = meta.to_json().encode()
     bits = 8 if _png_bits(meta, bit_depth) == 16 else 16
-    (folder / RESULT_NAME).write_bytes(craft_png(width, meta.rows, bit_depth=bits, text=text))
+    (folder / BAND_FILE).write_bytes(craft_png(width, meta.rows, bit_depth=bits, text=text))
 
 
 def header_bomb(folder, meta, width, bit_depth, honest):
@@ -154,7 +154,7 @@ def header_bomb(folder, meta, width, bit_depth, honest):
     text = meta.to_json().encode()
     idat = zlib.compress(bytes(1000))
     png = craft_png(60_000, 60_000, bit_depth=_png_bits(meta, bit_depth), text=text, idat=idat)
-    (folder / RESULT_NAME).write_bytes(png)
+    (folder / BAND_FILE).write_bytes(png)
 
 
 def data_bomb(folder, meta, width, bit_depth, honest):
@@ -164,13 +164,13 @@ def data_bomb(folder, meta, width, bit_depth, honest):
     block = bytes(1 << 20)
     idat = b"".join(inflater.compress(block) for _ in range(64)) + inflater.flush()
     png = craft_png(width, meta.rows, bit_depth=_png_bits(meta, bit_depth), text=text, idat=idat)
-    (folder / RESULT_NAME).write_bytes(png)
+    (folder / BAND_FILE).write_bytes(png)
 
 
 def huge_file(folder, meta, width, bit_depth, honest):
     """An honest band padded (sparsely) to 4 GiB."""
-    write_band(folder / RESULT_NAME, honest, meta)
-    with open(folder / RESULT_NAME, "r+b") as handle:
+    write_band(folder / BAND_FILE, honest, meta)
+    with open(folder / BAND_FILE, "r+b") as handle:
         handle.truncate(4 << 30)
 
 
@@ -178,46 +178,46 @@ def symlink(folder, meta, width, bit_depth, honest):
     """An honest band, but the result is a symlink to it (it could point anywhere)."""
     target = folder.parent / f"{folder.name}-target.png"
     write_band(target, honest, meta)
-    (folder / RESULT_NAME).symlink_to(target)
+    (folder / BAND_FILE).symlink_to(target)
 
 
 def directory(folder, meta, width, bit_depth, honest):
-    (folder / RESULT_NAME).mkdir()
+    (folder / BAND_FILE).mkdir()
 
 
 def extra_file(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, meta)
+    write_band(folder / BAND_FILE, honest, meta)
     (folder / "notes.txt").write_text("hello")
 
 
 def two_bands(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, meta)
+    write_band(folder / BAND_FILE, honest, meta)
     write_band(folder / "copy.png", honest, meta)
 
 
 def subdirectory(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, meta)
+    write_band(folder / BAND_FILE, honest, meta)
     (folder / "more").mkdir()
 
 
 def wrong_meta_subtask(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, replace(meta, subtask_id=meta.subtask_id + "x"))
+    write_band(folder / BAND_FILE, honest, replace(meta, subtask_id=meta.subtask_id + "x"))
 
 
 def wrong_meta_task(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, replace(meta, task_id="other-task"))
+    write_band(folder / BAND_FILE, honest, replace(meta, task_id="other-task"))
 
 
 def no_text(folder, meta, width, bit_depth, honest):
     bits = _png_bits(meta, bit_depth)
-    (folder / RESULT_NAME).write_bytes(craft_png(width, meta.rows, bit_depth=bits))
+    (folder / BAND_FILE).write_bytes(craft_png(width, meta.rows, bit_depth=bits))
 
 
 def bad_crc(folder, meta, width, bit_depth, honest):
-    write_band(folder / RESULT_NAME, honest, meta)
-    data = bytearray((folder / RESULT_NAME).read_bytes())
+    write_band(folder / BAND_FILE, honest, meta)
+    data = bytearray((folder / BAND_FILE).read_bytes())
     data[-20] ^= 0x40  # inside the last IDAT's payload or CRC
-    (folder / RESULT_NAME).write_bytes(bytes(data))
+    (folder / BAND_FILE).write_bytes(bytes(data))
 
 
 def nothing(folder, meta, width, bit_depth, honest):

@@ -19,11 +19,7 @@ import asyncio
 import json
 import os
 import ssl
-import subprocess
-import sys
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -31,7 +27,9 @@ from grpc_health.v1 import health_pb2
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.exceptions import StreamTerminatedError
 
+from fractal_app.launcher import ServerProcess, launch
 from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.taskdir import RequestorTaskDir
 
 START_TIMEOUT_S = 60.0
 CONNECTION_TIMEOUT_S = 15.0  # a node polls health for about 15 s
@@ -90,34 +88,32 @@ async def wait_for_channel(
     raise TimeoutError(f"{host}:{port} did not answer SERVING within {timeout} s")
 
 
-@dataclass
 class AppProcess:
     """One ``python -m fractal_app ROLE 0`` process: upstream's TaskApiService."""
 
-    role: str
-    work_dir: Path
-    process: subprocess.Popen
-    port: int
-    log_path: Path
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.role = server.role
+        self.work_dir = server.work_dir
+        self.process = server.process
+        self.port = server.port
 
     def running(self) -> bool:
         return self.process.poll() is None
 
     async def wait_until_shutdown_complete(self, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.running():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.role} still running {timeout} s after its last rpc")
-            await asyncio.sleep(POLL_S)
-        return self.process.returncode
+        try:
+            return await self.server.wait_async(timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.role} still running {timeout} s after its last rpc"
+            ) from None
 
     def stop(self) -> None:
-        if self.running():
-            self.process.kill()
-        self.process.wait(30)
+        self.server.kill()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.server.log()
 
 
 async def start_app(
@@ -128,32 +124,9 @@ async def start_app(
     ``prelude`` is Python run in the app process before the entrypoint (tests use it to
     shorten a tunable); the entrypoint itself is ``fractal_app.__main__`` unchanged.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    port_file = work_dir.parent / f"{work_dir.name}.{role}.{tag}.port"
-    log_path = work_dir.parent / f"{work_dir.name}.{role}.{tag}.log"
-    code = (
-        f"{prelude}\nimport sys\nfrom fractal_app.__main__ import main, exit_without_finalizing\n"
-        "exit_without_finalizing(main(sys.argv[1:]))"
-    )
-    args = [role, "0", "--work-dir", str(work_dir), "--port-file", str(port_file)]
-    args += ["--host", "127.0.0.1"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not port_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"{role} exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"{role} wrote no port file within {START_TIMEOUT_S} s")
-        await asyncio.sleep(POLL_S)
-    return AppProcess(role, work_dir, process, int(port_file.read_text()), log_path)
+    server = launch(role, work_dir, prelude=prelude, env={**os.environ, **(env or {})})
+    await server.wait_for_port_async(START_TIMEOUT_S, POLL_S)
+    return AppProcess(server)
 
 
 class ProviderClient:
@@ -205,8 +178,7 @@ class RequestorClient:
         return cls(app, await wait_for_channel("127.0.0.1", app.port, ssl_context))
 
     async def create_task(self, task_id: str, max_subtasks_count: int, params: dict):
-        for name in ("task_inputs", "subtask_inputs", "task_outputs", "subtask_outputs"):
-            (self.app.work_dir / task_id / name).mkdir(parents=True, exist_ok=True)
+        RequestorTaskDir.of(self.app.work_dir, task_id).prepare()
         request = pb.CreateTaskRequest(
             task_id=task_id,
             max_subtasks_count=max_subtasks_count,

@@ -36,6 +36,7 @@ import numpy as np
 
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
+from fractal_app.taskdir import BAND_FILE, SCENE_RESOURCE, RequestorTaskDir
 
 TASKS = 50
 BANDS_PER_TASK = 4
@@ -156,9 +157,7 @@ class LoadClient:
 
     async def _create_tasks(self) -> None:
         for task_id in self.task_ids:
-            root = self.work_dir / task_id
-            for name in ("task_inputs", "subtask_inputs", "task_outputs", "subtask_outputs"):
-                (root / name).mkdir(parents=True, exist_ok=True)
+            RequestorTaskDir.of(self.work_dir, task_id).prepare()
         await asyncio.gather(
             *(
                 self.stub.CreateTask(
@@ -194,7 +193,7 @@ class LoadClient:
         if not reply.HasField("subtask"):
             return None
         params = json.loads(reply.subtask.subtask_params_json)
-        if params["subtask_id"] != subtask_id or list(reply.subtask.resources) != ["scene.json"]:
+        if params["subtask_id"] != subtask_id or list(reply.subtask.resources) != [SCENE_RESOURCE]:
             raise Failure(f"NextSubtask for {subtask_id} answered {reply}")
         return Handout(
             task_id, subtask_id, params["row_start"], params["row_stop"], params["band_index"]
@@ -245,12 +244,13 @@ class LoadClient:
             handout.wrong = self.results_written % WRONG_EVERY == 0
             if handout.wrong:
                 values = 255 - values
-            target = self.work_dir / handout.task_id / "subtask_outputs" / handout.subtask_id
+            task_dir = RequestorTaskDir.of(self.work_dir, handout.task_id)
+            target = task_dir.result_dir(handout.subtask_id)
             target.mkdir(parents=True, exist_ok=True)
             meta = BandMeta(
                 handout.task_id, handout.subtask_id, handout.row_start, handout.row_stop, "image"
             )
-            write_band(target / "band.png", values, meta)
+            write_band(target / BAND_FILE, values, meta)
 
     async def _verify(self, handout: Handout) -> None:
         reply = await self._call(

@@ -13,12 +13,13 @@ import threading
 
 import numpy as np
 import pytest
-from cheaters import FILE_CHEATS, RESULT_NAME, VALUE_CHEATS, nothing
+from cheaters import FILE_CHEATS, VALUE_CHEATS, nothing
 
 from fractal_app import errors, verify
 from fractal_app.bandfile import BandMeta, write_band
 from fractal_app.render import render_band
 from fractal_app.scene import parse_scene
+from fractal_app.taskdir import BAND_FILE
 
 SCENES = {
     # 128 x 32 = 4,096-pixel bands: the sampling path (more than FULL_CHECK_PIXELS).
@@ -71,7 +72,7 @@ def _setup(name):
 def _verify(tmp_path, scene, meta, values):
     folder = tmp_path / "out"
     folder.mkdir(exist_ok=True)
-    write_band(folder / RESULT_NAME, values, meta)
+    write_band(folder / BAND_FILE, values, meta)
     return verify.verify_band(scene, meta, folder, threading.Event())
 
 
@@ -164,7 +165,7 @@ def test_cheaters_through_the_real_requestor(shared_requestor, tmp_path, monkeyp
         folder = work / task_id / "subtask_outputs" / subtask_id
         folder.mkdir(parents=True, exist_ok=True)
         if kind == "value":
-            write_band(folder / RESULT_NAME, VALUE_CHEATS[name](scene, meta, honest), meta)
+            write_band(folder / BAND_FILE, VALUE_CHEATS[name](scene, meta, honest), meta)
             words = "differ"
         else:
             cheat, words = FILE_CHEATS[name]
@@ -179,7 +180,7 @@ def test_cheaters_through_the_real_requestor(shared_requestor, tmp_path, monkeyp
                         scene.output)
         folder = work / task_id / "subtask_outputs" / subtask_id
         folder.mkdir(parents=True, exist_ok=True)
-        write_band(folder / RESULT_NAME, render_band(scene, meta.row_start, meta.row_stop), meta)
+        write_band(folder / BAND_FILE, render_band(scene, meta.row_start, meta.row_stop), meta)
         reply = verify_rpc(stub, task_id, subtask_id)
         assert reply.result == pb.VerifyReply.SUCCESS, reply.reason
         assert reply.reason.startswith("accepted: ")

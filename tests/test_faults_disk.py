@@ -24,7 +24,8 @@ from grpc_helpers import (
 )
 
 from fractal_app.protocol import golem_task_api_pb2 as pb
-from fractal_app.store import TaskPaths, TaskStore
+from fractal_app.store import TaskStore
+from fractal_app.taskdir import RequestorTaskDir
 
 SCENE = {"fractal": "mandelbrot", "resolution": [64, 32], "max_iter": 60}
 DISK_BYTES = 4 << 20
@@ -96,7 +97,7 @@ def test_really_full_disk_answers_resource_exhausted_and_carries_on(small_disk):
         assert creating.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         filler.unlink()  # space freed: the same process carries on
-        store = TaskStore.open(TaskPaths.of(work, task_id).database, task_id)
+        store = TaskStore.open(RequestorTaskDir.of(work, task_id).database, task_id)
         try:
             assert store.subtask(first[0]).state in ("running", "verifying")
         finally:

@@ -16,12 +16,13 @@ import grpc
 import pytest
 from grpc_helpers import make_task_folder, write_result_here
 
-from fractal_app import requestor as requestor_module
+from fractal_app import task_files
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
-from fractal_app.requestor import RequestorService
 from fractal_app.server import create_server
-from fractal_app.store import TaskPaths, TaskStore
+from fractal_app.servicers import RequestorService
+from fractal_app.store import TaskStore
+from fractal_app.taskdir import RequestorTaskDir
 
 SCENE = {"fractal": "mandelbrot", "resolution": [24, 8], "max_iter": 60}
 
@@ -73,7 +74,7 @@ async def status_of(call) -> grpc.aio.AioRpcError:
 
 def subtask_state(work, task_id, subtask_id) -> str:
     """Read straight from the task's database (a second connection; WAL allows it)."""
-    store = TaskStore.open(TaskPaths.of(work, task_id).database, task_id)
+    store = TaskStore.open(RequestorTaskDir.of(work, task_id).database, task_id)
     try:
         return store.subtask(subtask_id).state
     finally:
@@ -102,13 +103,13 @@ def run(scenario):
 # ---- an interrupted Verify -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("slow_step", ["_save_values", "_assemble"])
+@pytest.mark.parametrize("slow_step", ["save_band_values", "assemble_result"])
 def test_verify_cut_off_by_the_deadline_still_ends_and_the_retry_gets_the_answer(
     tmp_path, monkeypatch, slow_step
 ):
     """The caller's deadline expires while the accepted band is saved (or the final image
     written): the work finishes anyway, and the node's retry gets SUCCESS."""
-    real = getattr(requestor_module, slow_step)
+    real = getattr(task_files, slow_step)
     entered = threading.Event()
 
     def slow(*args):
@@ -116,7 +117,7 @@ def test_verify_cut_off_by_the_deadline_still_ends_and_the_retry_gets_the_answer
         threading.Event().wait(1.0)  # a slow disk
         return real(*args)
 
-    monkeypatch.setattr(requestor_module, slow_step, slow)
+    monkeypatch.setattr(task_files, slow_step, slow)
 
     async def scenario():
         async with serving(tmp_path / "work") as (app, stub):
@@ -138,12 +139,15 @@ def test_verify_cut_off_by_the_deadline_still_ends_and_the_retry_gets_the_answer
 
 @pytest.mark.parametrize(
     "step, what",
-    [("_save_values", "saving the accepted band"), ("_assemble", "writing the final image")],
+    [
+        ("save_band_values", "saving the accepted band"),
+        ("assemble_result", "writing the final image"),
+    ],
 )
 def test_full_disk_while_saving_answers_resource_exhausted_and_the_retry_works(
     tmp_path, monkeypatch, step, what
 ):
-    fail_once(monkeypatch, requestor_module, step, OSError(errno.ENOSPC, "No space left on device"))
+    fail_once(monkeypatch, task_files, step, OSError(errno.ENOSPC, "No space left on device"))
 
     async def scenario():
         async with serving(tmp_path / "work") as (app, stub):
@@ -194,8 +198,8 @@ def test_full_disk_for_the_commit_and_its_undo_still_strands_nothing(tmp_path, m
 def test_full_disk_at_create_task_then_carries_on(tmp_path, monkeypatch):
     fail_once(
         monkeypatch,
-        requestor_module,
-        "_write_atomic",
+        task_files,
+        "durable_file",
         OSError(errno.ENOSPC, "No space left on device"),
     )
 
@@ -220,14 +224,14 @@ def test_full_disk_at_create_task_then_carries_on(tmp_path, monkeypatch):
 
 def test_read_only_work_dir_is_failed_precondition_not_internal(tmp_path, monkeypatch):
     # Root ignores permission bits, so the read-only mount is simulated where it is met.
-    import fractal_app.store as store_module
+    import fractal_app.taskdir as taskdir_module
 
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     async def scenario():
         async with serving(tmp_path / "work") as (app, stub):
-            monkeypatch.setattr(store_module.os, "mkdir", read_only)
+            monkeypatch.setattr(taskdir_module.os, "mkdir", read_only)
             request = pb.CreateTaskRequest(
                 task_id="t-ro", max_subtasks_count=1, task_params_json=json.dumps(SCENE)
             )
@@ -245,7 +249,7 @@ def test_corrupt_state_file_is_data_loss_naming_it(tmp_path, damage):
         work = tmp_path / "work"
         async with serving(work) as (app, stub):
             task_id = await create(stub, work)
-        database = TaskPaths.of(work, task_id).database
+        database = RequestorTaskDir.of(work, task_id).database
         for leftover in database.parent.glob("state.sqlite3-*"):
             leftover.unlink()
         database.write_bytes(damage)
@@ -331,7 +335,8 @@ def test_settling_a_verdict_checks_the_store_not_only_the_cancel_flag(tmp_path):
                 band = task.store.start_verification(subtask_id)
                 meta = BandMeta(task_id, subtask_id, band.row_start, band.row_stop, "image")
                 cancel = threading.Event()
-                verdict = verify_band(task.scene, meta, task.paths.result_dir(subtask_id), cancel)
+                result_dir = task.task_dir.result_dir(subtask_id)
+                verdict = verify_band(task.scene, meta, result_dir, cancel)
                 assert verdict.accepted
                 task.store.discard([subtask_id])  # behind the requestor's back
                 with pytest.raises(Aborted):

@@ -31,9 +31,10 @@ from golem_node import (
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from fractal_app import provider as provider_module
+from fractal_app import startup
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol.constants import SERVER_CERT_FILE
+from fractal_app.servicers import ProviderService
 
 TINY_SCENE = {"fractal": "mandelbrot", "resolution": [16, 8], "max_iter": 50}
 LIFECYCLE_SCENE = {"fractal": "julia", "resolution": [96, 64], "max_iter": 200}
@@ -222,12 +223,12 @@ def test_compute_waits_for_the_preload_it_would_race(tmp_path: Path, monkeypatch
         release.wait(30)
         events.append("preloaded")
 
-    monkeypatch.setattr(provider_module, "_preload", held_preload)
+    monkeypatch.setattr(startup, "preload_provider", held_preload)
     (tmp_path / "subtask_inputs").mkdir()
     (tmp_path / "subtask_inputs" / "scene.json").write_text(json.dumps(TINY_SCENE))
 
     async def scenario() -> str:
-        service = provider_module.ProviderService(tmp_path, asyncio.Event(), "cpu")
+        service = ProviderService(tmp_path, asyncio.Event(), "cpu")
         service.serving()
         compute = asyncio.create_task(
             service.app.compute("t", "s1", json.dumps(band_params("s1", 8)))

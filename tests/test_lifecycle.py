@@ -182,12 +182,13 @@ def test_preload_resumes_the_collector_the_entrypoint_paused(role):
     """``python -m fractal_app`` starts with the cyclic GC off (start-up makes only long-lived
     objects); each service's preload must freeze them and turn collection back on."""
     import gc
-    import importlib
 
-    service = importlib.import_module(f"fractal_app.{role}")
+    from fractal_app import startup
+
+    preload = getattr(startup, f"preload_{role}")
     gc.disable()
     try:
-        service._preload(resume_gc=True)
+        preload(resume_gc=True)
         assert gc.isenabled()
         assert gc.get_freeze_count() > 0
     finally:

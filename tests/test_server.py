@@ -441,12 +441,16 @@ def test_signal_stops_server_process_with_exit_0(tmp_path: Path, signum: signal.
             process.communicate()
 
 
-def test_importing_server_stays_light() -> None:
-    """The provider imports this at start-up; numpy/numba would cost it a second."""
+@pytest.mark.parametrize(
+    "module",
+    ["fractal_app.server", "fractal_app.servicers", "fractal_app.provider", "fractal_app.taskdir"],
+)
+def test_what_the_provider_imports_at_start_stays_light(module) -> None:
+    """The provider imports these at start-up; numpy/numba would cost it a second."""
     code = (
-        "import sys, fractal_app.server;"
+        f"import sys, {module};"
         "heavy = sorted({'numpy', 'numba', 'PIL', 'pydantic'} & set(sys.modules));"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert completed.returncode == 0, f"fractal_app.server imports {completed.stdout.strip()}"
+    assert completed.returncode == 0, f"{module} imports {completed.stdout.strip()}"
