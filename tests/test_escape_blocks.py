@@ -105,8 +105,8 @@ from fractal_app.scene import parse_scene
 written = []
 source = lanes.lane_source
 lanes.lane_source = lambda *key: written.append(key) or source(*key)
-scene = parse_scene({"fractal": "julia", "resolution": [40, 6], "precision": "float32",
-                     "max_iter": 200, "output": "counts"})
+scene = parse_scene({"fractal": "mandelbrot", "resolution": [40, 6], "max_iter": 200,
+                     "output": "counts"})
 counts = render.render_band(scene, 0, 6)
 pixels = render.render_pixels(scene, np.array([0, 5]), np.array([3, 39]))
 stats = [kernel.stats for kernel in cpu.LANE_KERNELS]
@@ -123,14 +123,15 @@ def test_a_fresh_process_loads_the_lane_kernels_without_writing_their_source(tmp
 
     def run():
         result = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True,
-                                text=True, env=env, timeout=600)
+                                text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     cold = run()
-    # Julia runs both kernels (a grid pass, then the samples still running resumed).
+    # The band runs the grid kernel, the pixels the kernel resuming packed points.
     assert cold["misses"] == 2 and cold["hits"] == 0
-    assert sorted(map(tuple, cold["written"])) == [("julia", "f32", False), ("julia", "f32", True)]
+    assert sorted(map(tuple, cold["written"])) == [("mandelbrot", "f64", False),
+                                                   ("mandelbrot", "f64", True)]
     warm = run()
     assert warm == {**cold, "hits": 2, "misses": 0, "written": []}
 
