@@ -57,8 +57,8 @@ class _Grid:
         dtype = self.params.dtype
         cols = np.arange(scene.width_px, dtype=np.int64)
         rows = np.arange(scene.height_px, dtype=np.int64)
-        self.re = render._sample_coords(scene, cols, "re").reshape(-1).astype(dtype)
-        self.im = render._sample_coords(scene, rows, "im").reshape(-1).astype(dtype)
+        self.re = render.sample_coords(scene, cols, "re").reshape(-1).astype(dtype)
+        self.im = render.sample_coords(scene, rows, "im").reshape(-1).astype(dtype)
         self.counts = np.empty((self.im.size, self.re.size), dtype=np.uint32)
         self.mag2 = np.empty(self.counts.shape)
 

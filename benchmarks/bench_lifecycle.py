@@ -56,6 +56,7 @@ from harness import (
     task_plan,
 )
 
+from fractal_app import forkserver
 from fractal_app.taskdir import BAND_FILE, ProviderTaskDir, RequestorTaskDir
 
 HEAVY_SCENE = {
@@ -324,14 +325,18 @@ def test_fixed_cost_of_a_render(benchmark, tmp_path):
     the 1920x1080 default view within 1 s of it: bare and render alternate (the bare
     renderer is one process with its kernels loaded), so both see the same machine load;
     the minimum of each side is compared. Every process of each render reports its CPU
-    seconds (the rss probe), summed by role in ``cpu_by_role``."""
+    seconds (the rss probe), summed by role in ``cpu_by_role``. A third side, reported but
+    not judged, renders with the fork server off (every process its own interpreter, as
+    before it): what the fork server saves, measured in the same run."""
     scenes = {"4k": FOUR_K_SCENE, "default_1080p": DEFAULT_VIEW_SCENE}
     paths = {}
     for name, scene in scenes.items():
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(scene))
-    runs: dict[str, dict[str, list]] = {name: {"bare": [], "render": [], "roles": []}
-                                        for name in scenes}
+    runs: dict[str, dict[str, list]] = {
+        name: {"bare": [], "render": [], "roles": [], "fresh": [], "fresh_roles": []}
+        for name in scenes
+    }
     bare_values = tmp_path / "bare.npy"
     out = tmp_path / "out.png"
     # Untimed: loads (or compiles) every kernel the lifecycle needs.
@@ -351,6 +356,11 @@ def test_fixed_cost_of_a_render(benchmark, tmp_path):
                         path, out if first_4k else tmp_path / "other.png",
                         env=rss_probe_env(probe)))
                     runs[name]["roles"].append(cpu_by_role(probe))
+                    probe = tmp_path / f"cpu-{name}-{round_}-fresh"
+                    runs[name]["fresh"].append(fractal_app_render(
+                        path, tmp_path / "other.png",
+                        env={**rss_probe_env(probe), forkserver.DISABLE_ENV_VAR: "1"}))
+                    runs[name]["fresh_roles"].append(cpu_by_role(probe))
 
     benchmark.pedantic(alternate, rounds=1, iterations=1)
     from PIL import Image
@@ -373,6 +383,11 @@ def test_fixed_cost_of_a_render(benchmark, tmp_path):
             "cpu_ratio": round(min(c for _, c in sides["render"])
                                / min(c for _, c in sides["bare"]), 3),
             "cpu_by_role_of_fastest_render": sides["roles"][best],
+            "fresh_interpreters_wall_cpu_s": [[round(w, 3), round(c, 3)]
+                                              for w, c in sides["fresh"]],
+            "fresh_interpreters_ratio": round(min(w for w, _ in sides["fresh"]) / bare_min, 3),
+            "fresh_interpreters_cpu_by_role": sides["fresh_roles"][
+                min(range(len(sides["fresh"])), key=lambda k: sides["fresh"][k][0])],
         }
     benchmark.extra_info.update(figures)
     print("\nfixed cost:", json.dumps(figures, indent=1))

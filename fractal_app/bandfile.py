@@ -8,11 +8,13 @@ bit depth, colour type) and its ``fractal-app`` text chunk match what was asked 
 is the pixel data inflated, with the output size capped at exactly the band's raw size, so a
 decompression bomb cannot allocate more than an honest band would.
 
-The PNG codec is our own (a few dozen lines): Pillow cannot write 16-bit RGB, and walking the
-chunks ourselves means nothing is decoded before it has been checked.
+Bands are encoded by the app's one PNG encoder (``pngstream.PngEncoder``). The reader is
+our own, over ISA-L's inflate: walking the chunks ourselves means nothing is inflated before
+it has been checked, and it holds less than libvips' decoder (benchmarks/README.md, Codecs).
 
-Format: RGB, 8 or 16 bits per channel, not interlaced. A ``counts`` band (uint32 escape
-counts) is a 16-bit RGB PNG with R = high 16 bits, G = low 16 bits and B = 0.
+Format: RGB, 8 or 16 bits per channel, not interlaced. How a format's values travel in it is
+the output format's (``outputs.py``): a ``counts`` band (uint32 escape counts) is a 16-bit
+RGB PNG with R = high 16 bits, G = low 16 bits and B = 0.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import json
 import os
 import stat
 import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,20 +30,19 @@ from pathlib import Path
 import numpy as np
 
 from fractal_app.durable import durable_file
-from fractal_app.pngstream import PNG_SIGNATURE, png_chunk, sub_filter
+from fractal_app.outputs import OutputFormat, output_format
+from fractal_app.pngstream import PNG_SIGNATURE, PngEncoder, deflate
 
 TEXT_KEY = b"fractal-app"
-OUTPUTS = ("image", "counts")
 
 # Slack over the band's raw (filtered, uncompressed) size that an honest file can need:
-# zlib's stored-block worst case is 5 bytes per 16 KiB block, chunk framing is 12 bytes per
+# deflate's stored-block worst case is 5 bytes per 16 KiB block, chunk framing is 12 bytes per
 # chunk, plus the header and text chunks and a few harmless ancillary chunks.
 _SIZE_SLACK_BYTES = 256 * 1024
 _SIZE_SLACK_RATIO = 0.01
 _MAX_TEXT_BYTES = 4096
 _MAX_ANCILLARY_BYTES = 64 * 1024
 _MAX_CHUNKS = 100_000
-_IDAT_CHUNK_BYTES = 1 << 20
 _COLOR_TYPE_RGB = 2
 
 
@@ -64,18 +64,17 @@ class BandMeta:
     def rows(self) -> int:
         return self.row_stop - self.row_start
 
+    @property
+    def format(self) -> OutputFormat:
+        return output_format(self.output)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
 
-def png_bit_depth(meta: BandMeta, bit_depth: int) -> int:
-    """Bits per channel of the band's PNG: counts bands are always 16-bit."""
-    return 16 if meta.output == "counts" else bit_depth
-
-
 def max_file_bytes(meta: BandMeta, width: int, bit_depth: int) -> int:
     """The largest file an honest band of this size can be (incompressible data, stored)."""
-    raw = _raw_bytes(meta.rows, width, png_bit_depth(meta, bit_depth))
+    raw = _raw_bytes(meta.rows, width, meta.format.png_bits(bit_depth))
     return raw + int(raw * _SIZE_SLACK_RATIO) + _SIZE_SLACK_BYTES
 
 
@@ -88,64 +87,28 @@ def _raw_bytes(rows: int, width: int, bits: int) -> int:
 
 def _check_block(values: np.ndarray, meta: BandMeta, width: int | None = None) -> None:
     """Refuse band values whose shape or dtype does not fit the meta (a bug, not an attack)."""
-    if meta.output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {meta.output!r}")
-    if meta.output == "counts":
-        if values.dtype != np.uint32 or values.ndim != 2:
-            raise ValueError(f"counts band must be 2D uint32, got {values.ndim}D {values.dtype}")
-    elif values.dtype not in (np.uint8, np.uint16) or values.ndim != 3 or values.shape[2] != 3:
-        raise ValueError(
-            f"image band must be (rows, W, 3) uint8 or uint16, got {values.shape} {values.dtype}"
-        )
+    meta.format.check_values(values)
     if values.shape[0] < 1 or values.shape[1] < 1:
         raise ValueError(f"band block has no pixels: shape {values.shape}")
     if width is not None and values.shape[1] != width:
         raise ValueError(f"band block is {values.shape[1]} pixels wide, the band {width}")
 
 
-def _rgb_rows(values: np.ndarray, output: str) -> np.ndarray:
-    """The PNG's (rows, W, 3) samples for some rows of band values.
-
-    Counts travel in a 16-bit RGB PNG: red holds the high 16 bits, green the low 16 bits.
-    """
-    if output != "counts":
-        return values
-    rgb = np.zeros(values.shape + (3,), dtype=np.uint16)
-    rgb[..., 0] = values >> 16
-    rgb[..., 1] = values & 0xFFFF
-    return rgb
-
-
-# zlib level for band files: measured on half a 1080p Mandelbrot frame, level 3 encodes in
-# about half the time of level 6 (63 vs 138 ms at 8 bits) for files 23% larger (428 vs 348
-# KiB); the provider pays the encode on every band, the network barely notices the size.
+# Deflate level of band files (ISA-L's highest, 3; pngstream says why ISA-L): the provider
+# pays the encode on every band, the network barely notices the size. Measured by
+# benchmarks/bench_codecs.py on a 2048-row band of the 8192-wide poster scene, against
+# CPython's zlib at level 3 (what was used before): 8-bit 0.43 vs 0.57 s for a file 4%
+# smaller, 16-bit 1.43 vs 3.30 s for a file 14% larger.
 COMPRESS_LEVEL = 3
 
-# Rows are filtered and compressed this many raw bytes at a time, so encoding a band needs
-# a few MiB beside the rows being encoded, however large the band (poster bands are hundreds
-# of MiB).
-_ENCODE_BLOCK_BYTES = 4 << 20
 
-
-def _filtered(rgb: np.ndarray) -> np.ndarray:
-    """PNG scanlines with filter 1 (Sub): cheap in numpy, and it compresses gradients well."""
-    rows, width, _ = rgb.shape
-    bits = 8 if rgb.dtype == np.uint8 else 16
-    raw = np.ascontiguousarray(rgb, dtype=">u2" if bits == 16 else np.uint8).view(np.uint8)
-    return sub_filter(raw.reshape(rows, width * 3 * bits // 8), 3 * bits // 8)
-
-
-def png_pieces(
-    blocks: Iterable[np.ndarray],
-    meta: BandMeta,
-    text: bytes,
-    compress_level: int = COMPRESS_LEVEL,
-) -> Iterator[bytes]:
+def png_pieces(blocks: Iterable[np.ndarray], meta: BandMeta, text: bytes) -> Iterator[bytes]:
     """The band PNG of ``meta.rows`` rows as a stream of byte strings.
 
     ``blocks`` gives the band's values a block of rows at a time, top to bottom (any block
-    sizes); each is filtered and compressed as it comes, so neither the band nor its file is
-    ever held whole. Raises ValueError if the blocks do not add up to the band.
+    sizes); each is encoded as it comes (``pngstream.PngEncoder``, on this thread: the
+    provider renders the next block meanwhile), so neither the band nor its file is ever
+    held whole. Raises ValueError if the blocks do not add up to the band.
     """
     blocks = iter(blocks)
     first = next(blocks, None)
@@ -153,35 +116,24 @@ def png_pieces(
         raise ValueError("a band needs at least one block of rows")
     _check_block(first, meta)
     width = first.shape[1]
-    bits = 8 if meta.output == "image" and first.dtype == np.uint8 else 16
-    header = struct.pack(">IIBBBBB", width, meta.rows, bits, _COLOR_TYPE_RGB, 0, 0, 0)
-    yield PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"tEXt", TEXT_KEY + b"\0" + text)
-    compressor = zlib.compressobj(compress_level)
-    pending = bytearray()
-    rows_per_piece = max(1, _ENCODE_BLOCK_BYTES // (width * 3 * bits // 8 + 1))
-    rows_seen = 0
+    bits = meta.format.png_bits(16 if first.dtype == np.uint16 else 8)
+    encoder = PngEncoder(
+        width, meta.rows, bits, {TEXT_KEY.decode(): text.decode("latin-1")}, COMPRESS_LEVEL
+    )
+    yield encoder.header()
     block = first
     while block is not None:
         _check_block(block, meta, width)
         if block.dtype != first.dtype:
             raise ValueError(f"band block is {block.dtype}, the band {first.dtype}")
-        rows_seen += block.shape[0]
-        if rows_seen > meta.rows:
+        if encoder.rows_written + block.shape[0] > meta.rows:
             raise ValueError(f"band blocks hold more than the band's {meta.rows} rows")
-        for start in range(0, block.shape[0], rows_per_piece):
-            piece = _rgb_rows(block[start : start + rows_per_piece], meta.output)
-            pending += compressor.compress(_filtered(piece))
-            while len(pending) >= _IDAT_CHUNK_BYTES:
-                yield png_chunk(b"IDAT", bytes(pending[:_IDAT_CHUNK_BYTES]))
-                del pending[:_IDAT_CHUNK_BYTES]
-        del block, piece  # the next block is rendered while nothing else holds this one
+        yield from encoder.encode(meta.format.to_png_rgb(block))
+        del block  # the next block is rendered while nothing else holds this one
         block = next(blocks, None)
-    if rows_seen != meta.rows:
-        raise ValueError(f"band blocks hold {rows_seen} rows, the band {meta.rows}")
-    pending += compressor.flush()
-    for start in range(0, len(pending), _IDAT_CHUNK_BYTES):
-        yield png_chunk(b"IDAT", bytes(pending[start : start + _IDAT_CHUNK_BYTES]))
-    yield png_chunk(b"IEND", b"")
+    if encoder.rows_written != meta.rows:
+        raise ValueError(f"band blocks hold {encoder.rows_written} rows, the band {meta.rows}")
+    yield from encoder.finish()
 
 
 def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:
@@ -253,7 +205,7 @@ def _walk_chunks(data: bytes):
         # A view, not a copy: the image data is read in place when it is inflated.
         payload = memoryview(data)[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack_from(">I", data, end - 4)
-        if zlib.crc32(payload, zlib.crc32(kind)) != crc:
+        if deflate.crc32(payload, deflate.crc32(kind)) != crc:
             raise BandFileError(f"PNG chunk {kind.decode('ascii')} has a bad CRC (corrupt file)")
         count += 1
         if count > _MAX_CHUNKS:
@@ -361,17 +313,17 @@ class _Inflater:
         self.parts = iter(parts)
         self.size = size
         self.produced = 0
-        self.zlib = zlib.decompressobj()
+        self.stream = deflate.decompressobj()
 
     def _more(self, wanted: int) -> bytes:
         """Up to ``wanted`` more bytes; b"" once the payloads are used up."""
-        source = self.zlib.unconsumed_tail
+        source = self.stream.unconsumed_tail
         while True:
             try:
-                out = self.zlib.decompress(source, wanted)
-            except zlib.error as exc:
+                out = self.stream.decompress(source, wanted)
+            except deflate.error as exc:
                 raise BandFileError(f"PNG image data is corrupt: {exc}") from None
-            if out or self.zlib.eof:
+            if out or self.stream.eof:
                 return out
             source = next(self.parts, None)
             if source is None:
@@ -396,7 +348,7 @@ class _Inflater:
         """The stream must end exactly at the band's size."""
         if self._more(1):
             raise BandFileError("PNG image data inflates to more than the band's size")
-        if not self.zlib.eof:
+        if not self.stream.eof:
             raise BandFileError("PNG image data is truncated: the stream does not end")
 
 
@@ -486,10 +438,7 @@ def _decode(parts: list[memoryview], expected: BandMeta, width: int, bits: int) 
     rows = expected.rows
     stride = width * 3 * bits // 8
     bpp = 3 * bits // 8
-    if expected.output == "counts":
-        values = np.empty((rows, width), dtype=np.uint32)
-    else:
-        values = np.empty((rows, width, 3), dtype=np.uint8 if bits == 8 else np.uint16)
+    values = expected.format.empty_band(rows, width, bits)
     inflater = _Inflater(parts, _raw_bytes(rows, width, bits))
     block_rows = max(1, _DECODE_BLOCK_BYTES // (stride + 1))
     prev = np.zeros(stride, dtype=np.uint8)
@@ -497,22 +446,13 @@ def _decode(parts: list[memoryview], expected: BandMeta, width: int, bits: int) 
         count = min(block_rows, rows - start)
         data = _unfilter(inflater.read(count * (stride + 1)), count, stride, bpp, prev, start)
         prev = data[-1].copy()
-        if bits == 8:
-            values[start : start + count] = data.reshape(count, width, 3)
-            continue
-        rgb = data.view(">u2").reshape(count, width, 3)
-        if expected.output == "image":
-            values[start : start + count] = rgb
-            continue
-        if rgb[..., 2].any():
-            row, col = (int(v) for v in np.argwhere(rgb[..., 2])[0])
-            raise BandFileError(
-                f"counts band has a non-zero blue channel at row "
-                f"{expected.row_start + start + row}, column {col} (B must be 0)"
+        rgb = data.view(">u2" if bits == 16 else np.uint8).reshape(count, width, 3)
+        try:
+            expected.format.from_png_rgb(
+                rgb, values[start : start + count], expected.row_start + start
             )
-        block = values[start : start + count]
-        np.left_shift(rgb[..., 0], 16, out=block, dtype=np.uint32)
-        block |= rgb[..., 1]
+        except ValueError as exc:
+            raise BandFileError(str(exc)) from None
     inflater.finish()
     return values
 
@@ -525,10 +465,10 @@ def read_band(path: Path, expected: BandMeta, width: int, bit_depth: int) -> np.
     thing that is wrong. Nothing is inflated until the header and text chunk have passed,
     and then only a block of rows at a time: the file and the values are all it holds.
     """
-    if expected.output not in OUTPUTS or expected.rows < 1 or width < 1:
+    if expected.rows < 1 or width < 1:
         raise ValueError(f"bad expectation: {expected}, width {width}")
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    bits = png_bit_depth(expected, bit_depth)
+    bits = expected.format.png_bits(bit_depth)
     data = _read_untrusted(Path(path), max_file_bytes(expected, width, bit_depth))
     return _decode(_parse(data, expected, width, bits), expected, width, bits)

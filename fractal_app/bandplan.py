@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from fractal_app.bands import Band, check_plan, plan_bands
+from fractal_app.outputs import COUNTS
 
 # Escape-time iterations the estimate may spend at most (all samples inside the set): about
 # 50 ms on two cores with the scalar kernel, a few ms with the block kernels.
@@ -93,7 +94,7 @@ def row_costs(scene) -> np.ndarray:
     # Escape counts of the image's own pixel centres: same geometry, no colouring.
     probe = scene.model_copy(
         update={
-            "output": "counts",
+            "output": COUNTS.name,
             "supersample": 1,
             "max_iter": estimate_max_iter(scene.max_iter, deep),
         }

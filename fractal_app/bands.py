@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fractal_app.outputs import output_format
+
 Band = tuple[int, int]
 
 # Memory a provider process needs before it holds any pixels: the interpreter, NumPy, Numba and
@@ -50,20 +52,13 @@ def check_plan(bands: Sequence[Band], height: int) -> None:
         raise ValueError(f"the bands cover {expected_start} rows, the image has {height}")
 
 
-def bytes_per_pixel(output: str, bit_depth: int) -> int:
-    """Bytes of one final pixel value: RGB at 1 or 2 bytes a channel, or one uint32 count."""
-    if output == "counts":
-        return 4
-    return 3 * (bit_depth // 8)
-
-
 def band_memory_mib(rows: int, width: int, output: str, bit_depth: int, supersample: int) -> float:
     """A provider's peak memory for one band, in MiB, with headroom.
 
     The band's values exist about three times at once (the kernel's output, the colour
     conversion, and the PNG encoder's buffer); supersampling adds per-sample work arrays.
     """
-    values = rows * width * bytes_per_pixel(output, bit_depth)
+    values = rows * width * output_format(output).bytes_per_pixel(bit_depth)
     samples = rows * width * supersample * supersample * 8 if supersample > 1 else 0
     return PROVIDER_BASE_MEMORY_MIB + (3 * values + samples) / 2**20
 

@@ -5,13 +5,16 @@ Subcommands import what they need when they run, so ``fractal-app --help`` stays
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from fractal_app.errors import AppError
+
+if TYPE_CHECKING:
+    from fractal_app.forkserver import ForkServer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,32 +91,70 @@ def render(
     A requestor and PROVIDERS providers run as separate processes talking gRPC, exactly as a
     Golem node would drive them; every band is verified before it is merged.
     """
-    from fractal_app import picture_formats
-    from fractal_app.local import output_path_for, render_locally
-    from fractal_app.render import resolve_backend
-    from fractal_app.scene import parse_scene
+    from fractal_app import forkserver
 
-    if not quiet:
+    # First, before this process imports anything heavy (asyncio included): the fork
+    # server's loading (about a CPU-second) overlaps this process's own.
+    forks = forkserver.ForkServer() if forkserver.available() else None
+    try:
+        _render(scene_file, output, quality, providers, subtasks, backend, band_timeout, quiet,
+                keep, forks)
+    finally:
+        if forks is not None:
+            forks.close()
+
+
+def _render(
+    scene_file: Path,
+    output: Path,
+    quality: int | None,
+    providers: int,
+    subtasks: int | None,
+    backend: str | None,
+    band_timeout: float | None,
+    quiet: bool,
+    keep: Path | None,
+    forks: ForkServer | None,
+) -> None:
+    import asyncio
+
+    from fractal_app import forkserver, picture_formats
+    from fractal_app.local import output_path_for, plan_render, render_locally
+    from fractal_app.outputs import output_format
+
+    if not quiet and forks is None:
         _say_if_compiling(scene_file, backend)
     try:
         scene_json = scene_file.read_text()
-        scene = parse_scene(scene_json)
+        # Validated (and its bands planned) by the fork server where there is one: it has
+        # pydantic and NumPy loaded for its children anyway, and this process need not.
+        if forks is not None:
+            plan = forks.plan(scene_json, providers, subtasks)
+        else:
+            plan = plan_render(scene_json, providers, subtasks)
         # Refused up front, not after the render: a picture format or folder that cannot be
         # written, and a GPU that is not there (every retry would fail the same way).
-        target = output_path_for(output, scene.output)
+        target = output_path_for(output, plan.output)
         chosen = picture_formats.TIFF
-        if scene.output == "image":
-            chosen = picture_formats.format_for(output, scene.bit_depth, quality)
+        coloured = output_format(plan.output).coloured
+        if coloured:  # a picture: the suffix chooses its format
+            chosen = picture_formats.format_for(output, plan.bit_depth, quality)
         if not target.parent.is_dir():
             raise click.ClickException(
                 f"the folder {str(target.parent)!r} does not exist: create it first (-o does "
                 "not create folders, so a mistyped path fails before the render, not after)"
             )
         if backend == "cuda":
-            resolve_backend(backend, scene.env)
+            from fractal_app.render import resolve_backend
+
+            resolve_backend(backend, plan.env)
+        if not quiet and forks is not None:
+            # Asked of the fork server, which loads Numba and the kernels anyway.
+            with contextlib.suppress(forkserver.ForkServerError):  # the render says why
+                _say_compiling(forks.compile_estimate(scene_json, backend))
         # Rendered as the requestor's PNG beside the target, then converted (or renamed).
         rendered = target
-        if chosen is not picture_formats.PNG and scene.output == "image":
+        if chosen is not picture_formats.PNG and coloured:
             rendered = target.with_name(f".{target.name}.rendering.png")
         report = asyncio.run(
             render_locally(
@@ -125,6 +166,8 @@ def render(
                 band_timeout=band_timeout,
                 show_progress=not quiet,
                 keep=keep,
+                fork_server=forks,
+                plan=plan,
             )
         )
         if rendered != target:
@@ -192,6 +235,8 @@ def _cpu_model() -> str:
 @main.command("app-definition", short_help="Print the app definition for a Golem node.")
 def app_definition() -> None:
     """Print the JSON app definition that registers the app with a Golem node."""
+    import json
+
     from fractal_app.app_definition import app_definition as definition
 
     click.echo(json.dumps(definition(), indent=2))
@@ -201,7 +246,10 @@ def _say_if_compiling(scene_file: Path, backend: str | None) -> None:
     """Tell the user, before a cold first render, that Numba compiles first and how long."""
     from fractal_app.warmup import compile_estimate_seconds
 
-    seconds = compile_estimate_seconds(scene_file.read_text(), backend)
+    _say_compiling(compile_estimate_seconds(scene_file.read_text(), backend))
+
+
+def _say_compiling(seconds: float) -> None:
     if seconds:
         click.echo(
             f"compiling the kernels for this scene first (once per machine and version): "
@@ -251,6 +299,8 @@ def warm_cache(cpu_level: str | None, quiet: bool) -> None:
 )
 def explore(port: int, host: str, open_browser: bool, providers: int) -> None:
     """Explore fractals in a web page: zoom with the mouse, then render the view as a poster."""
+    import asyncio
+
     try:
         from fractal_app.explore.server import serve
     except ModuleNotFoundError as error:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import grpc
 
+    from fractal_app.forkserver import ForkedProcess, ForkServer
     from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 
 START_TIMEOUT_S = 60.0
@@ -76,7 +77,7 @@ class ServerProcess:
 
     role: str
     work_dir: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedProcess  # ForkedProcess: a fork server's child
     port_file: Path
     log_path: Path
     credentials: grpc.ChannelCredentials | None = None
@@ -253,12 +254,15 @@ def launch(
     env: Mapping[str, str] | None = None,
     prelude: str = "",
     credentials: grpc.ChannelCredentials | None = None,
+    forks: ForkServer | None = None,
 ) -> ServerProcess:
     """Start the server process and return at once (wait with ``wait_for_port``).
 
     The port file and the log sit beside ``work_dir`` (unique names unless given, so a
     server restarted on the same work directory never reads its predecessor's port).
-    ``env``: the process's whole environment (None: this process's).
+    ``env``: the process's whole environment (None: this process's). ``forks``: fork the
+    process from this fork server (:mod:`fractal_app.forkserver`; it has the environment it
+    was started with, and no ``prelude``) instead of starting an interpreter.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -266,6 +270,12 @@ def launch(
     port_file = port_file or work_dir.parent / f"{stem}.port"
     log_path = log_path or work_dir.parent / f"{stem}.log"
     command = server_command(role, work_dir, port_file, log_level, extra_args, prelude)
+    if forks is not None:
+        if prelude:
+            raise ValueError("launch: a forked server runs no prelude")
+        started = time.perf_counter()
+        process = forks.spawn(command[3:], log_path)  # after "python -m fractal_app"
+        return ServerProcess(role, work_dir, process, port_file, log_path, credentials, started)
     with open(log_path, "ab") as log:
         started = time.perf_counter()
         process = subprocess.Popen(

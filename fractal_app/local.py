@@ -2,10 +2,12 @@
 
 Everything a node does is done here, in the same order and through the same entrypoint: the
 requestor and every provider are separate ``python -m fractal_app`` processes with their own
-work directories; the task folder is prepared as a node prepares it; each subtask's resources
-are copied to a fresh provider, its result copied back to ``subtask_outputs/{subtask_id}/``,
-and the requestor verifies it. A band that fails verification goes back to the requestor's
-pending list and is handed out again, a bounded number of times.
+work directories (forked, with the imports done, from a :mod:`fractal_app.forkserver`, or
+each started as a fresh interpreter where there is none); the task folder is prepared as a
+node prepares it; each subtask's resources are copied to a fresh provider, its result copied
+back to ``subtask_outputs/{subtask_id}/``, and the requestor verifies it. A band that fails
+verification goes back to the requestor's pending list and is handed out again, a bounded
+number of times.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from pathlib import Path
 
 import grpc
 
-from fractal_app import lifeline
+from fractal_app import forkserver, lifeline
 from fractal_app.errors import AppError
 from fractal_app.launcher import ServerProcess, ServerStartError, launch
+from fractal_app.outputs import output_format
 from fractal_app.protocol import golem_task_api_pb2 as pb
 from fractal_app.protocol import golem_task_api_pb2_grpc as pb_grpc
 from fractal_app.taskdir import ProviderTaskDir, RequestorTaskDir, check_relative_path
@@ -90,16 +93,47 @@ def default_subtasks(scene, providers: int) -> int:
     )
 
 
+@dataclass(frozen=True)
+class RenderPlan:
+    """What the render needs of a valid scene before it starts: the output's kind and bit
+    depth, the env, and the bands (``subtasks``: CreateTask's max_subtasks_count)."""
+
+    output: str
+    bit_depth: int
+    env: str
+    subtasks: int
+    bands: int
+
+
+def plan_render(scene_json: str, providers: int, subtasks: int | None) -> RenderPlan:
+    """Validate the scene (scene.SceneError names the bad field) and plan its bands."""
+    from fractal_app.bands import plan_bands
+    from fractal_app.scene import parse_scene
+
+    scene = parse_scene(scene_json)
+    count = subtasks or default_subtasks(scene, providers)
+    bands = len(plan_bands(scene.height_px, count))
+    return RenderPlan(scene.output, scene.bit_depth, scene.env, count, bands)
+
+
 def output_path_for(output: Path, scene_output: str) -> Path:
-    """``counts`` results are TIFF files: OUT gets the .tiff suffix if it has another."""
-    if scene_output == "counts" and output.suffix.lower() not in (".tif", ".tiff"):
-        return output.with_suffix(".tiff")
+    """The file a render to ``output`` writes: an output format with a fixed file type
+    (``counts``: TIFF) gives OUT its first suffix if OUT has none of them."""
+    suffixes = output_format(scene_output).file_suffixes
+    if suffixes and output.suffix.lower() not in suffixes:
+        return output.with_suffix(suffixes[0])
     return output
 
 
-def _launch(role: str, work_dir: Path, extra_args: list[str], log_level: str) -> ServerProcess:
+def _launch(
+    role: str,
+    work_dir: Path,
+    extra_args: list[str],
+    log_level: str,
+    forks: forkserver.ForkServer | None,
+) -> ServerProcess:
     """Start a server process for ``work_dir``, its port file and log beside it (what --keep
-    keeps); it dies with this process, even by SIGKILL."""
+    keeps), forked by ``forks`` if given; it dies with this process, even by SIGKILL."""
     return launch(
         role,
         work_dir,
@@ -108,6 +142,7 @@ def _launch(role: str, work_dir: Path, extra_args: list[str], log_level: str) ->
         log_level=log_level,
         extra_args=extra_args,
         env=lifeline.child_environment(),
+        forks=forks,
     )
 
 
@@ -129,10 +164,17 @@ class ProviderLauncher:
     nothing of its subtask until ``Compute``.
     """
 
-    def __init__(self, root: Path, backend: str | None, log_level: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        backend: str | None,
+        log_level: str,
+        forks: forkserver.ForkServer | None = None,
+    ) -> None:
         self.folder = root / "providers"
         self.extra_args = ["--backend", backend] if backend else []
         self.log_level = log_level
+        self.forks = forks
         self.children: set[ServerProcess] = set()
         self.starts: dict[ServerProcess, asyncio.Task] = {}
 
@@ -140,7 +182,7 @@ class ProviderLauncher:
         name = f"provider-{uuid.uuid4().hex}"
         work = self.folder / name
         work.mkdir(parents=True)
-        provider = _launch("provider", work, self.extra_args, self.log_level)
+        provider = _launch("provider", work, self.extra_args, self.log_level, self.forks)
         self.children.add(provider)
         self.starts[provider] = asyncio.create_task(_serving(provider))
         return provider
@@ -394,6 +436,8 @@ async def render_locally(
     keep: Path | None = None,
     log_level: str = "WARNING",
     on_progress: Callable[[int, int], None] | None = None,
+    fork_server: forkserver.ForkServer | None = None,
+    plan: RenderPlan | None = None,
 ) -> LocalRenderReport:
     """Run the whole Golem lifecycle on this machine and write the final image to ``output``.
 
@@ -401,6 +445,10 @@ async def render_locally(
     provider is killed and the band handed out again, like any other failed attempt.
     ``keep``: a directory to hold the work directories (and logs) instead of a temporary one.
     ``on_progress``: called with (bands accepted, bands in all) after each accepted band.
+    ``fork_server``: the fork server to start the processes from (see
+    :mod:`fractal_app.forkserver`), already loading, which this closes; by default one is
+    started here where the platform allows it. ``plan``: :func:`plan_render` of the scene,
+    if the caller made it already.
 
     SIGTERM and SIGHUP stop it as Ctrl-C does: every process it started is reaped and the
     temporary folder removed, then LocalRenderError says which signal. After a SIGKILL its
@@ -421,6 +469,8 @@ async def render_locally(
                 keep,
                 log_level,
                 on_progress,
+                fork_server,
+                plan,
             )
         except asyncio.CancelledError:
             if not received:
@@ -471,11 +521,10 @@ async def _render_locally(
     keep: Path | None,
     log_level: str,
     on_progress: Callable[[int, int], None] | None,
+    fork_server: forkserver.ForkServer | None,
+    plan: RenderPlan | None,
 ) -> LocalRenderReport:
     from tqdm import tqdm
-
-    from fractal_app.bands import plan_bands
-    from fractal_app.scene import parse_scene
 
     if providers < 1:
         raise LocalRenderError("--providers must be at least 1")
@@ -501,17 +550,21 @@ async def _render_locally(
                 raise LocalRenderError(f"{root} is not empty; give --keep an empty or new folder")
         (root / "requestor").mkdir()
         (root / "providers").mkdir()
-        launcher = ProviderLauncher(root, backend, log_level)
-        requestor = _launch("requestor", root / "requestor", [], log_level)
+        forks = fork_server
+        if forks is None and forkserver.available():
+            forks = forkserver.ForkServer()
+        if forks is not None:
+            stack.callback(forks.close)  # once every process it forked is reaped (below)
+        launcher = ProviderLauncher(root, backend, log_level, forks)
+        requestor = _launch("requestor", root / "requestor", [], log_level, forks)
         # The requestor starts first: it needs nothing of the scene and has the longest way
         # to its first answer (CreateTask's cost estimate loads Numba and its kernels), so
         # this process validates the scene (pydantic's import and all) meanwhile.
         requestor_start = asyncio.create_task(_serving(requestor))
         try:
-            scene = parse_scene(scene_json)
-            count = subtasks or default_subtasks(scene, providers)
-            total = len(plan_bands(scene.height_px, count))
-            output = output_path_for(Path(output), scene.output)
+            plan = plan or plan_render(scene_json, providers, subtasks)
+            count, total = plan.subtasks, plan.bands
+            output = output_path_for(Path(output), plan.output)
             # The first providers start with the requestor: their start-up and Numba
             # loading overlap the requestor's and the task's creation.
             first_providers = [launcher.launch() for _ in range(min(providers, total))]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fractal_app.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,10 @@ def convert(png: Path, target: Path, chosen: PictureFormat, quality: int | None)
 def read_png(path: Path) -> np.ndarray:
     """The (H, W, 3) uint8 or uint16 pixels of an RGB PNG this app wrote (trusted: the
     requestor's own final image; Pillow would reduce 16 bits to 8)."""
+    import numpy as np
+
     from fractal_app.bandfile import _unfilter
+    from fractal_app.pngstream import deflate
 
     data = Path(path).read_bytes()
     at, idat, header = 8, [], None
@@ -109,7 +113,7 @@ def read_png(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not an RGB PNG")
     width, height, bits, _ = header
     bpp = 3 * bits // 8
-    raw = zlib.decompress(b"".join(idat))
+    raw = deflate.decompress(b"".join(idat))
     rows = _unfilter(raw, height, width * bpp, bpp, np.zeros(width * bpp, np.uint8), 0)
     if bits == 8:
         return rows.reshape(height, width, 3)
@@ -117,30 +121,9 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def write_tiff(path: Path, rgb: np.ndarray) -> None:
-    """An uncompressed baseline RGB TIFF of (H, W, 3) uint8 or uint16 pixels."""
-    height, width, _ = rgb.shape
-    bits = rgb.dtype.itemsize * 8
-    pixels = np.ascontiguousarray(rgb, dtype=f"<u{rgb.dtype.itemsize}").tobytes()
-    if len(pixels) > 2**32 - 2**20:
+    """An uncompressed baseline RGB TIFF of (H, W, 3) uint8 or uint16 pixels (tifffile)."""
+    import tifffile
+
+    if rgb.nbytes > 2**32 - 2**20:
         raise InvalidArgument("the picture is too large for a classic TIFF: write .png")
-    entries = [  # (tag, type, count, value); types 3 SHORT, 4 LONG
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1),
-        (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, height),
-        (279, 4, 1, len(pixels)), (284, 3, 1, 1),
-    ]
-    ifd_at = 8
-    bits_at = ifd_at + 2 + 12 * len(entries) + 4
-    data_at = bits_at + 6
-    out = bytearray(b"II" + struct.pack("<HI", 42, ifd_at) + struct.pack("<H", len(entries)))
-    for tag, kind, count, value in entries:
-        if tag == 258:
-            value = bits_at
-            out += struct.pack("<HHII", tag, kind, count, value)
-            continue
-        value = data_at if tag == 273 else value
-        packed = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
-        out += struct.pack("<HHI", tag, kind, count) + packed
-    out += struct.pack("<I", 0) + struct.pack("<HHH", bits, bits, bits)
-    with open(path, "wb") as file:
-        file.write(out)
-        file.write(pixels)
+    tifffile.imwrite(path, rgb, photometric="rgb")

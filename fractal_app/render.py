@@ -21,6 +21,7 @@ import numpy as np
 
 from fractal_app import config
 from fractal_app.errors import FailedPrecondition, InvalidArgument
+from fractal_app.outputs import COUNTS
 from fractal_app.protocol.constants import DOCKER_GPU_ENV_ID
 
 BACKENDS = ("cpu", "cuda")
@@ -41,7 +42,7 @@ _BENCHMARK_SCENE = {
     "center": [-0.75, 0.0],
     "width": 3.5,
     "max_iter": 1000,
-    "output": "counts",
+    "output": COUNTS.name,
 }
 
 
@@ -86,27 +87,24 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
     kernels = _kernels(backend)
     params = escape_params(scene)
     ss = scene.supersample
-    re_cols = _sample_coords(scene, np.arange(width, dtype=np.int64), axis="re")
+    re_cols = sample_coords(scene, np.arange(width, dtype=np.int64), axis="re")
     re_cols = re_cols.reshape(-1).astype(params.dtype)
     rows_per_chunk = max(1, MAX_SAMPLES_PER_CHUNK // (width * ss * ss))
-    counts_out = scene.output == "counts"
-    if counts_out:
-        out = np.empty((row_stop - row_start, width), dtype=np.uint32)
-    else:
-        out = np.empty((row_stop - row_start, width, 3), dtype=_image_dtype(scene))
+    coloured = scene.output_format.coloured
+    out = scene.output_format.empty_band(row_stop - row_start, width, scene.bit_depth)
     for r0 in range(row_start, row_stop, rows_per_chunk):
         r1 = min(row_stop, r0 + rows_per_chunk)
-        im_rows = _sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
+        im_rows = sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
         im_rows = im_rows.reshape(-1).astype(params.dtype)
         counts = np.empty((im_rows.shape[0], re_cols.shape[0]), dtype=np.uint32)
         mag2 = np.empty(counts.shape, dtype=np.float64)
         kernels.iterate_grid(params, re_cols, im_rows, counts, mag2)
         target = out[r0 - row_start : r1 - row_start]
-        if counts_out:
-            target[...] = counts
-        else:
+        if coloured:
             shape = (r1 - r0, ss, width, ss)
             _colour(scene, counts.reshape(shape), mag2.reshape(shape), target)
+        else:
+            target[...] = counts
     return out
 
 
@@ -143,8 +141,8 @@ def render_pixels(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "cpu
     ss = scene.supersample
     n = rows.shape[0]
     # Sample (a, b) of pixel k sits at row offset a and column offset b, as in render_band.
-    re = _sample_coords(scene, cols, axis="re")[:, None, :]
-    im = _sample_coords(scene, rows, axis="im")[:, :, None]
+    re = sample_coords(scene, cols, axis="re")[:, None, :]
+    im = sample_coords(scene, rows, axis="im")[:, :, None]
     re, im = np.broadcast_arrays(re, im)
     re = np.ascontiguousarray(re.reshape(-1), dtype=params.dtype)
     im = np.ascontiguousarray(im.reshape(-1), dtype=params.dtype)
@@ -152,7 +150,7 @@ def render_pixels(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "cpu
     mag2 = np.empty(re.shape[0], dtype=np.float64)
     if n:
         kernels.iterate_points(params, re, im, counts, mag2)
-    if scene.output == "counts":
+    if not scene.output_format.coloured:
         return counts
     out = np.empty((n, 1, 3), dtype=_image_dtype(scene))
     shape = (n, ss, 1, ss)
@@ -204,7 +202,7 @@ def escape_params(scene):
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
+def sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
     """(len(index), s) float64 coordinates of the s sub-pixel sample centres of each pixel
     column (axis "re") or row (axis "im"): the contract's formula, in this one place."""
     ss = scene.supersample

@@ -157,7 +157,6 @@ class Requestor:
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
 
     async def _file_work(self, func, *args):
-        await self._preloaded()  # the cost estimate runs kernels here
         return await asyncio.get_running_loop().run_in_executor(self._files, func, *args)
 
     async def _preloaded(self) -> None:
@@ -270,6 +269,10 @@ class Requestor:
                 await self._file_work(
                     task_files.prepare_task_folder, task_dir, scene.to_json().encode()
                 )
+                if max_subtasks_count > 1:
+                    # The cost estimate runs kernels; one band has nothing to balance, so its
+                    # task is created (and its provider starts) while the kernels still load.
+                    await self._preloaded()
                 plan = await self._file_work(_plan, scene, max_subtasks_count)
                 store = await self._db(
                     TaskStore.create,

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from fractal_app.errors import InvalidArgument
+from fractal_app.outputs import OUTPUT_NAMES, OutputFormat, output_format
 
 MAX_SIDE = 65_536
 MAX_PIXELS = 2**30
@@ -109,7 +110,7 @@ class _SceneBase(BaseModel):
     bit_depth: Annotated[Literal[8, 16], BeforeValidator(_strict_int)] = 8
     precision: Literal["float64", "float32"] = "float64"
     env: Literal["docker_cpu", "docker_gpu"] = "docker_cpu"
-    output: Literal["image", "counts"] = "image"
+    output: Literal[OUTPUT_NAMES] = "image"  # each name in the registry (outputs.OUTPUTS)
 
     @field_validator("resolution")
     @classmethod
@@ -134,11 +135,15 @@ class _SceneBase(BaseModel):
 
     @model_validator(mode="after")
     def _counts_need_plain_pixels(self):
-        if self.output == "counts" and self.supersample != 1:
+        if not self.output_format.coloured and self.supersample != 1:
             raise ValueError(
-                "output 'counts' stores one escape count per pixel: set supersample to 1"
+                f"output {self.output!r} stores one escape count per pixel: set supersample to 1"
             )
         return self
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return output_format(self.output)
 
     @property
     def width_px(self) -> int:
@@ -286,8 +291,10 @@ class _RaymarchScene(_SceneBase):
 
     @model_validator(mode="after")
     def _no_counts_for_3d(self):
-        if self.output == "counts":
-            raise ValueError("output 'counts' is for 2D escape-time fractals; use output 'image'")
+        if not self.output_format.coloured:
+            raise ValueError(
+                f"output {self.output!r} is for 2D escape-time fractals; use output 'image'"
+            )
         if math.fsum(x * x for x in self.light_direction) == 0.0:
             raise ValueError("light_direction must not be the zero vector")
         return self
@@ -412,7 +419,9 @@ def _describe(error: dict[str, Any]) -> str:
             f"field {field!r} must have exactly {wanted} items (got {ctx.get('actual_length')})"
         )
     if kind == "literal_error":
-        return f"field {field!r} must be {ctx.get('expected')} (got {got!r})"
+        # An array or object is named by its kind: its repr can be megabytes, or recurse too deep.
+        shown = _json_kind(got) if isinstance(got, list | dict) else repr(got)
+        return f"field {field!r} must be {ctx.get('expected')} (got {shown})"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     return f"field {field!r}: {message}" if loc else message
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,37 @@ def save_band_values(task_dir: RequestorTaskDir, band_index: int, values: np.nda
         np.save(out, np.ascontiguousarray(values), allow_pickle=False)
 
 
+# Rows of a saved band read back per block when the final image is written.
+READ_BLOCK_BYTES = 4 << 20
+
+
+def band_value_blocks(path: Path) -> Iterator[np.ndarray]:
+    """A saved band's values (``save_band_values``), a few MiB of rows at a time.
+
+    Read, not memory-mapped: a mapped band's pages stay resident until it is unmapped, so
+    writing the final image from mapped bands held a whole band (192 MiB of a 64-megapixel
+    8-bit poster band) beside the encoder; read in blocks, it holds one block.
+    """
+    import numpy as np
+
+    npy = np.lib.format
+    with open(path, "rb") as file:
+        if npy.read_magic(file) == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(file)
+        else:
+            shape, fortran, dtype = npy.read_array_header_2_0(file)
+        if fortran or not shape:
+            raise ValueError(f"{path.name} is not a C-ordered array of rows")
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        rows_per_block = max(1, READ_BLOCK_BYTES // max(1, row_items * dtype.itemsize))
+        for start in range(0, shape[0], rows_per_block):
+            rows = min(rows_per_block, shape[0] - start)
+            block = np.fromfile(file, dtype=dtype, count=rows * row_items)
+            if block.size != rows * row_items:
+                raise ValueError(f"{path.name} ends before its {shape[0]} rows")
+            yield block.reshape((rows, *shape[1:]))
+
+
 def remove_results(task_dir: RequestorTaskDir) -> None:
     """Remove the final file, whichever the output: the task is no longer complete."""
     try:
@@ -73,27 +104,20 @@ def remove_results(task_dir: RequestorTaskDir) -> None:
 
 def assemble_result(task_dir: RequestorTaskDir, scene, bands: Sequence[BandRow]) -> None:
     """Stream the accepted bands, top to bottom, into ``task_outputs``' one result file."""
-    import numpy as np
-
-    from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
-
     width, height = scene.width_px, scene.height_px
     # Checked before anything is written: nothing goes through a planted symlink.
     task_outputs = task_dir.checked(task_dir.task_outputs, create=True)
     task_dir.checked(task_dir.state)
     tmp = task_dir.partial_result
-    if scene.output == "counts":
-        writer = CountsTiffWriter(tmp, width, height)
-    else:
-        writer = PngStreamWriter(
-            tmp, width, height, scene.bit_depth, text={"Software": "fractal-app"}
-        )
+
+    def accepted_values():
+        for band in sorted(bands, key=lambda b: b.row_start):
+            if band.state != "accepted":
+                raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
+            yield from band_value_blocks(task_dir.band_values(band.index))
+
     try:
-        with writer:
-            for band in sorted(bands, key=lambda b: b.row_start):
-                if band.state != "accepted":
-                    raise FailedPrecondition(f"band {band.index} is {band.state}, not accepted")
-                writer.write_rows(np.load(task_dir.band_values(band.index), mmap_mode="r"))
+        scene.output_format.write_result(tmp, width, height, scene.bit_depth, accepted_values())
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()  # a full disk must not keep what it could write of the image

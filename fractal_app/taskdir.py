@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fractal_app.errors import FailedPrecondition, InvalidArgument
+from fractal_app.outputs import OUTPUTS
 from fractal_app.protocol.constants import (
     SUBTASK_INPUTS_DIR,
     SUBTASK_OUTPUTS_DIR,
@@ -36,8 +37,9 @@ MAX_RESOURCE_BYTES = 1 << 20
 # What a provider writes for its band, in ``{subtask_id}/``; the node sends it to the
 # requestor's ``subtask_outputs/{subtask_id}/`` under the same name.
 BAND_FILE = "band.png"
-# The one file ``task_outputs`` holds once every band is accepted, by the scene's output.
-RESULT_FILES = {"image": "result.png", "counts": "result.tiff"}
+# The one file ``task_outputs`` holds once every band is accepted, by the scene's output
+# (each output format declares its own: fractal_app/outputs.py).
+RESULT_FILES = {name: fmt.result_file for name, fmt in OUTPUTS.items()}
 # The requestor's own files: outside the four protocol folders, so task_outputs holds the
 # result and nothing else.
 APP_STATE_DIR = "app_state"

@@ -11,8 +11,8 @@ kernels, :func:`fractal_app.render.render_pixels`) and compares. Steps, cheapest
    drawn in proportion to the requestor's own cheap low-resolution estimate of each region's
    cost (a provider that skips only the expensive pixels is sampled where it cheated). A band
    of at most ``FULL_CHECK_PIXELS`` pixels is checked in full (with the fast band kernels).
-3. Recompute and compare: escape counts exactly, colours to within ``colour_tolerance``
-   (a few quantisation steps, measured).
+3. Recompute and compare: escape counts exactly, colours to within the output format's
+   ``tolerance`` (a few quantisation steps, measured; ``outputs.py``).
 4. Excuse honest floating-point differences. A GPU contracts multiply-adds (FMA), and that
    changes the escape count of pixels whose orbit is chaotic: measured with an
    FMA-contracted variant of our kernels, 0.003% of the pixels of the classic Mandelbrot
@@ -62,6 +62,7 @@ import numpy as np
 from fractal_app import errors
 from fractal_app.bandfile import BandFileError, BandMeta, read_band
 from fractal_app.bands import worst_pixel_cost
+from fractal_app.outputs import COUNTS
 
 # --------------------------------------------------------------------------- the plan
 WRONG_FRACTION = 0.02  # the issue: a band with >= 2% wrong pixels ...
@@ -135,19 +136,6 @@ def full_check_tolerance(band_pixels: int) -> int:
     """Hard mismatches allowed when every pixel is checked: fewer than WRONG_FRACTION of them,
     and never more than HARD_TOLERANCE."""
     return max(0, min(HARD_TOLERANCE, math.ceil(WRONG_FRACTION * band_pixels) - 1))
-
-
-def colour_tolerance(bit_depth: int) -> int:
-    """Largest per-channel difference still counted as equal: 2 steps at 8 bits (rounding
-    at .5 flips either way), 32 steps (1/2048 of full scale) at 16 bits.
-
-    Measured against the FMA-contracted variant (tests/test_verify_honest.py): where it
-    changes a 2D pixel at all, the change is a new escape count (median 2.5 steps at 8 bits,
-    5-16 steps at 16 bits, up to the full range) and 44-67% of such pixels still fall
-    within the tolerance; the rest are all found floating-point sensitive. The 3D shader in
-    float64 gave identical pixels under contraction and under nudges of the camera; in
-    float32, 14% of pixels changed, 99.7% of them within 32 steps at 16 bits."""
-    return 2 if bit_depth == 8 else 32
 
 
 # The bound the code promises, checked at import so a change to the plan that breaks it
@@ -250,7 +238,7 @@ def estimate_costs(scene, meta: BandMeta) -> tuple[np.ndarray, np.ndarray, np.nd
     centre_cols = (col_edges[:-1] + col_edges[1:] - 1) // 2
     grid_rows, grid_cols = np.meshgrid(centre_rows, centre_cols, indexing="ij")
     cheap = scene.model_copy(update={
-        "output": "counts", "supersample": 1, "max_iter": min(scene.max_iter, ESTIMATE_MAX_ITER),
+        "output": COUNTS.name, "supersample": 1, "max_iter": min(scene.max_iter, ESTIMATE_MAX_ITER),
     })
     with _threads_for(grid_rows.size * cheap.max_iter, SERIAL_STEPS_2D):
         counts = render_pixels(cheap, grid_rows.ravel(), grid_cols.ravel())
@@ -296,8 +284,8 @@ class CheckReport:
     hard: list = field(default_factory=list)  # (row, col, got, expected)
     soft: list = field(default_factory=list)
     differing: int = 0
-    output: str = "image"
-    colour_tol: int = 0
+    value_tol: int = 0  # the output format's tolerance: largest difference counted as equal
+    comparison: str = ""  # how values were compared, in words
 
     @property
     def accepted(self) -> bool:
@@ -315,9 +303,7 @@ class CheckReport:
                f"{self.checked:,} of {self.band_pixels:,} pixels recomputed "
                f"({self.checked - self.weighted:,} stratified uniform, {self.weighted:,} "
                f"weighted to expensive pixels)")
-        compare = ("escape counts compared exactly" if self.output == "counts" else
-                   f"colours compared to within {self.colour_tol} per channel")
-        head = f"{how}, {compare}: {self.differing:,} differ"
+        head = f"{how}, {self.comparison}: {self.differing:,} differ"
         hard, soft = len(self.hard), len(self.soft)
         examined = hard + soft
         parts = []
@@ -421,7 +407,7 @@ def at_set_boundary(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.nda
     rounding, not on the input alone (the burning ship's edge is full of such pixels)."""
     if scene.is_3d:
         return np.zeros(rows.size, dtype=bool)
-    plain = scene.model_copy(update={"output": "counts", "supersample": 1})
+    plain = scene.model_copy(update={"output": COUNTS.name, "supersample": 1})
     dr, dc = np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij")
     nr = np.clip(rows[:, None] + dr.ravel()[None, :], 0, scene.height_px - 1)
     nc = np.clip(cols[:, None] + dc.ravel()[None, :], 0, scene.width_px - 1)
@@ -447,8 +433,10 @@ def check_values(scene, meta: BandMeta, values: np.ndarray, rng: np.random.Gener
     """Recompute sampled pixels of ``values`` (the decoded band) and compare."""
     width = scene.width_px
     n_pixels = meta.rows * width
-    report = CheckReport(band_pixels=n_pixels, output=scene.output,
-                         colour_tol=colour_tolerance(scene.bit_depth))
+    values_format = scene.output_format
+    report = CheckReport(band_pixels=n_pixels,
+                         value_tol=values_format.tolerance(scene.bit_depth),
+                         comparison=values_format.comparison(scene.bit_depth))
     if n_pixels <= FULL_CHECK_PIXELS:
         index = np.arange(n_pixels, dtype=np.int64)
         report.full = True
@@ -467,8 +455,7 @@ def check_values(scene, meta: BandMeta, values: np.ndarray, rng: np.random.Gener
         expected = _render_rows(scene, meta, cancel).reshape(got.shape)
     else:
         expected = _render_chunked(scene, rows, cols, cancel)
-    tol = 0 if scene.output == "counts" else report.colour_tol
-    differ = np.flatnonzero(_distance(got, expected) > tol)
+    differ = np.flatnonzero(_distance(got, expected) > report.value_tol)
     report.differing = differ.size
     _classify(scene, report, differ, rows, cols, got, expected, cancel)
     return report
@@ -481,7 +468,7 @@ def _classify(scene, report: CheckReport, differ, rows, cols, got, expected, can
     no earlier test excused, and only until the verdict is certain: an honest band costs a
     call or two here, a cheat one batch.
     """
-    sensitivity_tol = 0 if scene.output == "counts" else report.colour_tol // 2
+    sensitivity_tol = report.value_tol // 2
     # Largest nudge first: it excuses most, so the later tests see few samples.
     nudged = perturbed_scenes(scene)[::-1]
     # A small first batch: a cheat is usually certain after tolerance + 1 hard mismatches.

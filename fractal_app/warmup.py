@@ -105,6 +105,7 @@ def _image_cache_locator_class():
 def warm_scenes() -> Iterator:
     """One small scene per kernel variant: fractal x precision x output kind x bit depth x
     supersampling (the combinations that change the types the kernels are compiled for)."""
+    from fractal_app.outputs import COUNTS
     from fractal_app.scene import FRACTALS, parse_scene
 
     for fractal in FRACTALS:
@@ -117,7 +118,7 @@ def warm_scenes() -> Iterator:
                     image = {"output": "image", "bit_depth": bit_depth, "supersample": supersample}
                     yield parse_scene({**base, **image})
             if not is_3d:
-                yield parse_scene({**base, "output": "counts"})
+                yield parse_scene({**base, "output": COUNTS.name})
                 yield parse_scene({**base, "output": "image", "smooth": False})
     # The deep (perturbation) path's kernels: one signature each, whatever the output.
     yield parse_scene({"fractal": "mandelbrot", "resolution": list(_WARM_RESOLUTION),
@@ -137,7 +138,7 @@ def warm_steps() -> list[tuple[str, Callable[[], None]]]:
 
 def _label(scene) -> str:
     extra = f" ss{scene.supersample}" if scene.supersample > 1 else ""
-    smooth = "" if scene.is_3d or scene.output == "counts" or scene.smooth else " flat"
+    smooth = "" if scene.is_3d or not scene.output_format.coloured or scene.smooth else " flat"
     return f"{scene.fractal} {scene.precision} {scene.output} {scene.bit_depth}-bit{extra}{smooth}"
 
 
@@ -179,8 +180,8 @@ def _run_service_paths(scene) -> None:
         bandfile.write_band_blocks(result, band_blocks(scene, 1, height - 1, "cpu"), meta)
         verdicts = [verify.verify_band(scene, meta, Path(folder), threading.Event())]
         # A provider's PNG may use any row filter (Pillow and libpng pick one per row).
-        result.write_bytes(refiltered_png(result.read_bytes(), bandfile.png_bit_depth(
-            meta, scene.bit_depth), scene.width_px, (0, 1, 2, 3, 4)))
+        result.write_bytes(refiltered_png(result.read_bytes(), meta.format.png_bits(
+            scene.bit_depth), scene.width_px, (0, 1, 2, 3, 4)))
         verdicts.append(verify.verify_band(scene, meta, Path(folder), threading.Event()))
     for verdict in verdicts:
         if not verdict.accepted:  # an honest band: the warm-up would hide a real bug
@@ -306,5 +307,5 @@ def _kernels_of(scene) -> list[tuple[str, object, tuple | None]]:
     if not iterate:
         iterate = [("scalar", cpu.iterate_grid_scalar, None),
                    ("scalar", cpu.iterate_points_scalar, None)]
-    colour = [] if scene.output == "counts" else [("colour", cpu.colour_pixels, None)]
+    colour = [("colour", cpu.colour_pixels, None)] if scene.output_format.coloured else []
     return iterate + colour

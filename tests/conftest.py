@@ -1,4 +1,5 @@
-"""Shared test set-up: one Numba cache for the test process and every server it starts.
+"""Shared test set-up: the default run without the slow tests, one Numba cache for the test
+process and every server it starts, requestor fixtures.
 
 The requestor and provider processes the tests start compile the same kernels; pointing them
 all at one on-disk cache means each kernel compiles once per machine, not once per process.
@@ -11,11 +12,30 @@ from pathlib import Path
 
 import pytest
 
+TESTS = Path(__file__).resolve().parent
+
 # Before anything imports numba (conftest is imported before the test modules); the server
 # processes inherit it.
 os.environ.setdefault(
     "NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"fractal-app-tests-numba-{os.getuid()}")
 )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default run leaves out the tests marked slow; any -m decides instead (CI runs
+    `pytest -m slow` after the default run, `-m "slow or not slow"` runs everything).
+
+    Here rather than `-m "not slow"` in pyproject's addopts, which would also deselect the
+    benchmarks marked slow that `pytest benchmarks/bench_lifecycle.py` is asked to run.
+    """
+    if config.option.markexpr:
+        return
+
+    def slow(item):
+        return item.get_closest_marker("slow") is not None and item.path.is_relative_to(TESTS)
+
+    config.hook.pytest_deselected(items=[item for item in items if slow(item)])
+    items[:] = [item for item in items if not slow(item)]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from fractal_app import bandfile
+from fractal_app import bandfile, pngstream
 from fractal_app.bandfile import (
     BandFileError,
     BandMeta,
@@ -65,8 +65,8 @@ def test_counts_band_round_trips_full_uint32_range(tmp_path):
 )
 def test_bands_encode_a_block_of_rows_at_a_time(tmp_path, monkeypatch, output, dtype, bits):
     """Poster bands are encoded in row blocks (and IDAT chunks) far smaller than the band."""
-    monkeypatch.setattr(bandfile, "_ENCODE_BLOCK_BYTES", 3 * WIDTH * 2 * 2)  # ~2 rows a block
-    monkeypatch.setattr(bandfile, "_IDAT_CHUNK_BYTES", 64)
+    monkeypatch.setattr(pngstream, "STEP_BYTES", 3 * WIDTH * 2 * 2)  # ~2 rows a step
+    monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 64)
     meta = BandMeta("task-1", "sub-3", 0, 40, output)
     rng = np.random.default_rng(7)
     shape = (40, WIDTH) if output == "counts" else (40, WIDTH, 3)
@@ -146,8 +146,27 @@ def test_filters_decode_across_the_reader_s_row_blocks(tmp_path, monkeypatch, bi
     np.testing.assert_array_equal(read_band(tmp_path / "f.png", META, WIDTH, bits), values)
 
 
+def test_every_average_and_paeth_row_runs_the_one_kernel_the_warm_up_compiles(tmp_path):
+    """The docker_cpu image holds the Average/Paeth kernel for the one signature its warm-up
+    meets (fractal_app.warmup refilters an 8-bit band). A band of any depth or output, with
+    such a row first in a decoding block, after a fast-path block or after any other row,
+    must call that same signature: a second one would compile in a container whose cache is
+    read-only, and an honest band would answer INTERNAL there."""
+    cases = [(META, 8, [4, 3, 0, 1, 2]), (META, 16, [1, 1, 3, 4]), (META, 8, [3]),
+             (BandMeta("task-1", "sub-3", 10, 16, "counts"), 16, [2, 2, 4])]
+    for meta, bits, kinds in cases:
+        rgb = _rgb(dtype=np.uint8 if bits == 8 else np.uint16, seed=3)
+        if meta.output == "counts":
+            rgb[..., 2] = 0
+        png = craft_png(WIDTH, 6, bit_depth=bits, text=_text(meta), pixels=rgb,
+                        filter_kinds=kinds)
+        (tmp_path / "f.png").write_bytes(png)
+        read_band(tmp_path / "f.png", meta, WIDTH, bits)
+    assert len(bandfile._compiled_unfilter.signatures) == 1, bandfile._compiled_unfilter.signatures
+
+
 def test_many_idat_chunks_and_small_read_blocks_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setattr(bandfile, "_IDAT_CHUNK_BYTES", 7)
+    monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 7)
     monkeypatch.setattr(bandfile, "_DECODE_BLOCK_BYTES", 1)  # a row a block
     values = np.random.default_rng(5).integers(0, 2**32, (6, WIDTH), dtype=np.uint32)
     write_band(tmp_path / "c.png", values, COUNTS)

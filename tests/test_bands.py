@@ -12,7 +12,7 @@ from PIL import Image
 
 from fractal_app import pngstream
 from fractal_app.bands import band_memory_mib, check_plan, plan_bands
-from fractal_app.pngstream import CountsTiffWriter, PngStreamWriter
+from fractal_app.pngstream import PngStreamWriter, write_counts_tiff
 
 
 @given(height=st.integers(1, 70_000), max_bands=st.integers(1, 5_000))
@@ -86,7 +86,7 @@ def decode_png_rgb(path):
 
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_png_streamed_in_uneven_blocks_reads_back_exactly(tmp_path, monkeypatch, bit_depth):
-    monkeypatch.setattr(pngstream, "ROWS_PER_STEP", 7)  # several steps per block
+    monkeypatch.setattr(pngstream, "STEP_BYTES", 7 * 31 * 3)  # several steps per block
     monkeypatch.setattr(pngstream, "IDAT_CHUNK_BYTES", 100)  # several IDAT chunks
     monkeypatch.setattr(pngstream, "SEGMENT_BYTES", 500)  # several deflate segments in flight
     rng = np.random.default_rng(5)
@@ -122,16 +122,19 @@ def test_counts_tiff_reads_back_with_pillow(tmp_path, monkeypatch, big, strip_by
     rng = np.random.default_rng(6)
     counts = rng.integers(0, 10_000_001, (33, 70)).astype(np.uint32)
     path = tmp_path / "result.tiff"
-    with CountsTiffWriter(path, 70, 33, force_bigtiff=big) as writer:
-        writer.write_rows(counts[:5])
-        writer.write_rows(counts[5:])
+    write_counts_tiff(path, 70, 33, iter([counts[:5], counts[5:]]), force_bigtiff=big)
     with Image.open(path) as tiff:
         assert tiff.mode == "I"
         np.testing.assert_array_equal(np.asarray(tiff), counts.astype(np.int32))
 
 
 def test_counts_tiff_refuses_values_that_do_not_fit(tmp_path):
-    writer = CountsTiffWriter(tmp_path / "c.tiff", 2, 1)
     with pytest.raises(ValueError, match="2\\^31"):
-        writer.write_rows(np.array([[0, 2**31]], dtype=np.uint32))
-    writer.abandon()
+        write_counts_tiff(tmp_path / "c.tiff", 2, 1, [np.array([[0, 2**31]], dtype=np.uint32)])
+
+
+@pytest.mark.parametrize("rows", [[2, 1], [2, 3], [4, 1]])
+def test_counts_tiff_refuses_rows_that_do_not_add_up(tmp_path, rows):
+    blocks = [np.zeros((n, 3), np.uint32) for n in rows]
+    with pytest.raises(ValueError, match="rows"):
+        write_counts_tiff(tmp_path / "c.tiff", 3, 4, blocks)

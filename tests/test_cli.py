@@ -1,6 +1,5 @@
 """The ``fractal-app`` command: one-machine render through real processes, benchmark, helpers."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from grpc_helpers import read_result
 
 from fractal_app import render
@@ -183,18 +181,6 @@ def test_serve_is_the_entrypoint(tmp_path):
     done = fractal_app("serve", "requestor", "0", "--work-dir", str(tmp_path / "missing"))
     assert done.returncode == 2
     assert "does not exist" in done.stderr
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("fractal_app.app_definition") is None,
-    reason="fractal_app.app_definition (DOCKER's module) is not in this tree yet",
-)
-def test_app_definition_prints_json():
-    done = fractal_app("app-definition")
-    assert done.returncode == 0, done.stderr
-    definition = json.loads(done.stdout)
-    assert definition["name"]
-    assert definition["market_strategy"] == "brass"
 
 
 def test_default_subtasks_keep_bands_bounded_and_providers_busy():

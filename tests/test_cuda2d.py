@@ -179,8 +179,8 @@ def _simulator_checks():
                                  "precision": precision, "supersample": 2, **views[fractal]})
             params = render.escape_params(scene)
             dtype = params.dtype
-            re = render._sample_coords(scene, np.arange(11), "re").reshape(-1).astype(dtype)
-            im = render._sample_coords(scene, np.arange(5), "im").reshape(-1).astype(dtype)
+            re = render.sample_coords(scene, np.arange(11), "re").reshape(-1).astype(dtype)
+            im = render.sample_coords(scene, np.arange(5), "im").reshape(-1).astype(dtype)
             results = []
             for backend in (cpu, gpu):
                 counts = np.empty((im.size, re.size), np.uint32)

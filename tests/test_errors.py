@@ -5,6 +5,7 @@ also checks that the errors of the others did not disturb it.
 """
 
 import json
+import time
 import uuid
 
 import grpc
@@ -24,6 +25,8 @@ from grpc_helpers import (
 from fractal_app.protocol import golem_task_api_pb2 as pb
 
 SCENE = {"fractal": "mandelbrot", "resolution": [32, 12], "max_iter": 100}
+# Keep probing health this long while a verification runs (well under the check's length).
+HEALTH_PROBE_SECONDS = 1.5
 BAD_NAMES = ["a/b", "a\\b", "..", "x/../y", "nul\x00byte", "/abs", "", "n" * 300]
 
 
@@ -273,7 +276,7 @@ def test_health_and_other_tasks_unaffected(shared_requestor):
 
 def test_abort_stops_a_running_verification_and_health_answers_meanwhile(shared_requestor):
     """Verification runs off the event loop: health and other rpcs answer while it works, and
-    AbortSubtask stops it (the Verify in flight ends ABORTED, the band is pending again)."""
+    AbortSubtask stops it (the Verify in flight ends ABORTED soon, the band is pending again)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     stub, work = shared_requestor.requestor(), shared_requestor.work_dir
@@ -293,22 +296,32 @@ def test_abort_stops_a_running_verification_and_health_answers_meanwhile(shared_
     write_result_here(
         work, task_id, subtask_id, params, scene, values=np.zeros((16, 64, 3), np.uint8)
     )
+    started = time.monotonic()
     in_flight = stub.Verify.future(pb.VerifyRequest(task_id=task_id, subtask_id=subtask_id))
     # A second Verify joins the running check: with a short deadline it runs out, and the
     # check goes on (the deadline of a joining caller does not stop it).
     with pytest.raises(grpc.RpcError) as joined:
         stub.Verify(pb.VerifyRequest(task_id=task_id, subtask_id=subtask_id), timeout=0.5)
     assert joined.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Health and the task's other rpcs keep answering, quickly, while the check runs.
     health = health_pb2_grpc.HealthStub(shared_requestor.channel())
-    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-    assert status == health_pb2.HealthCheckResponse.SERVING
-    assert not has_pending(stub, task_id)
+    latencies = []
+    while time.monotonic() - started < HEALTH_PROBE_SECONDS:
+        t0 = time.monotonic()
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        latencies.append(time.monotonic() - t0)
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert not has_pending(stub, task_id)
+    assert not in_flight.done(), "the check finished before it could be aborted"
+    aborted_at = time.monotonic()
     stub.AbortSubtask(pb.AbortSubtaskRequest(task_id=task_id, subtask_id=subtask_id))
     with pytest.raises(grpc.RpcError) as caught:
         in_flight.result(timeout=120)
     assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert time.monotonic() - aborted_at < 5.0, "the abort took effect late"
     assert has_pending(stub, task_id)
     assert not (work / task_id / "task_outputs" / "result.png").exists()
+    assert sorted(latencies)[len(latencies) // 2] < 0.1, f"health latencies {latencies}"
 
 
 def test_task_id_naming_a_file_in_the_work_dir(stub, work):

@@ -168,8 +168,8 @@ def _scattered_pixels(scene, count=101, seed=3):
 
 def _kernel_points(scene, rows, cols):
     params = render.escape_params(scene)
-    re = render._sample_coords(scene, cols, "re").reshape(-1).astype(params.dtype)
-    im = render._sample_coords(scene, rows, "im").reshape(-1).astype(params.dtype)
+    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(params.dtype)
+    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(params.dtype)
     counts = np.empty(re.size, np.uint32)
     mag2 = np.empty(re.size)
     cpu.iterate_points(params, re, im, counts, mag2)

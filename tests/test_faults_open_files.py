@@ -33,6 +33,7 @@ def _open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.slow  # hundreds of tasks
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
 def test_thousands_of_tasks_under_256_open_files(tmp_path):
     work = tmp_path / "requestor"

@@ -12,7 +12,7 @@ import pytest
 from grpc_helpers import start_server
 from load_driver import BANDS_PER_TASK, TASKS, run_load
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 # Generous: a loaded CI machine with two shared cores, not the benchmark's 100 ms.
 HEALTH_LATENCY_BOUND_S = 5.0

@@ -7,6 +7,7 @@ work directory, and the final image must equal an uninterrupted run's.
 import uuid
 
 import numpy as np
+import pytest
 from grpc_helpers import (
     create_task,
     has_pending,
@@ -41,6 +42,7 @@ class Restarting:
         self.server.stop()
 
 
+@pytest.mark.slow  # a requestor start after every rpc
 def test_sigkill_between_every_rpc(tmp_path, requestor):
     # The uninterrupted run.
     stub, work = requestor.requestor(), requestor.work_dir

@@ -67,6 +67,7 @@ def test_the_image_bakes_avx512_avx2_and_a_level_every_x86_64_host_runs():
     assert cpu_levels.LEVELS[levels[-1]].cpuinfo_flags == frozenset()
 
 
+@pytest.mark.slow  # compiles every level afresh: about 70 CPU-s
 def test_each_baked_level_s_block_kernels_use_its_vector_width():
     levels = [cpu_levels.LEVELS[name] for name in baked_levels()]
     runs = []

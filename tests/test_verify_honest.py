@@ -167,6 +167,7 @@ def gpu_like():
         render._kernels, cpu_raymarch.render_band = saved
 
 
+@pytest.mark.slow  # the premise of the slow test below; compiles the FMA kernels afresh
 def test_the_gpu_like_variant_really_differs_at_the_boundary():
     """Sanity: the FMA variant changes counts (so the honest tests below test something)."""
     scene = parse_scene({"fractal": "burning_ship", "resolution": [120, 68], "output": "counts"})

@@ -2,7 +2,7 @@
 
 Active only when benchmarks/rss_probe is on PYTHONPATH (which makes Python import this as
 ``sitecustomize``) and FRACTAL_BENCH_RSS_DIR names a folder. Each process writes one JSON
-file there: its pid, its role (requestor, provider, or the CLI), argv, ``ru_maxrss`` and
+file there: its pid, its role (requestor, provider, forkserver, or the CLI), argv, ``ru_maxrss`` and
 the CPU seconds it used (user + system, all its threads).
 Used by benchmarks/bench_poster.py and bench_lifecycle.py; nothing in the app imports it.
 """
@@ -17,6 +17,8 @@ _OUT = os.environ.get("FRACTAL_BENCH_RSS_DIR")
 
 
 def _role(argv: list[str]) -> str:
+    if argv and os.path.basename(argv[0]) == "forkserver.py":
+        return "forkserver"  # the one-machine render's fork server (fractal_app.forkserver)
     for role in ("requestor", "provider"):
         if role in argv:
             return role

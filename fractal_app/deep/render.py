@@ -77,7 +77,7 @@ def render_band_deep(scene, row_start: int, row_stop: int, backend: str = "cpu")
         dc_cols, dc_rows, geo.pixel_exp, *orbit.arrays(), int(scene.max_iter), counts, mag2
     )
     rows = row_stop - row_start
-    if scene.output == "counts":
+    if not scene.output_format.coloured:
         return counts
     out = np.empty((rows, width, 3), dtype=render._image_dtype(scene))
     shape = (rows, ss, width, ss)
@@ -105,7 +105,7 @@ def render_pixels_deep(
         kernels.perturb_points(
             re, im, geo.pixel_exp, *orbit.arrays(), int(scene.max_iter), counts, mag2
         )
-    if scene.output == "counts":
+    if not scene.output_format.coloured:
         return counts
     out = np.empty((n, 1, 3), dtype=render._image_dtype(scene))
     if n:
