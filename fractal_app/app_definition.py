@@ -7,6 +7,7 @@ Fields as PROTOCOL.md ("How a Golem node runs the app") lists them.
 from __future__ import annotations
 
 from fractal_app import __version__, images
+from fractal_app.fractals import FRACTALS
 from fractal_app.protocol.constants import DOCKER_CPU_ENV_ID
 
 APP_NAME = "fractal-app"
@@ -21,11 +22,17 @@ APP_NAME = "fractal-app"
 # headroom for both without being open-ended.
 MAX_BENCHMARK_SCORE = 1.0e7
 
+
+def _titles(family: str) -> str:
+    """The registered fractals of one family, as prose names them."""
+    return ", ".join(f.title for f in FRACTALS.values() if f.family == family)
+
+
 DESCRIPTION = (
-    "Renders 2D escape-time fractals (Mandelbrot, Julia, Burning Ship, Multibrot) and 3D "
-    "ray-marched fractals (Mandelbulb, Mandelbox) across many providers: the requestor splits "
-    "the image into row bands, providers render bands with Numba kernels on CPU or CUDA, and "
-    "the requestor verifies each band by recomputing random pixels before merging them."
+    f"Renders 2D escape-time fractals ({_titles('escape_time')}) and 3D ray-marched fractals "
+    f"({_titles('raymarch')}) across many providers: the requestor splits the image into row "
+    "bands, providers render bands with Numba kernels on CPU or CUDA, and the requestor "
+    "verifies each band by recomputing random pixels before merging them."
 )
 
 

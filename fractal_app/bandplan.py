@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from fractal_app.bands import Band, check_plan, plan_bands
+from fractal_app.bands import Band, bands_between, check_plan, plan_bands
 from fractal_app.outputs import COUNTS
 
 # Escape-time iterations the estimate may spend at most (all samples inside the set): about
@@ -132,7 +132,7 @@ def cut_by_cost(costs: np.ndarray, count: int) -> list[Band]:
         bounds[k] = max(bounds[k], bounds[k - 1] + 1)
     for k in range(count - 1, 0, -1):
         bounds[k] = min(bounds[k], bounds[k + 1] - 1)
-    return [(bounds[k], bounds[k + 1]) for k in range(count)]
+    return bands_between(bounds)
 
 
 def plan_cost_spread(costs: np.ndarray, plan: list[Band]) -> float:

@@ -8,7 +8,7 @@ expected cost) cannot change the bands of a task that already exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from fractal_app.outputs import output_format
 
@@ -30,13 +30,25 @@ def plan_bands(height: int, max_bands: int) -> list[Band]:
         raise ValueError(f"at least one band is needed, got max_bands={max_bands}")
     count = min(height, max_bands)
     base, extra = divmod(height, count)
-    bands: list[Band] = []
-    start = 0
+    bounds = [0]
     for index in range(count):
-        stop = start + base + (1 if index < extra else 0)
-        bands.append((start, stop))
-        start = stop
-    return bands
+        bounds.append(bounds[-1] + base + (1 if index < extra else 0))
+    return bands_between(bounds)
+
+
+def bands_between(bounds: Sequence[int]) -> list[Band]:
+    """The bands between consecutive row bounds: [0, 3, 7] -> [(0, 3), (3, 7)]."""
+    return [(int(start), int(stop)) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def row_pieces(row_start: int, row_stop: int, rows_per_piece: int) -> Iterator[Band]:
+    """Rows [row_start, row_stop) in consecutive pieces of ``rows_per_piece`` rows, the last
+    one shorter where the rows run out: the one loop by which a provider's band, a kernel
+    call's chunk and verification's re-render walk rows a few at a time."""
+    if rows_per_piece < 1:
+        raise ValueError(f"a piece needs at least one row, got rows_per_piece={rows_per_piece}")
+    for start in range(row_start, row_stop, rows_per_piece):
+        yield start, min(row_stop, start + rows_per_piece)
 
 
 def check_plan(bands: Sequence[Band], height: int) -> None:

@@ -231,14 +231,13 @@ def band_blocks(
 def block_rows(scene, row_start: int, row_stop: int) -> Iterator[tuple[int, int]]:
     """The blocks band_blocks renders: at most RENDER_BLOCK_SAMPLES samples and about
     RENDER_BLOCK_STEPS of work at the worst, but at least MIN_BLOCK_ROWS rows."""
-    from fractal_app.bands import worst_pixel_cost
+    from fractal_app.bands import row_pieces, worst_pixel_cost
 
     width = scene.width_px
     by_samples = RENDER_BLOCK_SAMPLES // (width * scene.supersample**2)
     by_work = RENDER_BLOCK_STEPS // (width * worst_pixel_cost(scene))
     block = max(1, min(by_samples, max(MIN_BLOCK_ROWS, by_work)))
-    for start in range(row_start, row_stop, block):
-        yield start, min(row_stop, start + block)
+    return row_pieces(row_start, row_stop, block)
 
 
 def rendered_ahead(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -20,16 +20,12 @@ import time
 import numpy as np
 
 from fractal_app import config
+from fractal_app.bands import row_pieces
 from fractal_app.errors import FailedPrecondition, InvalidArgument
 from fractal_app.outputs import COUNTS
 from fractal_app.protocol.constants import DOCKER_GPU_ENV_ID
 
 BACKENDS = ("cpu", "cuda")
-
-# Fractals drawn with the imaginary axis pointing down (row 0 at the smallest Im): the
-# convention of Burning Ship renderers, under which the ship stands upright. Every other
-# fractal's imaginary axis points up.
-IMAGINARY_AXIS_DOWN = frozenset({"burning_ship"})
 
 # Samples iterated per kernel call (per chunk of rows): bounds the temporary count and
 # |z|^2 arrays (12 bytes a sample) for large supersampled bands.
@@ -92,8 +88,7 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
     rows_per_chunk = max(1, MAX_SAMPLES_PER_CHUNK // (width * ss * ss))
     coloured = scene.output_format.coloured
     out = scene.output_format.empty_band(row_stop - row_start, width, scene.bit_depth)
-    for r0 in range(row_start, row_stop, rows_per_chunk):
-        r1 = min(row_stop, r0 + rows_per_chunk)
+    for r0, r1 in row_pieces(row_start, row_stop, rows_per_chunk):
         im_rows = sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
         im_rows = im_rows.reshape(-1).astype(params.dtype)
         counts = np.empty((im_rows.shape[0], re_cols.shape[0]), dtype=np.uint32)
@@ -205,13 +200,15 @@ def escape_params(scene):
 def sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:
     """(len(index), s) float64 coordinates of the s sub-pixel sample centres of each pixel
     column (axis "re") or row (axis "im"): the contract's formula, in this one place."""
+    from fractal_app.fractals import FRACTALS
+
     ss = scene.supersample
     px = scene.pixel_size
     offsets = (np.arange(ss, dtype=np.float64) + 0.5) / ss
     position = (index.astype(np.float64)[:, None] - 0.5) + offsets[None, :]
     if axis == "re":
         return scene.center[0] + (position - (scene.width_px - 1) / 2) * px
-    if scene.fractal in IMAGINARY_AXIS_DOWN:
+    if FRACTALS[scene.fractal].imaginary_axis_down:
         return scene.center[1] + (position - (scene.height_px - 1) / 2) * px
     return scene.center[1] + ((scene.height_px - 1) / 2 - position) * px
 

@@ -1,14 +1,16 @@
 """Render 3D ray-marched scenes (Mandelbulb, Mandelbox): a band of rows or a list of pixels.
 
-This module turns a validated scene into the kernels' inputs (a float parameter vector in the
-scene's precision, an integer one, and the image-plane coordinates of every sub-pixel
-column and row, computed once in float64) and hands them to the CPU or CUDA kernels.
+This module turns a validated scene into the kernels' inputs (the named parameters of
+raymarch.RayParams, floats in the scene's precision, and the image-plane coordinates of
+every sub-pixel column and row, computed once in float64) and hands them to the CPU or CUDA
+kernels.
 Numba is imported only when a kernel is first needed, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,28 +18,23 @@ import numpy as np
 from fractal_app.errors import InvalidArgument
 from fractal_app.kernels import raymarch as rm
 from fractal_app.kernels.color import srgb_to_linear
+from fractal_app.palettes import PALETTES
 
 BACKENDS = ("cpu", "cuda")
 
-# Cosine palettes a + b cos(2 pi (c t + d)) for the surface colour, one per palette name, in
-# linear RGB: (a, b, c, d), each an RGB triple. Cyclic ones repeat with period 1.
-_PALETTES = {
-    "classic": ((0.55, 0.45, 0.40), (0.45, 0.40, 0.40), (1.0, 1.0, 1.0), (0.55, 0.60, 0.70)),
-    "viridis": ((0.40, 0.45, 0.35), (0.40, 0.35, 0.30), (0.60, 0.50, 0.60), (0.55, 0.55, 0.15)),
-    "twilight": ((0.55, 0.50, 0.60), (0.40, 0.35, 0.35), (1.0, 1.0, 1.0), (0.00, 0.05, 0.10)),
-    "fire": ((0.60, 0.30, 0.10), (0.45, 0.35, 0.12), (0.50, 0.50, 0.50), (0.60, 0.70, 0.80)),
-    "ocean": ((0.15, 0.40, 0.55), (0.15, 0.30, 0.40), (0.60, 0.70, 0.80), (0.60, 0.60, 0.55)),
-    "grayscale": ((0.50, 0.50, 0.50), (0.40, 0.40, 0.40), (1.0, 1.0, 1.0), (0.50, 0.50, 0.50)),
-    "electric": ((0.50, 0.40, 0.60), (0.50, 0.50, 0.45), (1.0, 1.0, 0.8), (0.30, 0.55, 0.75)),
-}
-
-# Per fractal: (object size, orbit-trap scale, step factor, exposure). The size sets the
-# lengths of the shadow and occlusion probes; the step factor < 1 guards against an
+# Per fractal, how it is lit and coloured. ``size``: rough size of its features, which sets
+# the lengths of the shadow and occlusion probes; ``step_factor`` < 1 guards against an
 # estimator that overshoots. The Mandelbox's flat faces turn full to the key light, where
 # the Mandelbulb's rounded ones seldom do: it takes less exposure (its faces washed out to
 # white), and a slower orbit-trap gradient (its colour changed at every fold: busy).
-_MANDELBULB_LOOK = (1.0, 1.0, 1.0, 1.7)
-_MANDELBOX_LOOK = (2.0, 0.6, 1.0, 1.0)
+@dataclass(frozen=True)
+class Look:
+    size: float
+    trap_scale: float
+    step_factor: float
+    exposure: float
+
+
 # Over-relaxation of the march's steps (raymarch.march); 1 turns it off.
 RELAX = 1.3
 
@@ -46,8 +43,7 @@ RELAX = 1.3
 class KernelInputs:
     """What the kernels need for one scene: parameters and sub-pixel coordinates."""
 
-    p: np.ndarray  # float parameters, in the scene's precision (slots P_* of raymarch)
-    ip: np.ndarray  # int64 parameters (slots I_*)
+    p: rm.RayParams  # floats in the scene's precision
     us: np.ndarray  # image-plane x of each sub-pixel column, W * s values
     vs: np.ndarray  # image-plane y of each sub-pixel row, H * s values
     out_dtype: type
@@ -82,96 +78,143 @@ def subpixel_coordinates(width: int, height: int, supersample: int, fov: float):
     return us, vs
 
 
-def kernel_inputs(scene) -> KernelInputs:
-    """The kernels' parameter vectors for a Mandelbulb or Mandelbox scene."""
-    dtype = np.float32 if scene.precision == "float32" else np.float64
-    p = np.zeros(rm.P_SIZE, dtype=np.float64)
-    ip = np.zeros(rm.I_SIZE, dtype=np.int64)
-    for slot, value in (
-        (rm.P_ZERO, 0.0), (rm.P_ONE, 1.0), (rm.P_HALF, 0.5), (rm.P_TWO, 2.0), (rm.P_SIX, 6.0),
-        (rm.P_EIGHT, 8.0), (rm.P_SIXTEEN, 16.0), (rm.P_TWENTY_EIGHT, 28.0),
-        (rm.P_SIXTY_FOUR, 64.0), (rm.P_SEVENTY, 70.0),
-    ):  # fmt: skip
-        p[slot] = value
-
-    if scene.fractal == "mandelbulb":
-        ip[rm.I_KIND] = rm.KIND_MANDELBULB
-        power = float(scene.power)
-        p[rm.P_POWER] = power
-        ip[rm.I_FAST8] = 1 if power == 8.0 else 0
+def _mandelbulb(scene, dtype) -> tuple[dict, float, Look]:
+    """The Mandelbulb's parameters, the radius of a ball that holds it, and its look."""
+    power = float(scene.power)
+    # An orbit that leaves radius 2^(1/(n-1)) escapes: that ball holds the whole set.
+    bound = 1.1 * 2.0 ** (1.0 / (power - 1.0))
+    # Escape radius as large as the precision allows, for an accurate estimate: r^power
+    # must stay far below float32's range.
+    bailout = min(16.0, 2.0 ** (60.0 / power))
+    fields = {
+        "kind": rm.KIND_MANDELBULB,
+        "power": power,
+        "fast8": 1 if power == 8.0 else 0,
         # (x^2 + z^2)^3.5 must stay a normal number: 1e-11 in float32, far less in float64;
         # below that the point is within 3e-6 of the axis, where w^8 has no x or z part.
-        p[rm.P_AXIS_K3] = 1e-11 if dtype == np.float32 else 1e-80
-        # An orbit that leaves radius 2^(1/(n-1)) escapes: that ball holds the whole set.
-        bound = 1.1 * 2.0 ** (1.0 / (power - 1.0))
-        # Escape radius as large as the precision allows, for an accurate estimate:
-        # r^power must stay far below float32's range.
-        bailout = min(16.0, 2.0 ** (60.0 / power))
-        p[rm.P_BAILOUT2] = bailout * bailout
-        size, trap_scale, step_factor, exposure = _MANDELBULB_LOOK
-    elif scene.fractal == "mandelbox":
-        ip[rm.I_KIND] = rm.KIND_MANDELBOX
-        scale = float(scene.scale)
-        p[rm.P_BOX_SCALE] = scale
-        p[rm.P_BOX_ABS_SCALE] = abs(scale)
-        p[rm.P_BOX_MIN_R2] = 0.25
-        p[rm.P_BOX_MIN_FACTOR] = 4.0
-        p[rm.P_BAILOUT2] = 1.0e4
-        origin_distance = math.sqrt(sum(c * c for c in scene.camera.position))
-        if scale > 1.0:
-            # For scale > 1 the set lies in the cube of half-side 2 (s + 1) / (s - 1).
-            bound = 1.05 * math.sqrt(3.0) * 2.0 * (scale + 1.0) / (scale - 1.0)
-        else:
-            bound = origin_distance + scene.max_distance
-        bound = min(bound, origin_distance + scene.max_distance)
-        size, trap_scale, step_factor, exposure = _MANDELBOX_LOOK
-    else:
-        raise InvalidArgument(f"render3d renders mandelbulb and mandelbox, not {scene.fractal!r}")
+        "axis_k3": 1e-11 if dtype == np.float32 else 1e-80,
+        "bailout2": bailout * bailout,
+    }
+    return fields, bound, Look(size=1.0, trap_scale=1.0, step_factor=1.0, exposure=1.7)
 
-    p[rm.P_BOUND_R2] = bound * bound
-    p[rm.P_EPSILON] = scene.epsilon
-    p[rm.P_MAX_DISTANCE] = scene.max_distance
-    p[rm.P_STEP_FACTOR] = step_factor
-    p[rm.P_RELAX] = RELAX
-    ip[rm.I_ITERATIONS] = scene.iterations
-    ip[rm.I_MAX_STEPS] = scene.max_steps
 
+def _mandelbox(scene, dtype) -> tuple[dict, float, Look]:
+    """The Mandelbox's parameters, the radius of a ball that holds it, and its look."""
+    scale = float(scene.scale)
+    reach = math.sqrt(sum(c * c for c in scene.camera.position)) + scene.max_distance
+    bound = reach
+    if scale > 1.0:
+        # For scale > 1 the set lies in the cube of half-side 2 (s + 1) / (s - 1).
+        bound = min(1.05 * math.sqrt(3.0) * 2.0 * (scale + 1.0) / (scale - 1.0), reach)
+    fields = {
+        "kind": rm.KIND_MANDELBOX,
+        "box_scale": scale,
+        "box_abs_scale": abs(scale),
+        "box_min_r2": 0.25,
+        "box_min_factor": 4.0,
+        "bailout2": 1.0e4,
+    }
+    return fields, bound, Look(size=2.0, trap_scale=0.6, step_factor=1.0, exposure=1.0)
+
+
+# Each 3D fractal's part of the parameters, by name (fractals.py lists the fractals).
+_FRACTAL_PARAMS = {"mandelbulb": _mandelbulb, "mandelbox": _mandelbox}
+
+# The fields of RayParams that are integers (the others are floats).
+_INT_FIELDS = frozenset(
+    name for name, kind in typing.get_type_hints(rm.RayParams).items() if kind is int
+)
+
+
+def kernel_inputs(scene) -> KernelInputs:
+    """The kernels' parameters for a Mandelbulb or Mandelbox scene."""
+    dtype = np.float32 if scene.precision == "float32" else np.float64
+    if scene.fractal not in _FRACTAL_PARAMS:
+        raise InvalidArgument(
+            f"render3d renders {' and '.join(_FRACTAL_PARAMS)}, not {scene.fractal!r}"
+        )
+    fractal, bound, look = _FRACTAL_PARAMS[scene.fractal](scene, dtype)
     forward, right, up = camera_basis(scene.camera)
-    p[rm.P_ORIGIN : rm.P_ORIGIN + 3] = scene.camera.position
-    p[rm.P_FORWARD : rm.P_FORWARD + 3] = forward
-    p[rm.P_RIGHT : rm.P_RIGHT + 3] = right
-    p[rm.P_UP : rm.P_UP + 3] = up
-
-    p[rm.P_LIGHT : rm.P_LIGHT + 3] = _unit(scene.light_direction)
-    p[rm.P_NORMAL_H] = 0.5
-    p[rm.P_SHADOW_SOFTNESS] = 10.0
-    p[rm.P_SHADOW_MIN_STEP] = 0.01 * size
-    p[rm.P_SHADOW_MAX_STEP] = 0.25 * size
-    p[rm.P_SHADOW_MAX_T] = 4.0 * size
-    p[rm.P_SHADOW_DARK] = 0.002
-    ip[rm.I_SHADOW_STEPS] = min(48, scene.max_steps)
-    p[rm.P_AO_STEP] = 0.03 * size
-    p[rm.P_OBJECT_SIZE] = size
-    ip[rm.I_AO_SAMPLES] = 5
-    p[rm.P_BACKGROUND : rm.P_BACKGROUND + 3] = [srgb_to_linear(c / 255.0) for c in scene.background]
-    p[rm.P_FOG] = scene.fog
-    p[rm.P_TRAP_SCALE] = trap_scale
-    p[rm.P_EXPOSURE] = exposure
-    p[rm.P_PALETTE_CYCLES] = scene.palette_cycles
-    p[rm.P_PALETTE_OFFSET] = scene.palette_offset
-    p[rm.P_PALETTE : rm.P_PALETTE + 12] = np.ravel(_PALETTES[scene.palette])
-
-    s = scene.supersample
-    ip[rm.I_SUPERSAMPLE] = s
-    ip[rm.I_MAX_VALUE] = 255 if scene.bit_depth == 8 else 65535
-    us, vs = subpixel_coordinates(scene.width_px, scene.height_px, s, scene.camera.fov)
+    values = {
+        # the other fractals' parameters, unused
+        "power": 0.0, "fast8": 0, "axis_k3": 0.0, "box_scale": 0.0, "box_abs_scale": 0.0,
+        "box_min_r2": 0.0, "box_min_factor": 0.0,
+        **fractal,
+        "zero": 0.0, "one": 1.0, "half": 0.5, "two": 2.0, "six": 6.0, "eight": 8.0,
+        "sixteen": 16.0, "twenty_eight": 28.0, "sixty_four": 64.0, "seventy": 70.0,
+        "iterations": scene.iterations,
+        "bound_r2": bound * bound,
+        "epsilon": scene.epsilon,
+        "max_distance": scene.max_distance,
+        "max_steps": scene.max_steps,
+        "step_factor": look.step_factor,
+        "relax": RELAX,
+        "origin": scene.camera.position,
+        "forward": forward,
+        "right": right,
+        "up": up,
+        "light": _unit(scene.light_direction),
+        "normal_h": 0.5,
+        "shadow_softness": 10.0,
+        "shadow_min_step": 0.01 * look.size,
+        "shadow_max_step": 0.25 * look.size,
+        "shadow_max_t": 4.0 * look.size,
+        "shadow_steps": min(48, scene.max_steps),
+        "shadow_dark": 0.002,
+        "ao_step": 0.03 * look.size,
+        "ao_samples": 5,
+        "object_size": look.size,
+        "background": [srgb_to_linear(c / 255.0) for c in scene.background],
+        "fog": scene.fog,
+        "trap_scale": look.trap_scale,
+        "palette_cycles": scene.palette_cycles,
+        "palette_offset": scene.palette_offset,
+        "palette": PALETTES[scene.palette].cosine,
+        "exposure": look.exposure,
+        "supersample": scene.supersample,
+        "max_value": 255 if scene.bit_depth == 8 else 65535,
+    }  # fmt: skip
+    p = rm.RayParams(
+        **{name: _typed(name, value, dtype) for name, value in _by_component(values).items()}
+    )
+    us, vs = subpixel_coordinates(
+        scene.width_px, scene.height_px, scene.supersample, scene.camera.fov
+    )
     return KernelInputs(
-        p=p.astype(dtype),
-        ip=ip,
+        p=p,
         us=us.astype(dtype),
         vs=vs.astype(dtype),
         out_dtype=np.uint8 if scene.bit_depth == 8 else np.uint16,
     )
+
+
+# The vector parameters, by the names of their components in RayParams.
+_COMPONENTS = {
+    "origin": "xyz", "forward": "xyz", "right": "xyz", "up": "xyz", "light": "xyz",
+    "background": "rgb",
+}  # fmt: skip
+
+
+def _by_component(values: dict) -> dict:
+    """The parameters with each vector split into its components ("origin" -> "origin_x",
+    ...; the palette's (a, b, c, d) RGB triples -> "palette_a_r", ...)."""
+    flat = {}
+    for name, value in values.items():
+        if name == "palette":
+            for term, triple in zip("abcd", value, strict=True):
+                flat.update({f"palette_{term}_{c}": v for c, v in zip("rgb", triple, strict=True)})
+        elif name in _COMPONENTS:
+            flat.update({f"{name}_{c}": v for c, v in zip(_COMPONENTS[name], value, strict=True)})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _typed(name: str, value, dtype):
+    """A parameter as the kernels take it: int64, or a float rounded from float64 to dtype."""
+    if name in _INT_FIELDS:
+        return np.int64(value)
+    return dtype(np.float64(value))
 
 
 def _check_backend(backend: str) -> None:
@@ -192,11 +235,11 @@ def render_band_3d(scene, row_start: int, row_stop: int, backend: str = "cpu") -
     if backend == "cpu":
         from fractal_app.kernels import cpu_raymarch
 
-        cpu_raymarch.render_band(out, row_start, inputs.us, inputs.vs, inputs.p, inputs.ip)
+        cpu_raymarch.render_band(out, row_start, inputs.us, inputs.vs, inputs.p)
     else:
         from fractal_app.kernels import cuda_raymarch
 
-        cuda_raymarch.render_band(out, row_start, inputs.us, inputs.vs, inputs.p, inputs.ip)
+        cuda_raymarch.render_band(out, row_start, inputs.us, inputs.vs, inputs.p)
     return out
 
 
@@ -223,9 +266,9 @@ def render_pixels_3d(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "
     if backend == "cpu":
         from fractal_app.kernels import cpu_raymarch
 
-        cpu_raymarch.render_pixels(out, rows, cols, inputs.us, inputs.vs, inputs.p, inputs.ip)
+        cpu_raymarch.render_pixels(out, rows, cols, inputs.us, inputs.vs, inputs.p)
     else:
         from fractal_app.kernels import cuda_raymarch
 
-        cuda_raymarch.render_pixels(out, rows, cols, inputs.us, inputs.vs, inputs.p, inputs.ip)
+        cuda_raymarch.render_pixels(out, rows, cols, inputs.us, inputs.vs, inputs.p)
     return out

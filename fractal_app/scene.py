@@ -1,18 +1,21 @@
 """The task parameters: one typed, validated model per fractal kind.
 
-This is the app's public API (the JSON in CreateTask's ``task_params_json``). Every field is
-checked here, at the edge, so that nothing below (bands, kernels, verification) has to doubt a
-value. A bad value becomes a :class:`SceneError` whose message names the field and what is
-allowed; the gRPC adapter turns that into INVALID_ARGUMENT.
+The models are derived from the fractal registry (fractals.py): a family's fields (2D
+escape-time or 3D ray-marched, below) and the fractal's own. This is the app's public API
+(the JSON in CreateTask's ``task_params_json``). Every field is checked here, at the edge,
+so that nothing below (bands, kernels, verification) has to doubt a value. A bad value
+becomes a :class:`SceneError` whose message names the field and what is allowed; the gRPC
+adapter turns that into INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
-from decimal import Decimal, InvalidOperation
+import operator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,75 +26,30 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    create_model,
     field_validator,
     model_serializer,
     model_validator,
 )
 
 from fractal_app.errors import InvalidArgument
+from fractal_app.fields import Bool, Camera, Colour, Int, Real, Vec2, Vec3, Width, strict_int
+from fractal_app.fractals import FRACTALS as REGISTERED
+from fractal_app.fractals import Fractal
 from fractal_app.outputs import OUTPUT_NAMES, OutputFormat, output_format
+from fractal_app.palettes import PALETTES
 
 MAX_SIDE = 65_536
 MAX_PIXELS = 2**30
 MAX_ITER = 10_000_000
 MAX_PARAMS_BYTES = 64 * 1024
 
-# Palette names the colouring code implements (kernels/color.py must define each of these).
-# viridis and twilight are perceptually uniform (twilight is also cyclic); classic is the
-# familiar cyclic blue-white-gold gradient.
-PALETTE_NAMES = ("classic", "viridis", "twilight", "fire", "ocean", "grayscale", "electric")
+# The palettes declared in palettes.py.
+PALETTE_NAMES = tuple(PALETTES)
 
 
 class SceneError(InvalidArgument):
     """Task parameters that cannot be rendered; the message names the field and the fix."""
-
-
-def _finite_float(value: Any) -> float:
-    """A JSON number or a decimal string, as a finite float64. Booleans are not numbers."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number or a decimal string, not a boolean")
-    if isinstance(value, str):
-        if len(value) > 200:
-            raise ValueError("decimal string is longer than 200 characters")
-        try:
-            value = float(Decimal(value.strip()))
-        except (InvalidOperation, ValueError, OverflowError):
-            raise ValueError(f"{value!r} is not a decimal number") from None
-    elif isinstance(value, int):
-        value = float(value) if abs(value) < 2**1000 else math.inf
-    elif not isinstance(value, float):
-        raise ValueError(f"must be a number or a decimal string, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError("must be finite (NaN and infinities are not allowed)")
-    return value
-
-
-def _strict_int(value: Any) -> Any:
-    """Reject 3.0, "3" and true where an integer is asked: JSON authors should write 3."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _strict_bool(value: Any) -> Any:
-    """Only JSON true and false: "no", "t", 0 and 1 are too easily meant the other way."""
-    if not isinstance(value, bool):
-        raise ValueError(
-            f"must be true or false (a JSON boolean), got {type(value).__name__} {value!r}"
-        )
-    return value
-
-
-Real = Annotated[float, BeforeValidator(_finite_float)]
-Vec2 = tuple[Real, Real]
-Vec3 = tuple[Real, Real, Real]
-Int = Annotated[int, BeforeValidator(_strict_int)]
-Bool = Annotated[bool, BeforeValidator(_strict_bool)]
-Colour = tuple[
-    Annotated[Int, Field(ge=0, le=255)],
-    Annotated[Int, Field(ge=0, le=255)],
-    Annotated[Int, Field(ge=0, le=255)],
-]
 
 
 class _SceneBase(BaseModel):
@@ -107,7 +65,7 @@ class _SceneBase(BaseModel):
     palette_cycles: Annotated[Real, Field(gt=0, le=10_000)] = 1.0
     palette_offset: Annotated[Real, Field(ge=0, le=1)] = 0.0
     interior_color: Colour = (0, 0, 0)
-    bit_depth: Annotated[Literal[8, 16], BeforeValidator(_strict_int)] = 8
+    bit_depth: Annotated[Literal[8, 16], BeforeValidator(strict_int)] = 8
     precision: Literal["float64", "float32"] = "float64"
     env: Literal["docker_cpu", "docker_gpu"] = "docker_cpu"
     output: Literal[OUTPUT_NAMES] = "image"  # each name in the registry (outputs.OUTPUTS)
@@ -166,7 +124,7 @@ class _EscapeTimeScene(_SceneBase):
     """2D escape-time fractals: a view of the complex plane."""
 
     center: Vec2 = (-0.5, 0.0)
-    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.5
+    width: Width = 3.5
     max_iter: Annotated[Int, Field(ge=1, le=MAX_ITER)] = 1000
     # Smooth (continuous) colouring from the final |z|; false gives flat bands per count.
     smooth: Bool = True
@@ -224,54 +182,6 @@ class _EscapeTimeScene(_SceneBase):
         return self._exact is not None and deep_view.needs_deep(self._exact, self.resolution[0])
 
 
-class MandelbrotScene(_EscapeTimeScene):
-    fractal: Literal["mandelbrot"]
-
-
-class JuliaScene(_EscapeTimeScene):
-    fractal: Literal["julia"]
-    c: Vec2 = (-0.8, 0.156)
-    center: Vec2 = (0.0, 0.0)
-    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.2
-
-
-class BurningShipScene(_EscapeTimeScene):
-    fractal: Literal["burning_ship"]
-    center: Vec2 = (-0.4, -0.6)
-    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.4
-
-
-class MultibrotScene(_EscapeTimeScene):
-    fractal: Literal["multibrot"]
-    power: Annotated[Int, Field(ge=2, le=16)] = 3
-    center: Vec2 = (0.0, 0.0)
-    width: Annotated[Real, Field(gt=0, le=1e6)] = 3.0
-
-
-class Camera(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    position: Vec3 = (0.0, 0.0, -3.0)
-    look_at: Vec3 = (0.0, 0.0, 0.0)
-    up: Vec3 = (0.0, 1.0, 0.0)
-    fov: Annotated[Real, Field(gt=0, lt=180)] = 45.0
-
-    @model_validator(mode="after")
-    def _well_posed(self):
-        forward = [b - a for a, b in zip(self.position, self.look_at, strict=True)]
-        if math.fsum(f * f for f in forward) == 0.0:
-            raise ValueError("camera.position and camera.look_at must differ")
-        up = self.up
-        cross = (
-            forward[1] * up[2] - forward[2] * up[1],
-            forward[2] * up[0] - forward[0] * up[2],
-            forward[0] * up[1] - forward[1] * up[0],
-        )
-        if math.fsum(x * x for x in cross) == 0.0:
-            raise ValueError("camera.up must not be parallel to the viewing direction")
-        return self
-
-
 class _RaymarchScene(_SceneBase):
     """3D distance-estimated fractals, ray-marched from a pinhole camera."""
 
@@ -300,48 +210,24 @@ class _RaymarchScene(_SceneBase):
         return self
 
 
-class MandelbulbScene(_RaymarchScene):
-    fractal: Literal["mandelbulb"]
-    power: Annotated[Real, Field(ge=2, le=32)] = 8.0
-    camera: Camera = Camera(position=(0.5, 0.9, -2.8), look_at=(0.0, -0.02, 0.0))
+_FAMILIES = {"escape_time": _EscapeTimeScene, "raymarch": _RaymarchScene}
 
 
-class MandelboxScene(_RaymarchScene):
-    fractal: Literal["mandelbox"]
-    scale: Annotated[Real, Field(ge=-4, le=4)] = 2.0
-    # Far enough back to frame the whole box (about 6 units across at scale 2).
-    camera: Camera = Camera(position=(10.5, 8.5, -18.0), look_at=(0.0, -0.5, 0.0))
-    max_distance: Annotated[Real, Field(gt=0, le=1e4)] = 60.0
-
-    @field_validator("scale")
-    @classmethod
-    def _not_degenerate(cls, value: float) -> float:
-        if abs(value) < 1.0:
-            raise ValueError("scale must be <= -1 or >= 1 (|scale| < 1 collapses to a point)")
-        return value
+def _scene_model(fractal: Fractal) -> type[_SceneBase]:
+    """The scene model of one registered fractal: its family's fields, then its own."""
+    return create_model(
+        fractal.model_name,
+        __base__=_FAMILIES[fractal.family],
+        __module__=__name__,
+        fractal=(Literal[fractal.name], ...),
+        **fractal.fields,
+    )
 
 
-Scene = Annotated[
-    MandelbrotScene
-    | JuliaScene
-    | BurningShipScene
-    | MultibrotScene
-    | MandelbulbScene
-    | MandelboxScene,
-    Field(discriminator="fractal"),
-]
-FRACTALS = ("mandelbrot", "julia", "burning_ship", "multibrot", "mandelbulb", "mandelbox")
+_MODELS = {name: _scene_model(fractal) for name, fractal in REGISTERED.items()}
+FRACTALS = tuple(_MODELS)
+Scene = Annotated[functools.reduce(operator.or_, _MODELS.values()), Field(discriminator="fractal")]
 _SCENE = TypeAdapter(Scene)
-
-
-_MODELS = {
-    "mandelbrot": MandelbrotScene,
-    "julia": JuliaScene,
-    "burning_ship": BurningShipScene,
-    "multibrot": MultibrotScene,
-    "mandelbulb": MandelbulbScene,
-    "mandelbox": MandelboxScene,
-}
 
 # What a JSON author sees for pydantic's kinds of type error ("Input should be a valid
 # tuple" names a Python type the JSON does not have).

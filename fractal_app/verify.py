@@ -61,7 +61,7 @@ import numpy as np
 
 from fractal_app import errors
 from fractal_app.bandfile import BandFileError, BandMeta, read_band
-from fractal_app.bands import worst_pixel_cost
+from fractal_app.bands import row_pieces, worst_pixel_cost
 from fractal_app.outputs import COUNTS
 
 # --------------------------------------------------------------------------- the plan
@@ -361,9 +361,8 @@ def _render_rows(scene, meta: BandMeta, cancel) -> np.ndarray:
 
     step = max(1, chunk_size(scene) // scene.width_px)
     parts = []
-    for start in range(meta.row_start, meta.row_stop, step):
+    for start, stop in row_pieces(meta.row_start, meta.row_stop, step):
         _check_cancel(cancel)
-        stop = min(meta.row_stop, start + step)
         with _threads_for((stop - start) * scene.width_px * worst_pixel_cost(scene)):
             parts.append(render_band(scene, start, stop))
     _check_cancel(cancel)

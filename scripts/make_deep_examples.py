@@ -1,15 +1,17 @@
 """Write examples/deep_*.json: views next to minibrots near c = i at widths 1e-50, 1e-300
-and 1e-1000, their centres found with fractal_app.deep.locate (Newton in MPFR).
+and 1e-1000, their centres found with fractal_app.deep.locate (Newton in MPFR), and a
+Julia view at 1e-100 centred on its Julia set (inverse iteration in MPFR).
 
     .venv/bin/python scripts/make_deep_examples.py
 """
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import gmpy2
 
-from fractal_app.deep.locate import near_i
+from fractal_app.deep.locate import julia_view_centre, near_i
 
 # (file, width exponent, period of the minibrot at the centre, max_iter, resolution)
 EXAMPLES = [
@@ -41,6 +43,14 @@ def main() -> None:
         }
         (root / name).write_text(json.dumps(scene, indent=2) + "\n")
         print(name, f"period {period}, minibrot size ~1e{float(gmpy2.log10(size)):.1f}")
+    # The default Julia set's c, whose exact binary value the deep path iterates.
+    c = (-0.8, 0.156)
+    centre = julia_view_centre(str(Decimal(c[0])), str(Decimal(c[1])), 100)
+    julia = {"fractal": "julia", "c": list(c), "resolution": [640, 360],
+             "center": list(centre), "width": "1e-100", "max_iter": 2_000,
+             "palette": "classic", "palette_cycles": 20}
+    (root / "deep_julia_1e-100.json").write_text(json.dumps(julia, indent=2) + "\n")
+    print("deep_julia_1e-100.json")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fractal_app import pngstream
-from fractal_app.bands import band_memory_mib, check_plan, plan_bands
+from fractal_app.bands import band_memory_mib, check_plan, plan_bands, row_pieces
 from fractal_app.pngstream import PngStreamWriter, write_counts_tiff
 
 
@@ -35,6 +35,21 @@ def test_plan_examples():
 def test_plan_rejects_impossible_requests(height, max_bands):
     with pytest.raises(ValueError):
         plan_bands(height, max_bands)
+
+
+@given(start=st.integers(0, 500), rows=st.integers(0, 500), per_piece=st.integers(1, 600))
+def test_row_pieces_walk_every_row_once_in_order(start, rows, per_piece):
+    pieces = list(row_pieces(start, start + rows, per_piece))
+    assert len(pieces) == -(-rows // per_piece)
+    if pieces:
+        check_plan([(a - start, b - start) for a, b in pieces], rows)
+        assert all(b - a == per_piece for a, b in pieces[:-1])
+        assert 1 <= pieces[-1][1] - pieces[-1][0] <= per_piece
+
+
+def test_row_pieces_refuse_an_empty_piece():
+    with pytest.raises(ValueError, match="rows_per_piece=0"):
+        list(row_pieces(0, 10, 0))
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ def test_an_unknown_level_is_refused_with_the_known_ones():
 
 
 def test_warm_scenes_cover_every_fractal_precision_and_output():
-    from fractal_app.scene import FRACTALS
+    from fractal_app.fractals import FRACTALS
 
     seen = {(s.fractal, s.precision, s.output, s.bit_depth) for s in warmup.warm_scenes()}
     for fractal in FRACTALS:
@@ -91,7 +91,7 @@ def test_warm_scenes_cover_every_fractal_precision_and_output():
             for bit_depth in (8, 16):
                 assert (fractal, precision, "image", bit_depth) in seen
     assert {s.fractal for s in warmup.warm_scenes() if s.output == "counts"} == {
-        "mandelbrot", "julia", "burning_ship", "multibrot",
+        name for name, fractal in FRACTALS.items() if not fractal.is_3d
     }
 
 

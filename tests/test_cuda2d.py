@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FRACTALS = ("mandelbrot", "julia", "burning_ship", "multibrot")
+from fractal_app.fractals import FRACTALS as REGISTERED
+
+FRACTALS = tuple(name for name, fractal in REGISTERED.items() if fractal.boundary_view)
 PRECISIONS = ("float64", "float32")
 PTXAS = shutil.which("ptxas") or (
     "/usr/local/cuda/bin/ptxas" if Path("/usr/local/cuda/bin/ptxas").exists() else None
@@ -135,7 +137,7 @@ def test_gpu_fma_contraction_leaves_the_iteration_exact(fractal, precision):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fractal", ["mandelbrot", "julia", "burning_ship", "multibrot"])
+@pytest.mark.parametrize("fractal", FRACTALS)
 def test_gpu_counts_agree_with_the_cpu(fractal):
     from fractal_app import render
     from fractal_app.scene import parse_scene
@@ -166,17 +168,12 @@ def _simulator_checks():
     from fractal_app.scene import parse_scene
 
     assert is_available() and render.resolve_backend("cuda", "docker_cpu") == "cuda"
-    views = {
-        "mandelbrot": {"center": [-0.745, 0.113], "width": 0.05},
-        "julia": {"center": [0.2, 0.1], "width": 1.6},
-        "burning_ship": {"center": [-1.76, -0.03], "width": 0.12},
-        "multibrot": {"center": [0.2, 0.3], "width": 1.4, "power": 5},
-    }
     checked = 0
     for fractal in FRACTALS:
         for precision in PRECISIONS:
-            scene = parse_scene({"fractal": fractal, "resolution": [11, 5], "max_iter": 60,
-                                 "precision": precision, "supersample": 2, **views[fractal]})
+            scene = parse_scene({**REGISTERED[fractal].boundary_view, "fractal": fractal,
+                                 "resolution": [11, 5], "max_iter": 60, "precision": precision,
+                                 "supersample": 2})
             params = render.escape_params(scene)
             dtype = params.dtype
             re = render.sample_coords(scene, np.arange(11), "re").reshape(-1).astype(dtype)

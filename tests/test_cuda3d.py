@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fractal_app import render3d
+from fractal_app.kernels import raymarch
 from fractal_app.scene import parse_scene
 
 SIM_SCENE = {"resolution": [8, 6], "max_steps": 40, "iterations": 6}
@@ -95,18 +96,21 @@ def test_kernels_compile_to_ptx(cc, monkeypatch, tmp_path):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         pytest.skip("compile_ptx needs the real numba.cuda, not the simulator")
     import numba.cuda.dispatcher
-    from numba import cuda, types
+    from numba import cuda, typeof, types
 
     monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", _fake_device(cc))
     from fractal_app.kernels import cuda_raymarch
 
     ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
     int_vec = types.Array(types.int64, 1, "C")
-    for float_type in (types.float64, types.float32):
+    for precision in ("float64", "float32"):
+        inputs = render3d.kernel_inputs(parse_scene(_params("mandelbulb", precision, {})))
+        float_type = typeof(inputs.us).dtype
         vec = types.Array(float_type, 1, "C")
+        params = typeof(raymarch.as_record(inputs.p))  # RayParams, as the kernels take it
         signatures = {
-            "band": (types.Array(types.uint8, 3, "C"), types.int64, vec, vec, vec, int_vec),
-            "pixels": (types.Array(types.uint16, 2, "C"), int_vec, int_vec, vec, vec, vec, int_vec),
+            "band": (types.Array(types.uint8, 3, "C"), types.int64, vec, vec, params),
+            "pixels": (types.Array(types.uint16, 2, "C"), int_vec, int_vec, vec, vec, params),
         }
         for name, kernel in (
             ("band", cuda_raymarch.band_kernel),

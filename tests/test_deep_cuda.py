@@ -33,7 +33,8 @@ def _signature(kernel_name):
     from numba import types
 
     f8 = types.float64
-    orbit = (f8[::1], f8[::1], f8[::1], f8[::1], types.int64[::1])
+    orbit = (f8[::1], f8[::1], f8[::1], f8[::1], types.int64[::1],
+             f8[:, ::1], types.int64[:, ::1], types.int64[::1], types.int64[::1])
     if kernel_name == "grid_kernel":
         outputs = (types.uint32[:, ::1], types.float64[:, ::1])
     else:
@@ -85,14 +86,14 @@ def _simulator_checks():
         centre = [format(c.real, ".330e"), format(c.imag, ".330e")]
     scene = parse_scene({"fractal": "mandelbrot", "resolution": [5, 4], "center": centre,
                          "width": "1e-300", "max_iter": 5000, "output": "counts"})
-    geo, orbit = reference_for(scene)
+    geo, reference = reference_for(scene)
     cols = (np.arange(5) - 2.0) * geo.pixel_mantissa
     rows = (1.5 - np.arange(4)) * geo.pixel_mantissa
     checked = 0
     want = np.empty((4, 5), np.uint32), np.empty((4, 5))
     got = np.empty((4, 5), np.uint32), np.empty((4, 5))
-    cpu.perturb_grid(cols, rows, geo.pixel_exp, *orbit.arrays(), 5000, *want)
-    cuda.perturb_grid(cols, rows, geo.pixel_exp, *orbit.arrays(), 5000, *got)
+    cpu.perturb_grid(cols, rows, geo.pixel_exp, *reference.arrays(), 5000, *want)
+    cuda.perturb_grid(cols, rows, geo.pixel_exp, *reference.arrays(), 5000, *got)
     assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
     assert want[0].min() > 401
     checked += 1
@@ -100,8 +101,8 @@ def _simulator_checks():
     im = np.tile(rows, 5)
     want_p = np.empty(20, np.uint32), np.empty(20)
     got_p = np.empty(20, np.uint32), np.empty(20)
-    cpu.perturb_points(re, im, geo.pixel_exp, *orbit.arrays(), 5000, *want_p)
-    cuda.perturb_points(re, im, geo.pixel_exp, *orbit.arrays(), 5000, *got_p)
+    cpu.perturb_points(re, im, geo.pixel_exp, *reference.arrays(), 5000, *want_p)
+    cuda.perturb_points(re, im, geo.pixel_exp, *reference.arrays(), 5000, *got_p)
     assert np.array_equal(want_p[0], got_p[0]) and np.array_equal(want_p[1], got_p[1])
     checked += 1
     print(f"checked={checked}")

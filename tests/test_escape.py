@@ -17,12 +17,7 @@ from fractal_app import render
 from fractal_app.kernels import cpu, lanes
 from fractal_app.scene import parse_scene
 
-VIEWS = {
-    "mandelbrot": {"center": [-0.745, 0.113], "width": 0.05, "max_iter": 300},
-    "julia": {"center": [0.1, 0.05], "width": 1.8, "max_iter": 200, "c": [-0.8, 0.156]},
-    "burning_ship": {"center": [-1.76, -0.03], "width": 0.12, "max_iter": 200},
-    "multibrot": {"center": [0.2, 0.3], "width": 1.4, "max_iter": 120, "power": 5},
-}
+VIEWS = reference.BOUNDARY_VIEWS
 FRACTALS = list(VIEWS)
 PRECISIONS = ["float64", "float32"]
 

@@ -146,10 +146,8 @@ def test_the_template_refuses_a_fractal_it_does_not_know():
 
 # Views through each set's boundary, max_iter high enough for several passes of a list.
 POINT_VIEWS = {
-    "mandelbrot": {"center": [-0.745, 0.113], "width": 0.05, "max_iter": 700},
-    "julia": {"center": [0.1, 0.05], "width": 1.8, "max_iter": 600, "c": [-0.8, 0.156]},
-    "burning_ship": {"center": [-1.76, -0.03], "width": 0.12, "max_iter": 500},
-    "multibrot": {"center": [0.2, 0.3], "width": 1.4, "max_iter": 300, "power": 5},
+    name: {**view, "max_iter": 5 * view["max_iter"] // 2}
+    for name, view in reference.BOUNDARY_VIEWS.items()
 }
 PRECISIONS = ["float64", "float32"]
 

@@ -8,6 +8,7 @@ the same bits, since neither uses fastmath or FMA contraction.
 import math
 import subprocess
 import sys
+import typing
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def reference_image(scene):
     out = np.empty((scene.height_px, scene.width_px, 3), dtype=k.out_dtype)
     for row in range(scene.height_px):
         for col in range(scene.width_px):
-            out[row, col] = rm.pixel_rgb(row, col, k.us, k.vs, k.p, k.ip)
+            out[row, col] = rm.pixel_rgb(row, col, k.us, k.vs, k.p)
     return out
 
 
@@ -43,22 +44,37 @@ def cpu_core():
     return cpu_raymarch._core
 
 
+# ---- parameters ----
+
+
+@pytest.mark.parametrize("fractal", ["mandelbulb", "mandelbox"])
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_kernels_get_every_parameter_by_name_in_the_scene_precision(fractal, precision):
+    k = render3d.kernel_inputs(tiny_scene(fractal, precision=precision))
+    record = rm.as_record(k.p)[0]
+    float_type = np.float32 if precision == "float32" else np.float64
+    kinds = typing.get_type_hints(rm.RayParams)
+    for name, value in zip(k.p._fields, k.p, strict=True):
+        assert type(value) is (np.int64 if kinds[name] is int else float_type), name
+        assert record[name] == value and record[name].dtype == value.dtype, name
+    assert k.us.dtype == k.vs.dtype == float_type
+
+
 # ---- distance estimators ----
 
 
 def test_power8_polynomial_equals_the_trigonometric_form():
     k = render3d.kernel_inputs(tiny_scene())
-    assert k.ip[rm.I_FAST8] == 1
-    trig = k.ip.copy()
-    trig[rm.I_FAST8] = 0
+    assert k.p.fast8 == 1
+    trig = k.p._replace(fast8=np.int64(0))
     rng = np.random.default_rng(7)
     for x, y, z in rng.uniform(-1.3, 1.3, size=(300, 3)):
-        fast, _ = rm.mandelbulb_de(x, y, z, k.p, k.ip)
-        slow, _ = rm.mandelbulb_de(x, y, z, k.p, trig)
+        fast, _ = rm.mandelbulb_de(x, y, z, k.p)
+        slow, _ = rm.mandelbulb_de(x, y, z, trig)
         assert fast == pytest.approx(slow, rel=1e-7, abs=1e-9)
     # on the y axis (x = z = 0) the polynomial's rescaling must not divide by zero
-    on_axis, _ = rm.mandelbulb_de(0.0, 0.3, 0.0, k.p, k.ip)
-    assert on_axis == pytest.approx(rm.mandelbulb_de(0.0, 0.3, 0.0, k.p, trig)[0])
+    on_axis, _ = rm.mandelbulb_de(0.0, 0.3, 0.0, k.p)
+    assert on_axis == pytest.approx(rm.mandelbulb_de(0.0, 0.3, 0.0, trig)[0])
     assert math.isfinite(on_axis)
 
 
@@ -69,13 +85,13 @@ def test_estimate_is_positive_outside_and_bounds_the_distance(fractal):
     overestimate by much)."""
     scene = tiny_scene(fractal)
     k = render3d.kernel_inputs(scene)
-    bound = math.sqrt(k.p[rm.P_BOUND_R2])
+    bound = math.sqrt(k.p.bound_r2)
     rng = np.random.default_rng(3)
     for direction in rng.normal(size=(50, 3)):
         direction /= np.linalg.norm(direction)
         for radius in (1.2 * bound, 2.0 * bound):
             x, y, z = direction * radius
-            d, _ = rm.distance(x, y, z, k.p, k.ip)
+            d, _ = rm.distance(x, y, z, k.p)
             assert d > 0.0
             # the set touches the bound at most, so the distance to it is >= radius - bound
             assert d <= radius + 1e-9
@@ -84,13 +100,13 @@ def test_estimate_is_positive_outside_and_bounds_the_distance(fractal):
 def test_estimate_is_near_zero_at_a_marched_hit_and_negative_inside():
     scene = tiny_scene(iterations=12)
     k = render3d.kernel_inputs(scene)
-    assert rm.distance(0.0, 0.0, 0.0, k.p, k.ip)[0] <= 0.0  # the origin is in the set
-    t, _, hit, _ = rm.march(0.0, 0.0, -3.0, 0.0, 0.0, 1.0, k.p, k.ip)
+    assert rm.distance(0.0, 0.0, 0.0, k.p)[0] <= 0.0  # the origin is in the set
+    t, _, hit, _ = rm.march(0.0, 0.0, -3.0, 0.0, 0.0, 1.0, k.p)
     assert hit
-    d, _ = rm.distance(0.0, 0.0, -3.0 + t, k.p, k.ip)
+    d, _ = rm.distance(0.0, 0.0, -3.0 + t, k.p)
     assert 0.0 <= d < scene.epsilon * t
     # and the hit is on the set's side of the bounding sphere
-    assert 3.0 - math.sqrt(k.p[rm.P_BOUND_R2]) <= t < 3.0
+    assert 3.0 - math.sqrt(k.p.bound_r2) <= t < 3.0
 
 
 def test_ray_up_the_y_axis_hits_the_known_point():
@@ -100,7 +116,7 @@ def test_ray_up_the_y_axis_hits_the_known_point():
     scene = tiny_scene(iterations=30, max_steps=400, epsilon=1e-4)
     k = render3d.kernel_inputs(scene)
     expected = 3.0 - 2.0 ** (1.0 / 7.0)
-    t, _, hit, _ = rm.march(0.0, -3.0, 0.0, 0.0, 1.0, 0.0, k.p, k.ip)
+    t, _, hit, _ = rm.march(0.0, -3.0, 0.0, 0.0, 1.0, 0.0, k.p)
     assert hit
     assert expected - 10 * scene.epsilon * expected < t <= expected
 
@@ -111,16 +127,18 @@ def test_compiled_march_equals_the_reference(cpu_core):
     ray = (0.3, 0.2, -3.0, -0.05, 0.0, 1.0)
     n = math.sqrt(sum(c * c for c in ray[3:]))
     ray = ray[:3] + tuple(c / n for c in ray[3:])
-    assert cpu_core.march(*ray, k.p, k.ip) == rm.march(*ray, k.p, k.ip)
+    # the compiled functions read the record the kernels pass, the reference the tuple
+    assert cpu_core.march(*ray, rm.as_record(k.p)[0]) == rm.march(*ray, k.p)
 
 
 def test_float32_scenes_march_in_float32(cpu_core):
     """The estimator and marcher keep float32 all the way (no float64 promotion)."""
     k = render3d.kernel_inputs(tiny_scene(precision="float32"))
-    assert k.p.dtype == np.float32 and k.us.dtype == np.float32
+    assert type(k.p.epsilon) is np.float32 and k.us.dtype == np.float32
     f32 = np.float32
-    cpu_core.distance(f32(0.5), f32(0.2), f32(-1.5), k.p, k.ip)
-    cpu_core.march(f32(0), f32(0), f32(-3), f32(0), f32(0), f32(1), k.p, k.ip)
+    record = rm.as_record(k.p)[0]
+    cpu_core.distance(f32(0.5), f32(0.2), f32(-1.5), record)
+    cpu_core.march(f32(0), f32(0), f32(-3), f32(0), f32(0), f32(1), record)
     # Other tests in the same process may have compiled other signatures too, in any order:
     # look up the one whose arguments are float32.
     assert _return_type(cpu_core.distance) == "UniTuple(float32 x 2)"
@@ -129,7 +147,7 @@ def test_float32_scenes_march_in_float32(cpu_core):
 
 def _return_type(dispatcher) -> str:
     for signature in dispatcher.nopython_signatures:
-        if all(str(a) == "float32" for a in signature.args[:-2]):
+        if all(str(a) == "float32" for a in signature.args[:-1]):
             return str(signature.return_type)
     raise AssertionError(f"no float32 signature among {dispatcher.nopython_signatures}")
 
@@ -163,12 +181,13 @@ OUTSIDE_VIEW = {"mandelbulb": {}, "mandelbox": {"camera": {"position": [9.0, 8.0
 def hit_mask(scene, cpu_core):
     """Which pixel-centre rays hit the surface, from the compiled marcher."""
     k = render3d.kernel_inputs(scene)
-    origin = k.p[rm.P_ORIGIN : rm.P_ORIGIN + 3]
+    origin = (k.p.origin_x, k.p.origin_y, k.p.origin_z)
+    record = rm.as_record(k.p)[0]
     hits = np.zeros((scene.height_px, scene.width_px), dtype=bool)
     for row in range(scene.height_px):
         for col in range(scene.width_px):
             direction = _pixel_centre_ray(scene, row, col)
-            hits[row, col] = cpu_core.march(*origin, *direction, k.p, k.ip)[2]
+            hits[row, col] = cpu_core.march(*origin, *direction, record)[2]
     return hits
 
 
@@ -235,7 +254,7 @@ def test_supersample_1_is_the_pixel_centre_ray_and_2_averages_four_in_linear_lig
     plain = tiny_scene()
     k = render3d.kernel_inputs(plain)
     row, col = 7, 12
-    r, g, b = rm.sample_rgb(*_pixel_centre_ray(plain, row, col), k.p, k.ip)
+    r, g, b = rm.sample_rgb(*_pixel_centre_ray(plain, row, col), k.p)
     expected = [quantize(linear_to_srgb(min(max(c, 0.0), 1.0)), 255) for c in (r, g, b)]
     got = render3d.render_pixels_3d(plain, np.array([row]), np.array([col]))[0]
     assert np.abs(got.astype(int) - expected).max() <= 1  # same ray, built another way
@@ -246,7 +265,7 @@ def test_supersample_1_is_the_pixel_centre_ray_and_2_averages_four_in_linear_lig
     for a in (0.25, 0.75):
         for bb in (0.25, 0.75):
             ray = _pixel_centre_ray(ss, row - 0.5 + a, col - 0.5 + bb)
-            total += rm.sample_rgb(*ray, k2.p, k2.ip)
+            total += rm.sample_rgb(*ray, k2.p)
     expected = [quantize(linear_to_srgb(min(max(c / 4.0, 0.0), 1.0)), 255) for c in total]
     got = render3d.render_pixels_3d(ss, np.array([row]), np.array([col]))[0]
     assert np.abs(got.astype(int) - expected).max() <= 1

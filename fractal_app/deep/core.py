@@ -1,4 +1,4 @@
-"""Perturbation of one Mandelbrot pixel against a reference orbit: the deep path's scalar core.
+"""Perturbation of one Mandelbrot or Julia pixel against a reference: the deep path's scalar core.
 
 Written once as plain Python, compiled by ``deep/cpu.py`` with ``numba.njit`` and by
 ``deep/cuda.py`` with ``numba.cuda.jit(device=True)`` (see :func:`compile_core`).
@@ -26,11 +26,17 @@ rebase, where ``Z_0 = 0``, and where the reference passes close to 0 near a mini
 in full float-with-exponent arithmetic ("careful" steps, rare), using the reference's own
 mantissa and exponent so no tiny ``Z_m`` is lost to underflow.
 
+A Julia pixel is ``z_0 = Z_0 + dc`` with ``Z`` the orbit of the view's centre under the fixed
+``c``; it iterates ``dz <- 2 Z_m dz + dz^2`` from ``dz = dc`` and rebases onto the critical
+orbit (``0, c, c^2 + c, ...``), the one orbit that starts at 0.
+
 The escape count is the one of ``kernels/escape.py``: completed iterations before
 ``|z|^2 > 4`` is first observed, or ``max_iter``; the second result is that ``|z|^2``.
 """
 
 import math
+
+from fractal_app.deep.bla import MIN_LEVEL as BLA_MIN_LEVEL
 
 # Below 2^TINY_EXP a reference value or a perturbation is "tiny": its products may
 # underflow float64, so steps where both are tiny run in float-with-exponent arithmetic.
@@ -90,31 +96,84 @@ def fe_less(ar, ai, ae, br, bi, be):
     return a2 < math.ldexp(b2, 2 * (be - ae))
 
 
-def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, max_iter):
-    """Escape count and |z|^2 of the pixel c = C + (dcr, dci) * 2^dce.
+def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
+    """The row of the longest bilinear map (deep/bla.py) that may start at reference index
+    m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0). Radii shrink as the maps
+    grow, so the search stops at the first level whose map does not apply."""
+    w2 = wr * wr + wi * wi
+    # 2^(lw - 1) <= w2 < 2^lw: exponents alone decide most radius tests (no libm call).
+    lw = math.frexp(w2)[1]
+    best = -1
+    best_level = 0
+    level = BLA_MIN_LEVEL
+    while level + 1 < bla_off.shape[0]:
+        j = m >> level
+        if (j << level) != m or n + (1 << level) > max_iter:
+            break
+        row = bla_off[level] + j
+        if row >= bla_off[level + 1]:
+            break
+        r2 = bla_f[row, 4]
+        if r2 == 0.0:
+            break
+        # |dz| < R  <=>  w2 < r2 * 2^d2, with r2 (R's mantissa squared) in [0.25, 1)
+        d2 = 2 * (int(bla_e[row, 2]) - S)
+        if lw - 1 >= d2:
+            break
+        if lw > d2 - 2 and not w2 < math.ldexp(r2, d2):
+            break
+        best = row
+        best_level = level
+        level += 1
+    return best, best_level
 
-    zr_ref, zi_ref: the reference Z_0 .. Z_N as float64 (N + 1 values, Z_0 = 0; the last
-    one escaped or is Z_max_iter). mr_ref, mi_ref, e_ref: the same values as normalised
-    mantissas and exponents (exact where the float64 ones underflow).
+
+def perturbed(
+    dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, bla_f, bla_e, bla_off, layout, max_iter
+):
+    """Escape count and |z|^2 of the pixel at offset (dcr, dci) * 2^dce from the view's centre.
+
+    zr_ref, zi_ref: reference values as float64; mr_ref, mi_ref, e_ref: the same values as
+    normalised mantissas and exponents (exact where the float64 ones underflow). Indices
+    0 .. layout[1] hold the critical orbit (Z_0 = 0, what a rebase restarts from); for a
+    Julia set, the orbit of the view's centre follows, from layout[0] to the end. Each
+    orbit's last value escaped or is its max_iter-th. layout[2]: 1 for Mandelbrot (the
+    pixel is c = C + dc, dz starts at 0 and dc is added every step), 0 for Julia (the pixel
+    is z_0 = Z_0 + dc, nothing is added). bla_f, bla_e, bla_off: the reference's bilinear
+    maps (deep/bla.py); empty tables take every step.
     """
+    critical_last = layout[1]
     last = zr_ref.shape[0] - 1
     # dc, normalised
     # int(): exponents are Python ints in the CUDA simulator too (math.ldexp insists).
     dcr, dci, dce = fe_normalize(dcr, dci, int(dce))
-    # dz = 0 at the start: keep S at dc's scale.
-    wr = 0.0
-    wi = 0.0
+    if layout[2] != 0:
+        # what each step adds, (gr, gi) * 2^ge: dc; dz = 0 at the start
+        gr = dcr
+        gi = dci
+        ge = dce
+        wr = 0.0
+        wi = 0.0
+    else:
+        gr = 0.0
+        gi = 0.0
+        ge = ZERO_EXP
+        wr = dcr
+        wi = dci
+    # S at dc's scale
     S = dce
     s = math.ldexp(1.0, S)
-    dr = math.ldexp(dcr, dce - S)
-    di = math.ldexp(dci, dce - S)
-    m = 0
+    dr = math.ldexp(gr, ge - S)
+    di = math.ldexp(gi, ge - S)
+    m = int(layout[0])
     n = 0
     mag2 = 0.0
     while True:
         Zr = zr_ref[m]
         Zi = zi_ref[m]
         ze = int(e_ref[m])
+        # the end of the orbit m is on: there the pixel rebases
+        end = critical_last if m <= critical_last else last
         careful = ze < TINY_EXP and S < TINY_EXP
         rebase = False
         if careful:
@@ -123,14 +182,14 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
             mag2 = math.ldexp(qr * qr + qi * qi, 2 * qe) if qe > -600 else 0.0
             if n >= max_iter:
                 return n, mag2
-            rebase = m == last or fe_less(qr, qi, qe, wr, wi, S)
+            rebase = m == end or fe_less(qr, qi, qe, wr, wi, S)
         else:
             xr = madd(wr, s, Zr)
             xi = madd(wi, s, Zi)
             mag2 = madd(xr, xr, xi * xi)
             if mag2 > 4.0 or n >= max_iter:
                 return n, mag2
-            if m == last:
+            if m == end:
                 rebase = True
             elif S >= DOUBLE_TEST_EXP:
                 rebase = mag2 < (wr * wr + wi * wi) * (s * s)
@@ -139,6 +198,45 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
                 rebase = fe_less(qr, qi, qe, wr, wi, S)
             if rebase:
                 qr, qi, qe = fe_add(mr_ref[m], mi_ref[m], ze, wr, wi, S)
+            elif m > 0:
+                # While |dz| << |Z| neither the escape nor the rebase test can fire: skip
+                # along a bilinear map (dz <- A dz + B dc) as far as one applies.
+                row, level = bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S)
+                if row >= 0:
+                    ar = bla_f[row, 0]
+                    ai = bla_f[row, 1]
+                    br = bla_f[row, 2]
+                    bi = bla_f[row, 3]
+                    # dz <- A dz + B dc, in A dz's exponent: one power of two for B dc
+                    # and no normalisation unless w leaves [2^-16, 2^16] (libm calls
+                    # dominate a map's cost).
+                    pr = madd(ar, wr, -(ai * wi))
+                    pi = madd(ar, wi, ai * wr)
+                    S = int(bla_e[row, 0]) + S
+                    ur = madd(br, gr, -(bi * gi))
+                    ui = madd(br, gi, bi * gr)
+                    d = int(bla_e[row, 1]) + ge - S
+                    if d < -1100:
+                        # B dc is below rounding (or zero: a Julia set adds nothing)
+                        wr = pr
+                        wi = pi
+                    elif d < 900:
+                        f = math.ldexp(1.0, d)
+                        wr = madd(ur, f, pr)
+                        wi = madd(ui, f, pi)
+                    else:
+                        wr, wi, S = fe_add(pr, pi, S, ur, ui, S + d)
+                    big = max(abs(wr), abs(wi))
+                    if not (big > 1.0 / 65536.0 and big < 65536.0):
+                        wr, wi, S = fe_normalize(wr, wi, S)
+                    if S == ZERO_EXP:
+                        S = dce
+                    s = math.ldexp(1.0, S)
+                    dr = math.ldexp(gr, ge - S)
+                    di = math.ldexp(gi, ge - S)
+                    m += 1 << level
+                    n += 1 << level
+                    continue
         if rebase:
             wr, wi, S = qr, qi, qe
             if S == ZERO_EXP:
@@ -147,8 +245,8 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
             Zr = zr_ref[0]
             Zi = zi_ref[0]
             s = math.ldexp(1.0, S)
-            dr = math.ldexp(dcr, dce - S)
-            di = math.ldexp(dci, dce - S)
+            dr = math.ldexp(gr, ge - S)
+            di = math.ldexp(gi, ge - S)
             ze = int(e_ref[0])
             careful = S < TINY_EXP
         if careful:
@@ -162,12 +260,12 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
             qi2 = 2.0 * wr * wi
             ur, ui, ue = fe_normalize(qr2, qi2, 2 * S)
             tr, ti, te = fe_add(tr, ti, te, ur, ui, ue)
-            wr, wi, S = fe_add(tr, ti, te, dcr, dci, dce)
+            wr, wi, S = fe_add(tr, ti, te, gr, gi, ge)
             if S == ZERO_EXP:
                 S = dce
             s = math.ldexp(1.0, S)
-            dr = math.ldexp(dcr, dce - S)
-            di = math.ldexp(dci, dce - S)
+            dr = math.ldexp(gr, ge - S)
+            di = math.ldexp(gi, ge - S)
         else:
             tr = madd(Zr, wr, -(Zi * wi))
             ti = madd(Zr, wi, Zi * wr)
@@ -188,13 +286,13 @@ def mandelbrot_perturbed(dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, m
                 else:
                     wr, wi, S = fe_normalize(wr, wi, S)
                     s = math.ldexp(1.0, S)
-                    dr = math.ldexp(dcr, dce - S)
-                    di = math.ldexp(dci, dce - S)
+                    dr = math.ldexp(gr, ge - S)
+                    di = math.ldexp(gi, ge - S)
             elif big < 1.0 / 65536.0 and big > 0.0:
                 wr, wi, S = fe_normalize(wr, wi, S)
                 s = math.ldexp(1.0, S)
-                dr = math.ldexp(dcr, dce - S)
-                di = math.ldexp(dci, dce - S)
+                dr = math.ldexp(gr, ge - S)
+                di = math.ldexp(gi, ge - S)
         m += 1
         n += 1
 
@@ -209,13 +307,14 @@ def compile_core(jit, fused_madd=None):
         "RENORM_EXP": RENORM_EXP,
         "DOUBLE_TEST_EXP": DOUBLE_TEST_EXP,
         "ZERO_EXP": ZERO_EXP,
+        "BLA_MIN_LEVEL": BLA_MIN_LEVEL,
     }
     import types
 
     out = {}
     if fused_madd is not None:
         g["madd"] = fused_madd
-    for fn in (madd, fe_normalize, fe_add, fe_less, mandelbrot_perturbed):
+    for fn in (madd, fe_normalize, fe_add, fe_less, bla_level, perturbed):
         if fn is madd and fused_madd is not None:
             continue
         clone = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__)

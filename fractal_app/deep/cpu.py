@@ -11,36 +11,78 @@ from fractal_app.deep.core import compile_core
 from fractal_app.kernels.caching import cached
 
 core = compile_core(numba.njit(inline="always"))
-_perturbed = core.mandelbrot_perturbed
+_perturbed = core.perturbed
 
 
 @cached
 @numba.njit(parallel=True, nogil=True)
-def _grid(dc_cols, dc_rows, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
+def _grid(
+    dc_cols, dc_rows, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
+):
     for r in prange(dc_rows.shape[0]):
         for k in range(dc_cols.shape[0]):
-            n, m2 = _perturbed(dc_cols[k], dc_rows[r], dce, zr, zi, mr, mi, e, max_iter)
+            n, m2 = _perturbed(
+                dc_cols[k],
+                dc_rows[r],
+                dce,
+                zr,
+                zi,
+                mr,
+                mi,
+                e,
+                bla_f,
+                bla_e,
+                bla_off,
+                layout,
+                max_iter,
+            )
             counts[r, k] = n
             mag2[r, k] = m2
 
 
 @cached
 @numba.njit(parallel=True, nogil=True)
-def _points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
+def _points(
+    dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
+):
     for k in prange(dcr.shape[0]):
-        n, m2 = _perturbed(dcr[k], dci[k], dce, zr, zi, mr, mi, e, max_iter)
+        n, m2 = _perturbed(
+            dcr[k], dci[k], dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter
+        )
         counts[k] = n
         mag2[k] = m2
 
 
-def perturb_grid(dc_cols, dc_rows, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
+def perturb_grid(
+    dc_cols, dc_rows, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
+):
     """Sample (r, k) is c = C + (dc_cols[k] + i dc_rows[r]) * 2^dce."""
     # Rows differ wildly in cost at depth: threads take them one at a time.
     with numba.parallel_chunksize(1):
-        _grid(dc_cols, dc_rows, dce, zr, zi, mr, mi, e, max_iter, counts, mag2)
+        _grid(
+            dc_cols,
+            dc_rows,
+            dce,
+            zr,
+            zi,
+            mr,
+            mi,
+            e,
+            bla_f,
+            bla_e,
+            bla_off,
+            layout,
+            max_iter,
+            counts,
+            mag2,
+        )
 
 
-def perturb_points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2):
+def perturb_points(
+    dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
+):
     """Sample k is c = C + (dcr[k] + i dci[k]) * 2^dce."""
     with numba.parallel_chunksize(1):
-        _points(dcr, dci, dce, zr, zi, mr, mi, e, max_iter, counts, mag2)
+        _points(
+            dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
+        )

@@ -56,8 +56,11 @@ class Orbit:
             return cls(*(np.ascontiguousarray(data[k]) for k in ("zr", "zi", "mr", "mi", "e")))
 
 
-def compute_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Orbit:
-    """The Mandelbrot reference orbit of C = center_re + i center_im (decimal strings)."""
+def compute_orbit(
+    center_re: str, center_im: str, bits: int, max_iter: int, start: tuple[str, str] = ("0", "0")
+) -> Orbit:
+    """The orbit of ``start`` under z <- z^2 + C, C = center_re + i center_im (decimal
+    strings): the Mandelbrot reference of C from 0, a Julia view's from its centre."""
     import gmpy2
 
     zr = np.zeros(max_iter + 1)
@@ -66,8 +69,8 @@ def compute_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> O
     with gmpy2.context(gmpy2.get_context(), precision=bits, round=gmpy2.RoundToNearest):
         cr = gmpy2.mpfr(center_re)
         ci = gmpy2.mpfr(center_im)
-        x = gmpy2.mpfr(0)
-        y = gmpy2.mpfr(0)
+        x = gmpy2.mpfr(start[0])
+        y = gmpy2.mpfr(start[1])
         four = gmpy2.mpfr(4)
         n = 0
         while True:
@@ -111,16 +114,15 @@ def _normalise(zr: np.ndarray, zi: np.ndarray):
     return mr, mi, ex
 
 
-_cache: dict[tuple, Orbit] = {}
+_cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
 _key_locks: dict[tuple, threading.Lock] = {}
 CACHE_ENTRIES = 4
 
 
-def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Orbit:
-    """compute_orbit, remembered for the last few views (the requestor verifies many bands
-    of one task with one orbit); concurrent callers of one key compute it once."""
-    key = (center_re, center_im, bits, max_iter)
+def remember(key: tuple, compute):
+    """compute(), remembered under ``key`` for the last few keys (the requestor verifies
+    many bands of one task with one orbit); concurrent callers of one key compute it once."""
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -130,10 +132,20 @@ def cached_orbit(center_re: str, center_im: str, bits: int, max_iter: int) -> Or
         with _cache_lock:
             hit = _cache.get(key)
         if hit is None:
-            hit = compute_orbit(center_re, center_im, bits, max_iter)
+            hit = compute()
             with _cache_lock:
                 while len(_cache) >= CACHE_ENTRIES:
                     _cache.pop(next(iter(_cache)))
                 _cache[key] = hit
                 _key_locks.pop(key, None)
         return hit
+
+
+def cached_orbit(
+    center_re: str, center_im: str, bits: int, max_iter: int, start: tuple[str, str] = ("0", "0")
+) -> Orbit:
+    """compute_orbit, remembered for the last few views."""
+    return remember(
+        ("orbit", center_re, center_im, bits, max_iter, start),
+        lambda: compute_orbit(center_re, center_im, bits, max_iter, start),
+    )

@@ -11,18 +11,25 @@ from both, on every machine that computes the same orbit (MPFR: every machine).
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 
-from fractal_app.deep import orbit as orbits
+from fractal_app.deep.reference import cached_reference
 from fractal_app.deep.view import geometry
 
 
 def reference_for(scene):
-    """(geometry, orbit) of a deep scene; the orbit is computed once per process per view."""
+    """(geometry, reference) of a deep scene; the reference (orbit and BLA tables) is
+    computed once per process per view."""
     view = scene.exact_view
     geo = geometry(view, scene.width_px)
     length = min(scene.max_iter, view.orbit_iter) if view.orbit_iter else scene.max_iter
-    return geo, orbits.cached_orbit(geo.center_re, geo.center_im, geo.bits, length)
+    julia_c = None
+    if scene.fractal == "julia":
+        # c's exact binary value: the float64 path iterates that very number
+        julia_c = (str(Decimal(scene.c[0])), str(Decimal(scene.c[1])))
+    return geo, cached_reference(geo, length, scene.width_px, scene.height_px, julia_c)
 
 
 def nudged(scene, re_ulps: float, im_ulps: float):
@@ -64,7 +71,7 @@ def _kernels(backend: str):
 def render_band_deep(scene, row_start: int, row_stop: int, backend: str = "cpu") -> np.ndarray:
     from fractal_app import render
 
-    geo, orbit = reference_for(scene)
+    geo, reference = reference_for(scene)
     kernels = _kernels(backend)
     ss = scene.supersample
     width = scene.width_px
@@ -74,7 +81,7 @@ def render_band_deep(scene, row_start: int, row_stop: int, backend: str = "cpu")
     counts = np.empty((dc_rows.shape[0], dc_cols.shape[0]), dtype=np.uint32)
     mag2 = np.empty(counts.shape, dtype=np.float64)
     kernels.perturb_grid(
-        dc_cols, dc_rows, geo.pixel_exp, *orbit.arrays(), int(scene.max_iter), counts, mag2
+        dc_cols, dc_rows, geo.pixel_exp, *reference.arrays(), int(scene.max_iter), counts, mag2
     )
     rows = row_stop - row_start
     if not scene.output_format.coloured:
@@ -90,7 +97,7 @@ def render_pixels_deep(
 ) -> np.ndarray:
     from fractal_app import render
 
-    geo, orbit = reference_for(scene)
+    geo, reference = reference_for(scene)
     kernels = _kernels(backend)
     ss = scene.supersample
     n = rows.shape[0]
@@ -103,7 +110,7 @@ def render_pixels_deep(
     mag2 = np.empty(re.shape[0], dtype=np.float64)
     if n:
         kernels.perturb_points(
-            re, im, geo.pixel_exp, *orbit.arrays(), int(scene.max_iter), counts, mag2
+            re, im, geo.pixel_exp, *reference.arrays(), int(scene.max_iter), counts, mag2
         )
     if not scene.output_format.coloured:
         return counts

@@ -22,7 +22,7 @@ MAX_ZOOM = 1000
 # the amplification of rounding along chaotic orbits) makes neighbouring pixels collapse
 # or blur. At 1024 ulps a 1920-wide view switches at width ~2e-10 near |c| ~ 1.
 DEEP_BELOW_ULPS = 1024
-DEEP_FRACTALS = ("mandelbrot",)
+DEEP_FRACTALS = ("mandelbrot", "julia")
 # The reference orbit holds 40 bytes an iteration, computed at 1-4 us an iteration.
 DEEP_MAX_ITER = 2_000_000
 

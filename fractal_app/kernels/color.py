@@ -77,37 +77,7 @@ def encode(x, table, max_value):
 
 # --- Palettes -------------------------------------------------------------------------------
 #
-# Each palette is a list of (position in [0, 1], sRGB hex) control points. The first and last
-# points of a cyclic palette are equal, so colour flows smoothly when the index wraps.
-# viridis and twilight follow matplotlib's maps (perceptually uniform; twilight also cyclic),
-# sampled at enough points that linear interpolation between them stays within a few
-# 8-bit steps of the originals.
-PALETTES = {
-    "classic": [  # the familiar cyclic blue / white / gold gradient
-        (0.0, "000764"), (0.16, "206bcb"), (0.42, "edffff"),
-        (0.6425, "ffaa00"), (0.8575, "000200"), (1.0, "000764"),
-    ],
-    "viridis": [
-        (0.0, "440154"), (0.111, "482878"), (0.222, "3e4989"), (0.333, "31688e"),
-        (0.444, "26828e"), (0.556, "1f9e89"), (0.667, "35b779"), (0.778, "6ece58"),
-        (0.889, "b5de2b"), (1.0, "fde725"),
-    ],
-    "twilight": [
-        (0.0, "e2d9e2"), (0.1, "b1c4cf"), (0.2, "7ea1c6"), (0.3, "6678bb"),
-        (0.4, "5f48a3"), (0.5, "2f1436"), (0.6, "742a4c"), (0.7, "a9434c"),
-        (0.8, "c77c62"), (0.9, "d6b6a0"), (1.0, "e2d9e2"),
-    ],
-    "fire": [
-        (0.0, "000000"), (0.25, "7a0403"), (0.5, "e03b0b"), (0.75, "fdb32f"), (1.0, "fffbe6"),
-    ],
-    "ocean": [
-        (0.0, "000a1f"), (0.3, "063a78"), (0.6, "1f8fb0"), (0.85, "8fdbd3"), (1.0, "f2fffc"),
-    ],
-    "grayscale": [(0.0, "000000"), (1.0, "ffffff")],
-    "electric": [
-        (0.0, "05000f"), (0.25, "3a0ca3"), (0.5, "f72585"), (0.75, "4cc9f0"), (1.0, "f0fbff"),
-    ],
-}
+# The palettes' control points are declared in fractal_app/palettes.py.
 
 # Entries in a palette's lookup table (the table has one more, equal to position 1).
 PALETTE_TABLE_SIZE = 256
@@ -121,7 +91,9 @@ def palette_table(name):
     """
     import numpy as np
 
-    points = PALETTES[name]
+    from fractal_app.palettes import PALETTES
+
+    points = PALETTES[name].stops
     positions = np.array([p for p, _ in points])
     srgb = np.array([[int(h[k : k + 2], 16) / 255.0 for k in (0, 2, 4)] for _, h in points])
     x = np.linspace(0.0, 1.0, PALETTE_TABLE_SIZE + 1)

@@ -33,24 +33,24 @@ def _make_kernels(fingerprint):
     raymarch.py or color.py changes (see raymarch.source_fingerprint).
     """
 
-    def band_kernel(out, row_start, us, vs, p, ip):
+    def band_kernel(out, row_start, us, vs, params):
         """out[k, i] = RGB of pixel (row_start + k, i); x runs along columns, y along rows."""
         if fingerprint == 0:  # never true; keeps the fingerprint in the closure
             return
         i, k = cuda.grid(2)
         if k < out.shape[0] and i < out.shape[1]:
-            r, g, b = _pixel_rgb(row_start + k, i, us, vs, p, ip)
+            r, g, b = _pixel_rgb(row_start + k, i, us, vs, params[0])
             out[k, i, 0] = r
             out[k, i, 1] = g
             out[k, i, 2] = b
 
-    def pixels_kernel(out, rows, cols, us, vs, p, ip):
+    def pixels_kernel(out, rows, cols, us, vs, params):
         """out[n] = RGB of pixel (rows[n], cols[n])."""
         if fingerprint == 0:
             return
         n = cuda.grid(1)
         if n < out.shape[0]:
-            r, g, b = _pixel_rgb(rows[n], cols[n], us, vs, p, ip)
+            r, g, b = _pixel_rgb(rows[n], cols[n], us, vs, params[0])
             out[n, 0] = r
             out[n, 1] = g
             out[n, 2] = b
@@ -72,7 +72,7 @@ _band = _jit_kernel(band_kernel)
 _pixels = _jit_kernel(pixels_kernel)
 
 
-def render_band(out: np.ndarray, row_start: int, us, vs, p, ip) -> None:
+def render_band(out: np.ndarray, row_start: int, us, vs, p) -> None:
     """Fill out (rows, W, 3) with rows row_start.. of the image on the GPU."""
     blocks, threads = grid_for(out.shape[0], out.shape[1])
     d_out = cuda.device_array(out.shape, dtype=out.dtype)
@@ -81,13 +81,12 @@ def render_band(out: np.ndarray, row_start: int, us, vs, p, ip) -> None:
         row_start,
         cuda.to_device(us),
         cuda.to_device(vs),
-        cuda.to_device(p),
-        cuda.to_device(ip),
+        cuda.to_device(raymarch.as_record(p)),
     )
     d_out.copy_to_host(out)
 
 
-def render_pixels(out: np.ndarray, rows, cols, us, vs, p, ip) -> None:
+def render_pixels(out: np.ndarray, rows, cols, us, vs, p) -> None:
     """Fill out (N, 3) with the listed pixels on the GPU (a 1-D grid)."""
     tx, ty = config.CUDA_THREADS_PER_BLOCK
     blocks, threads = grid_for(1, out.shape[0], (tx * ty, 1))
@@ -98,7 +97,6 @@ def render_pixels(out: np.ndarray, rows, cols, us, vs, p, ip) -> None:
         cuda.to_device(cols),
         cuda.to_device(us),
         cuda.to_device(vs),
-        cuda.to_device(p),
-        cuda.to_device(ip),
+        cuda.to_device(raymarch.as_record(p)),
     )
     d_out.copy_to_host(out)

@@ -9,15 +9,16 @@ to a namespace in which those names mean the compiled versions.
 Precision: every floating-point value that reaches the distance estimator (ray origin and
 direction, marching distance, the estimator's arithmetic) is in the scene's precision. Numba
 types a bare float literal as float64 and would promote a float32 expression, so the
-constants the estimator and the marcher need come in the parameter vector ``p`` (same dtype
-as the ray), at the slots named ``P_*`` below. Shading after the hit runs once per sample and
-is written with ordinary float64 literals. Integer settings come in ``ip`` (int64), ``I_*``.
+constants the estimator and the marcher need come by name in the record ``p`` (a
+:class:`RayParams`, floats in the ray's dtype), with the scene's settings. Shading after the
+hit runs once per sample and is written with ordinary float64 literals.
 """
 
 import hashlib
 import math
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 from fractal_app.kernels import color
 from fractal_app.kernels.color import linear_to_srgb, quantize
@@ -25,89 +26,137 @@ from fractal_app.kernels.color import linear_to_srgb, quantize
 KIND_MANDELBULB = 0
 KIND_MANDELBOX = 1
 
-# ---- slots of the float parameter vector p (the scene's precision) ----
-# constants
-P_ZERO = 0
-P_ONE = 1
-P_HALF = 2
-P_TWO = 3
-P_SIX = 4
-P_EIGHT = 5
-P_SIXTEEN = 6
-P_TWENTY_EIGHT = 7
-P_SIXTY_FOUR = 8
-P_SEVENTY = 9
-# the fractal
-P_POWER = 10  # Mandelbulb power
-P_BAILOUT2 = 11  # squared escape radius of the estimator's orbit
-P_BOX_SCALE = 12  # Mandelbox scale (may be negative)
-P_BOX_ABS_SCALE = 13
-P_BOX_MIN_R2 = 14  # sphere fold: inner radius squared (outer radius is 1)
-P_BOX_MIN_FACTOR = 15  # 1 / P_BOX_MIN_R2
-# marching
-P_BOUND_R2 = 16  # squared radius of a sphere around the origin that holds the whole fractal
-P_EPSILON = 17  # surface distance at one unit from the camera
-P_MAX_DISTANCE = 18
-P_STEP_FACTOR = 19  # < 1 where the estimator may overshoot
-# camera: origin, then an orthonormal basis (forward, right, up)
-P_ORIGIN = 20
-P_FORWARD = 23
-P_RIGHT = 26
-P_UP = 29
-# shading
-P_LIGHT = 32  # unit vector toward the light
-P_NORMAL_H = 35  # normal sampling offset, as a multiple of the hit threshold
-P_SHADOW_SOFTNESS = 36  # larger is a harder penumbra
-P_SHADOW_MIN_STEP = 37
-P_SHADOW_MAX_STEP = 38
-P_SHADOW_MAX_T = 39
-P_AO_STEP = 40  # spacing of the ambient-occlusion samples along the normal
-P_BACKGROUND = 41  # linear RGB
-P_FOG = 44  # fog density per unit of distance
-P_TRAP_SCALE = 45  # orbit trap to palette position
-P_PALETTE_CYCLES = 46
-P_PALETTE_OFFSET = 47
-P_PALETTE = 48  # cosine palette a + b cos(2 pi (c t + d)): 12 numbers, a, b, c, d as RGB
-P_SHADOW_DARK = 60  # a penumbra below this is full shadow: stop marching
-P_OBJECT_SIZE = 61  # rough size of the fractal's features: scales the occlusion
-P_AXIS_K3 = 62  # x^2 + z^2 below this counts as on the y axis (power-8 polynomial)
-P_RELAX = 63  # over-relaxation factor of the march's steps (1 = plain sphere tracing)
-P_EXPOSURE = 64  # scales all light before tone mapping, as a camera's exposure
-P_SIZE = 65
 
-# ---- slots of the integer parameter vector ip ----
-I_KIND = 0
-I_ITERATIONS = 1
-I_MAX_STEPS = 2
-I_SHADOW_STEPS = 3
-I_AO_SAMPLES = 4
-I_FAST8 = 5  # 1: Mandelbulb power is exactly 8, use the polynomial form
-I_SUPERSAMPLE = 6
-I_MAX_VALUE = 7  # 255 or 65535
-I_SIZE = 8
+class RayParams(NamedTuple):
+    """Everything the 3D kernels read besides the pixel coordinates, by name (render3d builds
+    it). Every float is in the scene's precision (the ray's dtype: NumPy float32 or float64
+    scalars, which Numba types as such); the integers are int64. Vectors by component.
+
+    The scalar functions read it by name, ``p.epsilon``: uncompiled (the tests' reference)
+    from this tuple, compiled from the same fields in a NumPy record (``as_record``)."""
+
+    # constants, so that no float literal promotes float32 arithmetic
+    zero: float
+    one: float
+    half: float
+    two: float
+    six: float
+    eight: float
+    sixteen: float
+    twenty_eight: float
+    sixty_four: float
+    seventy: float
+    # the fractal
+    kind: int  # KIND_MANDELBULB or KIND_MANDELBOX
+    iterations: int  # of the distance estimator's orbit
+    power: float  # Mandelbulb power
+    fast8: int  # 1: the Mandelbulb power is exactly 8, use the polynomial form
+    axis_k3: float  # x^2 + z^2 below this counts as on the y axis (power-8 polynomial)
+    bailout2: float  # squared escape radius of the estimator's orbit
+    box_scale: float  # Mandelbox scale (may be negative)
+    box_abs_scale: float
+    box_min_r2: float  # sphere fold: inner radius squared (outer radius is 1)
+    box_min_factor: float  # 1 / box_min_r2
+    # marching
+    bound_r2: float  # squared radius of a sphere around the origin that holds the fractal
+    epsilon: float  # surface distance at one unit from the camera
+    max_distance: float
+    max_steps: int
+    step_factor: float  # < 1 where the estimator may overshoot
+    relax: float  # over-relaxation factor of the march's steps (1 = plain sphere tracing)
+    # camera: origin, then an orthonormal basis (forward, right, up)
+    origin_x: float
+    origin_y: float
+    origin_z: float
+    forward_x: float
+    forward_y: float
+    forward_z: float
+    right_x: float
+    right_y: float
+    right_z: float
+    up_x: float
+    up_y: float
+    up_z: float
+    # shading
+    # unit vector toward the light
+    light_x: float
+    light_y: float
+    light_z: float
+    normal_h: float  # normal sampling offset, as a multiple of the hit threshold
+    shadow_softness: float  # larger is a harder penumbra
+    shadow_min_step: float
+    shadow_max_step: float
+    shadow_max_t: float
+    shadow_steps: int
+    shadow_dark: float  # a penumbra below this is full shadow: stop marching
+    ao_step: float  # spacing of the ambient-occlusion samples along the normal
+    ao_samples: int
+    object_size: float  # rough size of the fractal's features: scales the occlusion
+    # linear RGB
+    background_r: float
+    background_g: float
+    background_b: float
+    fog: float  # fog density per unit of distance
+    trap_scale: float  # orbit trap to palette position
+    palette_cycles: float
+    palette_offset: float
+    # cosine palette a + b cos(2 pi (c t + d)) per channel
+    palette_a_r: float
+    palette_a_g: float
+    palette_a_b: float
+    palette_b_r: float
+    palette_b_g: float
+    palette_b_b: float
+    palette_c_r: float
+    palette_c_g: float
+    palette_c_b: float
+    palette_d_r: float
+    palette_d_g: float
+    palette_d_b: float
+    exposure: float  # scales all light before tone mapping, as a camera's exposure
+    # output
+    supersample: int
+    max_value: int  # 255 or 65535
 
 
-def mandelbulb_de(x, y, z, p, ip):
+def as_record(p: RayParams):
+    """``p`` as the compiled kernels take it: a one-element NumPy structured array with the
+    same fields, names and scalar types; a kernel reads ``params[0].epsilon``.
+
+    Not the tuple itself: Numba passes a tuple by value, field by field, into every call, which
+    made the Mandelbulb 12-20% slower than reading an array; a record is passed as one pointer.
+    And not a bare record: a parallel CPU kernel cannot take one (Numba 0.68: "arg mismatch").
+    """
+    import numpy as np
+
+    dtype = np.dtype(
+        [(name, np.asarray(value).dtype) for name, value in zip(p._fields, p, strict=True)],
+        align=True,
+    )
+    return np.array([tuple(p)], dtype=dtype)
+
+
+def mandelbulb_de(x, y, z, p):
     """Distance estimate and orbit trap (min |w|^2) of the Mandelbulb at (x, y, z).
 
     Spherical coordinates with y up: theta from the y axis, phi = atan2(x, z). The power-8
     case uses the equivalent polynomial (no acos/atan2/pow; Quilez's form).
     """
-    one = p[P_ONE]
-    power = p[P_POWER]
-    bailout2 = p[P_BAILOUT2]
+    one = p.one
+    power = p.power
+    bailout2 = p.bailout2
     wx = x
     wy = y
     wz = z
     dr = one
     r2 = wx * wx + wy * wy + wz * wz
     trap = r2
-    for _ in range(ip[I_ITERATIONS]):
+    for _ in range(p.iterations):
         if r2 > bailout2:
             break
         r = math.sqrt(r2)
-        if ip[I_FAST8] == 1:
-            dr = p[P_EIGHT] * (r2 * r2 * r2 * r) * dr + one
+        if p.fast8 == 1:
+            dr = p.eight * (r2 * r2 * r2 * r) * dr + one
             x2 = wx * wx
             y2 = wy * wy
             z2 = wz * wz
@@ -117,30 +166,30 @@ def mandelbulb_de(x, y, z, p, ip):
             k3 = x2 + z2
             # 1 / k3^3.5 scales the x and z parts; it is computed beside the polynomials,
             # not before them, so the square root and the division are off the critical path
-            if k3 > p[P_AXIS_K3]:
+            if k3 > p.axis_k3:
                 k2 = one / (k3 * k3 * k3 * math.sqrt(k3))
             else:
                 # (next to) the y axis the x and z parts of w^8 vanish; this also keeps
                 # k3^3.5 from underflowing to 0 in float32
-                k2 = p[P_ZERO]
-            k1 = x4 + y4 + z4 - p[P_SIX] * y2 * z2 - p[P_SIX] * x2 * y2 + p[P_TWO] * z2 * x2
+                k2 = p.zero
+            k1 = x4 + y4 + z4 - p.six * y2 * z2 - p.six * x2 * y2 + p.two * z2 * x2
             k4 = x2 - y2 + z2
             c = wy * k4 * k1
-            px = wx * wz * (x2 - z2) * (x4 - p[P_SIX] * x2 * z2 + z4)
+            px = wx * wz * (x2 - z2) * (x4 - p.six * x2 * z2 + z4)
             pz = (
                 x4 * x4
-                - p[P_TWENTY_EIGHT] * x4 * x2 * z2
-                + p[P_SEVENTY] * x4 * z4
-                - p[P_TWENTY_EIGHT] * x2 * z2 * z4
+                - p.twenty_eight * x4 * x2 * z2
+                + p.seventy * x4 * z4
+                - p.twenty_eight * x2 * z2 * z4
                 + z4 * z4
             )
-            nx = p[P_SIXTY_FOUR] * c * px * k2
-            ny = k1 * k1 - p[P_SIXTEEN] * y2 * k3 * k4 * k4
-            nz = -p[P_EIGHT] * c * pz * k2
+            nx = p.sixty_four * c * px * k2
+            ny = k1 * k1 - p.sixteen * y2 * k3 * k4 * k4
+            nz = -p.eight * c * pz * k2
             wx = nx + x
             wy = ny + y
             wz = nz + z
-        elif r2 > p[P_ZERO]:
+        elif r2 > p.zero:
             rp = math.pow(r, power - one)
             dr = power * rp * dr + one
             # rounding can put |wy / r| a hair above 1, where acos is NaN
@@ -159,32 +208,32 @@ def mandelbulb_de(x, y, z, p, ip):
             wz = z
         r2 = wx * wx + wy * wy + wz * wz
         trap = min(trap, r2)
-    if r2 == p[P_ZERO]:
-        return p[P_ZERO], trap
+    if r2 == p.zero:
+        return p.zero, trap
     r = math.sqrt(r2)
-    return p[P_HALF] * math.log(r) * r / dr, trap
+    return p.half * math.log(r) * r / dr, trap
 
 
-def mandelbox_de(x, y, z, p, ip):
+def mandelbox_de(x, y, z, p):
     """Distance estimate and orbit trap (min |w|^2) of the Mandelbox at (x, y, z).
 
     Each iteration: box fold (reflect through the faces of [-1, 1]^3), sphere fold (invert
     in the unit sphere, scale up by a fixed factor inside the inner radius), then
     w = scale * w + point. The running derivative dr follows the folds' scale factors.
     """
-    one = p[P_ONE]
-    two = p[P_TWO]
-    scale = p[P_BOX_SCALE]
-    abs_scale = p[P_BOX_ABS_SCALE]
-    min_r2 = p[P_BOX_MIN_R2]
-    bailout2 = p[P_BAILOUT2]
+    one = p.one
+    two = p.two
+    scale = p.box_scale
+    abs_scale = p.box_abs_scale
+    min_r2 = p.box_min_r2
+    bailout2 = p.bailout2
     wx = x
     wy = y
     wz = z
     dr = one
     r2 = wx * wx + wy * wy + wz * wz
     trap = r2
-    for _ in range(ip[I_ITERATIONS]):
+    for _ in range(p.iterations):
         if wx > one:
             wx = two - wx
         elif wx < -one:
@@ -199,7 +248,7 @@ def mandelbox_de(x, y, z, p, ip):
             wz = -two - wz
         r2 = wx * wx + wy * wy + wz * wz
         if r2 < min_r2:
-            f = p[P_BOX_MIN_FACTOR]
+            f = p.box_min_factor
             wx = wx * f
             wy = wy * f
             wz = wz * f
@@ -221,14 +270,14 @@ def mandelbox_de(x, y, z, p, ip):
     return math.sqrt(r2) / dr, trap
 
 
-def distance(x, y, z, p, ip):
+def distance(x, y, z, p):
     """(distance estimate, orbit trap) of the scene's fractal at (x, y, z)."""
-    if ip[I_KIND] == KIND_MANDELBULB:
-        return mandelbulb_de(x, y, z, p, ip)
-    return mandelbox_de(x, y, z, p, ip)
+    if p.kind == KIND_MANDELBULB:
+        return mandelbulb_de(x, y, z, p)
+    return mandelbox_de(x, y, z, p)
 
 
-def march(ox, oy, oz, dx, dy, dz, p, ip):
+def march(ox, oy, oz, dx, dy, dz, p):
     """Sphere-trace a ray (unit direction). Returns (t, steps, hit, orbit trap at t).
 
     Starts where the ray enters the bounding sphere, stops when the estimate drops below
@@ -236,30 +285,30 @@ def march(ox, oy, oz, dx, dy, dz, p, ip):
     t passes the bounding sphere or max_distance (a miss), or after max_steps (counted as a
     hit: such rays graze the surface through deep crevices).
     """
-    zero = p[P_ZERO]
-    one = p[P_ONE]
+    zero = p.zero
+    one = p.one
     b = ox * dx + oy * dy + oz * dz
-    c = ox * ox + oy * oy + oz * oz - p[P_BOUND_R2]
+    c = ox * ox + oy * oy + oz * oz - p.bound_r2
     disc = b * b - c
     if disc < zero:
         return zero, 0, False, zero
     root = math.sqrt(disc)
     t = max(zero, -b - root)
-    t_max = min(p[P_MAX_DISTANCE], -b + root)
+    t_max = min(p.max_distance, -b + root)
     if t > t_max:
         return zero, 0, False, zero
-    eps = p[P_EPSILON]
-    step_factor = p[P_STEP_FACTOR]
-    max_steps = ip[I_MAX_STEPS]
+    eps = p.epsilon
+    step_factor = p.step_factor
+    max_steps = p.max_steps
     # Over-relaxed steps (Keinert et al. 2014): step relax * d while consecutive unbounding
     # spheres overlap; once they do not, the long step may have crossed the surface, so go
     # back to the last safe point and continue with plain sphere tracing.
-    relax = p[P_RELAX]
+    relax = p.relax
     last_t = t
     last_d = zero
     trap = zero
     for step in range(max_steps):
-        d, trap = distance(ox + t * dx, oy + t * dy, oz + t * dz, p, ip)
+        d, trap = distance(ox + t * dx, oy + t * dy, oz + t * dz, p)
         if relax > one and d + last_d < t - last_t:
             t = last_t + last_d * step_factor
             relax = one
@@ -274,10 +323,10 @@ def march(ox, oy, oz, dx, dy, dz, p, ip):
     return t, max_steps, True, trap
 
 
-def surface_normal(x, y, z, h, p, ip):
+def surface_normal(x, y, z, h, p):
     """Unit normal of the distance field at (x, y, z): the tetrahedron technique (4 estimates)."""
-    zero = p[P_ZERO]
-    one = p[P_ONE]
+    zero = p.zero
+    one = p.one
     nx = zero
     ny = zero
     nz = zero
@@ -286,7 +335,7 @@ def surface_normal(x, y, z, h, p, ip):
         sx = one if ((k + 3) >> 1) & 1 else -one
         sy = one if (k >> 1) & 1 else -one
         sz = one if k & 1 else -one
-        d, _ = distance(x + sx * h, y + sy * h, z + sz * h, p, ip)
+        d, _ = distance(x + sx * h, y + sy * h, z + sz * h, p)
         nx = nx + sx * d
         ny = ny + sy * d
         nz = nz + sz * d
@@ -296,64 +345,64 @@ def surface_normal(x, y, z, h, p, ip):
     return zero, one, zero
 
 
-def soft_shadow(x, y, z, p, ip):
+def soft_shadow(x, y, z, p):
     """Light visibility in [0, 1] from (x, y, z) toward the light, with a penumbra.
 
     March toward the light; the nearest approach relative to the distance travelled
     (softness * d / t) darkens the point: 0 in full shadow, 1 in full light.
     """
-    zero = p[P_ZERO]
-    one = p[P_ONE]
-    lx = p[P_LIGHT]
-    ly = p[P_LIGHT + 1]
-    lz = p[P_LIGHT + 2]
-    softness = p[P_SHADOW_SOFTNESS]
-    min_step = p[P_SHADOW_MIN_STEP]
-    max_step = p[P_SHADOW_MAX_STEP]
-    max_t = p[P_SHADOW_MAX_T]
+    zero = p.zero
+    one = p.one
+    lx = p.light_x
+    ly = p.light_y
+    lz = p.light_z
+    softness = p.shadow_softness
+    min_step = p.shadow_min_step
+    max_step = p.shadow_max_step
+    max_t = p.shadow_max_t
     # nothing occludes beyond the bounding sphere: stop where the shadow ray leaves it
     b = x * lx + y * ly + z * lz
-    disc = b * b - (x * x + y * y + z * z - p[P_BOUND_R2])
+    disc = b * b - (x * x + y * y + z * z - p.bound_r2)
     if disc > zero:
         max_t = min(max_t, -b + math.sqrt(disc))
     result = one
     t = min_step
-    for _ in range(ip[I_SHADOW_STEPS]):
+    for _ in range(p.shadow_steps):
         if t > max_t:
             break
-        d, _ = distance(x + t * lx, y + t * ly, z + t * lz, p, ip)
+        d, _ = distance(x + t * lx, y + t * ly, z + t * lz, p)
         result = min(result, softness * d / t)
-        if result < p[P_SHADOW_DARK]:
+        if result < p.shadow_dark:
             return zero
         t = t + min(max(d, min_step), max_step)
     return result
 
 
-def occlusion(x, y, z, nx, ny, nz, p, ip):
+def occlusion(x, y, z, nx, ny, nz, p):
     """Ambient occlusion in [0, 1] (1 = open) from a few estimates along the normal."""
-    zero = p[P_ZERO]
-    one = p[P_ONE]
-    step = p[P_AO_STEP]
+    zero = p.zero
+    one = p.one
+    step = p.ao_step
     occluded = zero
     weight = one
     h = zero
-    for _ in range(ip[I_AO_SAMPLES]):
+    for _ in range(p.ao_samples):
         h = h + step
-        d, _ = distance(x + h * nx, y + h * ny, z + h * nz, p, ip)
+        d, _ = distance(x + h * nx, y + h * ny, z + h * nz, p)
         occluded = occluded + (h - d) * weight
-        weight = weight * p[P_HALF]
+        weight = weight * p.half
     return occluded
 
 
 def palette_rgb(t, p):
     """The scene's cosine palette at position t (cyclic with period 1), linear RGB."""
     tau = 6.283185307179586
-    r = p[P_PALETTE] + p[P_PALETTE + 3] * math.cos(tau * (p[P_PALETTE + 6] * t + p[P_PALETTE + 9]))
-    g = p[P_PALETTE + 1] + p[P_PALETTE + 4] * math.cos(
-        tau * (p[P_PALETTE + 7] * t + p[P_PALETTE + 10])
+    r = p.palette_a_r + p.palette_b_r * math.cos(tau * (p.palette_c_r * t + p.palette_d_r))
+    g = p.palette_a_g + p.palette_b_g * math.cos(
+        tau * (p.palette_c_g * t + p.palette_d_g)
     )
-    b = p[P_PALETTE + 2] + p[P_PALETTE + 5] * math.cos(
-        tau * (p[P_PALETTE + 8] * t + p[P_PALETTE + 11])
+    b = p.palette_a_b + p.palette_b_b * math.cos(
+        tau * (p.palette_c_b * t + p.palette_d_b)
     )
     return min(max(r, 0.0), 1.0), min(max(g, 0.0), 1.0), min(max(b, 0.0), 1.0)
 
@@ -363,46 +412,46 @@ def tone_map(x):
     return min(max(x * (2.51 * x + 0.03) / (x * (2.43 * x + 0.59) + 0.14), 0.0), 1.0)
 
 
-def sample_rgb(dx, dy, dz, p, ip):
+def sample_rgb(dx, dy, dz, p):
     """Linear RGB of one camera ray with unit direction (dx, dy, dz)."""
-    ox = p[P_ORIGIN]
-    oy = p[P_ORIGIN + 1]
-    oz = p[P_ORIGIN + 2]
-    bg_r = float(p[P_BACKGROUND])
-    bg_g = float(p[P_BACKGROUND + 1])
-    bg_b = float(p[P_BACKGROUND + 2])
-    t, steps, hit, trap = march(ox, oy, oz, dx, dy, dz, p, ip)
+    ox = p.origin_x
+    oy = p.origin_y
+    oz = p.origin_z
+    bg_r = float(p.background_r)
+    bg_g = float(p.background_g)
+    bg_b = float(p.background_b)
+    t, steps, hit, trap = march(ox, oy, oz, dx, dy, dz, p)
     if not hit:
         # a ray that passed close to the surface took many steps: a faint glow around it
-        glow = min(steps / (0.3 * ip[I_MAX_STEPS] + 1.0), 1.0)
+        glow = min(steps / (0.3 * p.max_steps + 1.0), 1.0)
         glow = 0.12 * glow * glow * glow
         return bg_r + 0.35 * glow, bg_g + 0.55 * glow, bg_b + glow
     hx = ox + t * dx
     hy = oy + t * dy
     hz = oz + t * dz
-    threshold = p[P_EPSILON] * t
-    nx, ny, nz = surface_normal(hx, hy, hz, threshold * p[P_NORMAL_H], p, ip)
+    threshold = p.epsilon * t
+    nx, ny, nz = surface_normal(hx, hy, hz, threshold * p.normal_h, p)
     # lift the shadow and occlusion probes off the surface so they do not start inside it
-    lift = threshold * p[P_TWO]
+    lift = threshold * p.two
     sx = hx + nx * lift
     sy = hy + ny * lift
     sz = hz + nz * lift
-    lx = float(p[P_LIGHT])
-    ly = float(p[P_LIGHT + 1])
-    lz = float(p[P_LIGHT + 2])
+    lx = float(p.light_x)
+    ly = float(p.light_y)
+    lz = float(p.light_z)
     fnx = float(nx)
     fny = float(ny)
     fnz = float(nz)
     facing = fnx * lx + fny * ly + fnz * lz
     # a surface turned away from the light gets no direct light: no shadow ray needed
-    shadow = float(soft_shadow(sx, sy, sz, p, ip)) if facing > 0.0 else 0.0
-    occluded = float(occlusion(sx, sy, sz, nx, ny, nz, p, ip))
+    shadow = float(soft_shadow(sx, sy, sz, p)) if facing > 0.0 else 0.0
+    occluded = float(occlusion(sx, sy, sz, nx, ny, nz, p))
 
     # Surface colour from the orbit trap through the palette, softened: pulled a fifth of the
     # way toward its own grey and kept below 0.85, so that detail reads through the
     # lighting rather than the palette, and a lit face keeps its colour instead of washing
     # out to white.
-    position = math.sqrt(float(trap)) * p[P_TRAP_SCALE] * p[P_PALETTE_CYCLES] + p[P_PALETTE_OFFSET]
+    position = math.sqrt(float(trap)) * p.trap_scale * p.palette_cycles + p.palette_offset
     pal_r, pal_g, pal_b = palette_rgb(position, p)
     grey = 0.2126 * pal_r + 0.7152 * pal_g + 0.0722 * pal_b
     al_r = 0.85 * (grey + 0.8 * (pal_r - grey)) + 0.05
@@ -412,8 +461,8 @@ def sample_rgb(dx, dy, dz, p, ip):
     # Ambient occlusion from the samples along the normal and, gently, from the march's step
     # count (rays that needed many steps ran down a crease). Gently: as the only darkening
     # of a crease it drew thin black slivers there.
-    ao = min(max(1.0 - 3.0 * occluded / float(p[P_OBJECT_SIZE]), 0.0), 1.0)
-    ao = ao * (1.0 - 0.3 * min(steps / (0.5 * ip[I_MAX_STEPS] + 1.0), 1.0))
+    ao = min(max(1.0 - 3.0 * occluded / float(p.object_size), 0.0), 1.0)
+    ao = ao * (1.0 - 0.3 * min(steps / (0.5 * p.max_steps + 1.0), 1.0))
 
     # Three lights, as a studio sets them: a warm key (the scene's light, with soft shadows),
     # a cool fill from the other side, low and without shadows, so the side away from the
@@ -443,37 +492,37 @@ def sample_rgb(dx, dy, dz, p, ip):
     light_g = 1.30 * key * 0.93 + 0.30 * fill * 0.90 + 0.30 * sky * 0.85
     light_b = 1.30 * key * 0.82 + 0.30 * fill * 1.10 + 0.30 * sky * 1.05
     # Filmic tone mapping of the exposed light: highlights roll off instead of clipping.
-    exposure = float(p[P_EXPOSURE])
+    exposure = float(p.exposure)
     r = tone_map(exposure * (al_r * light_r + spec))
     g = tone_map(exposure * (al_g * light_g + spec))
     b = tone_map(exposure * (al_b * light_b + spec))
 
     # fog toward the background with the distance travelled
-    keep = math.exp(-float(p[P_FOG]) * float(t))
+    keep = math.exp(-float(p.fog) * float(t))
     r = r * keep + bg_r * (1.0 - keep)
     g = g * keep + bg_g * (1.0 - keep)
     b = b * keep + bg_b * (1.0 - keep)
     return r, g, b
 
 
-def pixel_rgb(row, col, us, vs, p, ip):
+def pixel_rgb(row, col, us, vs, p):
     """Encoded RGB (integers 0..max_value) of pixel (row, col), supersampled s x s.
 
     us[col * s + b] and vs[row * s + a] are the image-plane coordinates of the sub-pixel
     centres (computed once, in float64, by the caller and rounded to the precision). The
     samples are averaged in linear light, then sRGB-encoded and quantized.
     """
-    s = ip[I_SUPERSAMPLE]
-    fx = p[P_FORWARD]
-    fy = p[P_FORWARD + 1]
-    fz = p[P_FORWARD + 2]
-    rx = p[P_RIGHT]
-    ry = p[P_RIGHT + 1]
-    rz = p[P_RIGHT + 2]
-    ux = p[P_UP]
-    uy = p[P_UP + 1]
-    uz = p[P_UP + 2]
-    one = p[P_ONE]
+    s = p.supersample
+    fx = p.forward_x
+    fy = p.forward_y
+    fz = p.forward_z
+    rx = p.right_x
+    ry = p.right_y
+    rz = p.right_z
+    ux = p.up_x
+    uy = p.up_y
+    uz = p.up_z
+    one = p.one
     sum_r = 0.0
     sum_g = 0.0
     sum_b = 0.0
@@ -485,12 +534,12 @@ def pixel_rgb(row, col, us, vs, p, ip):
             dy = fy + u * ry + v * uy
             dz = fz + u * rz + v * uz
             inv = one / math.sqrt(dx * dx + dy * dy + dz * dz)
-            r, g, b_ = sample_rgb(dx * inv, dy * inv, dz * inv, p, ip)
+            r, g, b_ = sample_rgb(dx * inv, dy * inv, dz * inv, p)
             sum_r += r
             sum_g += g
             sum_b += b_
     n = float(s * s)
-    max_value = ip[I_MAX_VALUE]
+    max_value = p.max_value
     red = quantize(linear_to_srgb(min(max(sum_r / n, 0.0), 1.0)), max_value)
     green = quantize(linear_to_srgb(min(max(sum_g / n, 0.0), 1.0)), max_value)
     blue = quantize(linear_to_srgb(min(max(sum_b / n, 0.0), 1.0)), max_value)

@@ -1,0 +1,88 @@
+"""The deep path's bilinear approximation (deep/bla.py): its maps are the composition of the
+perturbation steps they replace, and the core really skips along them, with the counts of
+stepping one iteration at a time (the views of tests/test_deep.py check those against
+direct MPFR iteration)."""
+
+from __future__ import annotations
+
+import gmpy2
+import numpy as np
+import pytest
+from test_deep import deep_scene
+
+from fractal_app.deep import bla
+from fractal_app.deep.core import compile_core
+from fractal_app.deep.render import _offsets, reference_for
+
+
+def _fe(mantissa, exponent):
+    return gmpy2.mul_2exp(gmpy2.mpfr(float(mantissa)), int(exponent))
+
+
+@pytest.fixture(scope="module")
+def view_1e300():
+    scene = deep_scene(300, 400, (8, 6), 6_000)
+    return scene, *reference_for(scene)
+
+
+def test_each_map_is_the_composition_of_the_steps_it_replaces(view_1e300):
+    scene, geo, reference = view_1e300
+    orbit = reference.orbit
+    offsets = reference.bla_off
+    rng = np.random.default_rng(3)
+    with gmpy2.context(gmpy2.get_context(), precision=200):
+        z = [gmpy2.mpc(_fe(orbit.mr[m], orbit.e[m]), _fe(orbit.mi[m], orbit.e[m]))
+             if orbit.mr[m] or orbit.mi[m] else gmpy2.mpc(0) for m in range(orbit.length)]
+        checked = 0
+        for level in range(bla.MIN_LEVEL, len(offsets) - 1, 2):
+            rows = int(offsets[level + 1] - offsets[level])
+            for j in rng.integers(0, rows, 3):
+                a, b = gmpy2.mpc(1), gmpy2.mpc(0)
+                for m in range(int(j) << level, (int(j) + 1) << level):
+                    a, b = 2 * z[m] * a, 2 * z[m] * b + 1
+                row = int(offsets[level] + j)
+                f, e = reference.bla_f[row], reference.bla_e[row]
+                got_a = gmpy2.mpc(_fe(f[bla.A_RE], e[bla.A_EXP]), _fe(f[bla.A_IM], e[bla.A_EXP]))
+                got_b = gmpy2.mpc(_fe(f[bla.B_RE], e[bla.B_EXP]), _fe(f[bla.B_IM], e[bla.B_EXP]))
+                assert abs(got_a - a) <= 1e-12 * abs(a), (level, j)
+                assert abs(got_b - b) <= 1e-12 * abs(b), (level, j)
+                checked += 1
+    assert checked >= 12
+    # Radii shrink as maps grow (the core's search relies on it), and spans that run past
+    # a near-zero Z_m (where dz^2 is not negligible) get none.
+    for level in range(bla.MIN_LEVEL, len(offsets) - 2):
+        here = slice(offsets[level], offsets[level + 1])
+        up = slice(offsets[level + 1], offsets[level + 2])
+        r_here = np.ldexp(np.sqrt(reference.bla_f[here, bla.R2]), reference.bla_e[here, bla.R_EXP])
+        r_up = np.ldexp(np.sqrt(reference.bla_f[up, bla.R2]), reference.bla_e[up, bla.R_EXP])
+        assert (r_up <= r_here[: 2 * r_up.size : 2]).all()
+    assert (reference.bla_f[offsets[bla.MIN_LEVEL], bla.R2]) == 0.0  # spans Z_0 = 0
+
+
+def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):
+    scene, geo, reference = view_1e300
+    core = compile_core(lambda f: f)  # the scalar source, run as Python: calls observable
+    search = core.perturbed.__globals__["bla_level"]
+    skipped = []
+
+    def observed(*args):
+        row, level = search(*args)
+        skipped.append((1 << level) if row >= 0 else 0)
+        return row, level
+
+    core.perturbed.__globals__["bla_level"] = observed
+    arrays = reference.arrays()
+    no_maps = (*arrays[:5], arrays[5][:0], arrays[6][:0], np.zeros(1, dtype=np.int64),
+               arrays[8])
+    cols = _offsets(scene, np.array([2, 5]), "re", geo.pixel_mantissa).ravel()
+    rows = _offsets(scene, np.array([1, 4]), "im", geo.pixel_mantissa).ravel()
+    for dcr, dci in zip(cols, rows, strict=True):
+        skipped.clear()
+        count, _ = core.perturbed(dcr, dci, geo.pixel_exp, *arrays, scene.max_iter)
+        skips = list(skipped)
+        stepped, _ = core.perturbed(dcr, dci, geo.pixel_exp, *no_maps,
+                                               scene.max_iter)
+        assert count == stepped
+        assert count > 400 and sum(skips) > 0.9 * count, (count, sum(skips))
+        # loop passes: a map or a step each
+        assert len(skips) + (count - sum(skips)) < count / 10
