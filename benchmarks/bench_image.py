@@ -48,6 +48,7 @@ import numba
 import numpy as np
 from fractal_app import render
 from fractal_app.scene import parse_scene
+from fractal_app.kernels.threads import thread_count
 
 cases = {
     "2d float64": {"fractal": "mandelbrot", "resolution": [1920, 1080], "max_iter": 1000,
@@ -58,7 +59,6 @@ cases["2d float32"] = {**cases["2d float64"], "precision": "float32"}
 cases["3d float32"] = {**cases["3d float64"], "precision": "float32"}
 out = {"cpu_target": os.environ.get("NUMBA_CPU_NAME") or "host",
        "threads": numba.get_num_threads()}
-threads = numba.get_num_threads()
 for name, spec in cases.items():
     scene = parse_scene(spec)
     first = render.render_band(scene, 0, scene.height_px)  # compile or load
@@ -68,13 +68,12 @@ for name, spec in cases.items():
         render.render_band(scene, 0, scene.height_px)
         best = min(best, time.perf_counter() - start)
     # One thread, CPU time: the steadier figure when other work shares the cores.
-    numba.set_num_threads(1)
     best_cpu = float("inf")
-    for _ in range(2):
-        start = time.process_time()
-        render.render_band(scene, 0, scene.height_px)
-        best_cpu = min(best_cpu, time.process_time() - start)
-    numba.set_num_threads(threads)
+    with thread_count(1):
+        for _ in range(2):
+            start = time.process_time()
+            render.render_band(scene, 0, scene.height_px)
+            best_cpu = min(best_cpu, time.process_time() - start)
     counts = spec.get("output") == "counts"
     work = int(first.sum(dtype=np.int64)) if counts else first.shape[0] * first.shape[1]
     out[name] = {"seconds": best, "cpu_seconds": best_cpu, "work": work}

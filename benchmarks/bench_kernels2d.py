@@ -31,7 +31,8 @@ import pytest
 from harness import check_target, cpu_model
 
 from fractal_app import render
-from fractal_app.kernels import cpu
+from fractal_app.kernels import cpu, lanes
+from fractal_app.kernels.threads import thread_count
 from fractal_app.scene import parse_scene
 
 WIDTH, HEIGHT = 1920, 1080
@@ -52,8 +53,8 @@ class _Grid:
     """The kernel arguments of a scene's whole image, prepared once outside the timing."""
 
     def __init__(self, scene):
-        self.args = render._escape_args(scene)
-        dtype = self.args.dtype
+        self.params = render.escape_params(scene)
+        dtype = self.params.dtype
         cols = np.arange(scene.width_px, dtype=np.int64)
         rows = np.arange(scene.height_px, dtype=np.int64)
         self.re = render.sample_coords(scene, cols, "re").reshape(-1).astype(dtype)
@@ -62,9 +63,7 @@ class _Grid:
         self.mag2 = np.empty(self.counts.shape)
 
     def run(self):
-        a = self.args
-        cpu.iterate_grid(a.kind, self.re, self.im, a.jr, a.ji, a.power, a.max_iter, a.escape2,
-                         self.counts, self.mag2)
+        cpu.iterate_grid(self.params, self.re, self.im, self.counts, self.mag2)
         return self.counts
 
 
@@ -149,11 +148,8 @@ def test_mandelbrot_cpu_against_numpy_and_c(warmed_benchmark, summary, c_program
     c_rate = c_iterations / c_wall / 1e9
 
     # Per core, in CPU time: steadier than wall time when other processes share the cores.
-    numba.set_num_threads(1)
-    try:
+    with thread_count(1):
         numba_cpu_rate = iterations / _best_cpu_seconds(grid.run) / 1e9
-    finally:
-        numba.set_num_threads(threads)
     _, _, c_cpu = run_c(c_program, mode, 1)
     c_cpu_rate = c_iterations / c_cpu / 1e9
 
@@ -202,12 +198,12 @@ def test_escape_time_cpu(warmed_benchmark, summary, fractal, precision):
     grid = _Grid(_scene(fractal, precision))
     counts = warmed_benchmark.pedantic(grid.run, rounds=3)
     rate = int(counts.sum(dtype=np.int64)) / warmed_benchmark.stats.stats.min / 1e9
-    block = cpu.block_module(grid.args.kind, grid.args.dtype) is not None
+    lane = lanes.lane_code(grid.params.kind) is not None
     warmed_benchmark.extra_info.update({
         "resolution": f"{WIDTH}x{HEIGHT}", "max_iter": MAX_ITER,
-        "giga_iterations_per_s": round(rate, 3), "block_kernel": block,
+        "giga_iterations_per_s": round(rate, 3), "lane_kernel": lane,
     })
-    summary(f"{fractal} {precision}: {rate:.2f} G it/s ({'block' if block else 'scalar'} kernel)")
+    summary(f"{fractal} {precision}: {rate:.2f} G it/s ({'lane' if lane else 'scalar'} kernel)")
 
 
 @pytest.mark.benchmark(group="kernels2d-image")
@@ -256,11 +252,9 @@ def test_mandelbrot_cuda(warmed_benchmark, summary, precision):
     scene = parse_scene({"fractal": "mandelbrot", "resolution": [7680, 4320], "max_iter": 10_000,
                          "precision": precision, "output": "counts", **MANDELBROT_VIEW})
     grid = _Grid(scene)
-    a = grid.args
 
     def run():
-        gpu.iterate_grid(a.kind, grid.re, grid.im, a.jr, a.ji, a.power, a.max_iter, a.escape2,
-                         grid.counts, grid.mag2)
+        gpu.iterate_grid(grid.params, grid.re, grid.im, grid.counts, grid.mag2)
         return grid.counts
 
     counts = warmed_benchmark.pedantic(run, rounds=3).copy()

@@ -45,6 +45,8 @@ from harness import (
     start_server,
 )
 
+from fractal_app.kernels.threads import thread_count
+
 __all__ = ["c_program"]  # a pytest fixture, used by name
 
 # The 4K view (centre -0.7436+0.1318i, width 0.02, max_iter 8,000) at 1920x1080: a
@@ -117,11 +119,8 @@ def test_kernels_against_c(benchmark, c_program, precision, tmp_path):
             grid.run()
             walls["numba"].append(time.perf_counter() - started)
             walls["c"].append(run_c(c_program, mode, threads, repeats=1)[1])
-            numba.set_num_threads(1)
-            try:
+            with thread_count(1):
                 cpus["numba"].append(_best_cpu_seconds(grid.run, repeats=1))
-            finally:
-                numba.set_num_threads(threads)
             cpus["c"].append(run_c(c_program, mode, 1, repeats=1)[2])
 
     benchmark.pedantic(alternate, rounds=1, iterations=1)

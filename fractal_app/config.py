@@ -14,11 +14,11 @@ NUMBA_CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR")
 BENCHMARK_TARGET_SECONDS = 2.0
 
 # Rough seconds one cold compile of a CPU kernel takes, by kind (a 2-core AMD EPYC shared
-# with other work): what a cold first render tells the user it is about to wait. The block
-# kernels are the generated SIMD ones of kernels/_generated (two per fractal and precision).
+# with other work): what a cold first render tells the user it is about to wait. The lane
+# kernels are the SIMD ones of kernels/cpu.py (two per fractal and precision).
 COMPILE_SECONDS = {
-    "block_f64": 19.0,
-    "block_f32": 23.0,
+    "lanes_f64": 19.0,
+    "lanes_f32": 23.0,
     "scalar": 3.0,
     "colour": 6.0,
     "raymarch": 4.0,

@@ -9,7 +9,7 @@ of a level), several of them, and picks at start-up the best one the host runs
 
 Each level names its LLVM features explicitly. An empty feature list is not "the level's
 own features": Numba hands it to LLVM as is, and LLVM then drops the vector units' features
-(measured: x86-64-v3 with no features ran the Mandelbrot block kernels at a quarter of the
+(measured: x86-64-v3 with no features ran the Mandelbrot lane kernels at a quarter of the
 host build's speed). tests/test_vector_width.py disassembles each level's kernels.
 
 This module imports nothing heavy: it runs before Numba is imported.
@@ -35,7 +35,7 @@ class CpuLevel:
     name: str
     llvm_features: tuple[str, ...]
     cpuinfo_flags: frozenset[str]
-    # The widest vector registers the block kernels should use: what the vector-width test
+    # The widest vector registers the lane kernels should use: what the vector-width test
     # asserts ("zmm" 512-bit, "ymm" 256-bit, "xmm" 128-bit).
     vector_register: str
 

@@ -81,22 +81,19 @@ def render_band(scene, row_start: int, row_stop: int, backend: str = "cpu") -> n
 
         return render_band_deep(scene, row_start, row_stop, _deep_backend(backend))
     kernels = _kernels(backend)
-    args = _escape_args(scene)
+    params = escape_params(scene)
     ss = scene.supersample
     re_cols = sample_coords(scene, np.arange(width, dtype=np.int64), axis="re")
-    re_cols = re_cols.reshape(-1).astype(args.dtype)
+    re_cols = re_cols.reshape(-1).astype(params.dtype)
     rows_per_chunk = max(1, MAX_SAMPLES_PER_CHUNK // (width * ss * ss))
     coloured = scene.output_format.coloured
     out = scene.output_format.empty_band(row_stop - row_start, width, scene.bit_depth)
     for r0, r1 in row_pieces(row_start, row_stop, rows_per_chunk):
         im_rows = sample_coords(scene, np.arange(r0, r1, dtype=np.int64), axis="im")
-        im_rows = im_rows.reshape(-1).astype(args.dtype)
+        im_rows = im_rows.reshape(-1).astype(params.dtype)
         counts = np.empty((im_rows.shape[0], re_cols.shape[0]), dtype=np.uint32)
         mag2 = np.empty(counts.shape, dtype=np.float64)
-        kernels.iterate_grid(
-            args.kind, re_cols, im_rows, args.jr, args.ji, args.power, args.max_iter,
-            args.escape2, counts, mag2,
-        )
+        kernels.iterate_grid(params, re_cols, im_rows, counts, mag2)
         target = out[r0 - row_start : r1 - row_start]
         if coloured:
             shape = (r1 - r0, ss, width, ss)
@@ -135,22 +132,19 @@ def render_pixels(scene, rows: np.ndarray, cols: np.ndarray, backend: str = "cpu
 
         return render_pixels_deep(scene, rows, cols, _deep_backend(backend))
     kernels = _kernels(backend)
-    args = _escape_args(scene)
+    params = escape_params(scene)
     ss = scene.supersample
     n = rows.shape[0]
     # Sample (a, b) of pixel k sits at row offset a and column offset b, as in render_band.
     re = sample_coords(scene, cols, axis="re")[:, None, :]
     im = sample_coords(scene, rows, axis="im")[:, :, None]
     re, im = np.broadcast_arrays(re, im)
-    re = np.ascontiguousarray(re.reshape(-1), dtype=args.dtype)
-    im = np.ascontiguousarray(im.reshape(-1), dtype=args.dtype)
+    re = np.ascontiguousarray(re.reshape(-1), dtype=params.dtype)
+    im = np.ascontiguousarray(im.reshape(-1), dtype=params.dtype)
     counts = np.empty(re.shape[0], dtype=np.uint32)
     mag2 = np.empty(re.shape[0], dtype=np.float64)
     if n:
-        kernels.iterate_points(
-            args.kind, re, im, args.jr, args.ji, args.power, args.max_iter, args.escape2,
-            counts, mag2,
-        )
+        kernels.iterate_points(params, re, im, counts, mag2)
     if not scene.output_format.coloured:
         return counts
     out = np.empty((n, 1, 3), dtype=_image_dtype(scene))
@@ -183,27 +177,24 @@ def run_benchmark(
     return iterations_per_image / fastest / 1e6
 
 
+def escape_params(scene):
+    """The kernels' parameters of a 2D scene (an escape.EscapeParams), typed in the scene's
+    precision."""
+    from fractal_app.kernels.escape import KIND_OF_FRACTAL, EscapeParams
+
+    dtype = np.float32 if scene.precision == "float32" else np.float64
+    c = getattr(scene, "c", (0.0, 0.0))
+    return EscapeParams(
+        kind=KIND_OF_FRACTAL[scene.fractal],
+        jr=dtype(c[0]),
+        ji=dtype(c[1]),
+        power=int(getattr(scene, "power", 2)),
+        max_iter=int(scene.max_iter),
+        escape2=dtype(4.0),
+    )
+
+
 # --- helpers --------------------------------------------------------------------------------
-
-
-class _EscapeArgs:
-    """The scalar kernel arguments of a 2D scene, typed in the scene's precision."""
-
-    def __init__(self, scene):
-        from fractal_app.kernels.escape import KIND_OF_FRACTAL
-
-        self.dtype = np.float32 if scene.precision == "float32" else np.float64
-        self.kind = KIND_OF_FRACTAL[scene.fractal]
-        c = getattr(scene, "c", (0.0, 0.0))
-        self.jr = self.dtype(c[0])
-        self.ji = self.dtype(c[1])
-        self.power = int(getattr(scene, "power", 2))
-        self.max_iter = int(scene.max_iter)
-        self.escape2 = self.dtype(4.0)
-
-
-def _escape_args(scene) -> _EscapeArgs:
-    return _EscapeArgs(scene)
 
 
 def sample_coords(scene, index: np.ndarray, axis: str) -> np.ndarray:

@@ -48,7 +48,6 @@ probability; the tests check 200+ honest bands.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -332,20 +331,13 @@ def chunk_size(scene) -> int:
     return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_STEPS // worst_pixel_cost(scene))))
 
 
-@contextlib.contextmanager
 def _threads_for(steps: int, serial_steps: int = SERIAL_STEPS):
     """One thread for a small call: waking the kernel's thread team costs more than it
     saves there (measured: 30 ms a call on this loaded 2-core machine, 0.4 ms with one
     thread). Numba's thread count is per calling thread, so this touches no one else."""
-    import numba
+    from fractal_app.kernels.threads import one_thread_if
 
-    previous = numba.get_num_threads()
-    if steps < serial_steps:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    return one_thread_if(steps < serial_steps)
 
 
 def _render_chunked(scene, rows: np.ndarray, cols: np.ndarray, cancel) -> np.ndarray:

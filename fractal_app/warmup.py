@@ -36,7 +36,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Small pictures with the default views and iteration limits: the point is compiling every
-# kernel, and some run only when the picture needs them (the 2D block kernels resume, in
+# kernel, and some run only when the picture needs them (the 2D lane kernels resume, in
 # later passes, the samples still running after the first 32 iterations), so each view
 # holds points inside its set. The default Julia c (-0.8 + 0.156i) has no interior; this one
 # (in the Mandelbrot set's main cardioid) has.
@@ -285,25 +285,27 @@ def compile_estimate_seconds(scene_json: str, backend: str | None = None) -> flo
     from numba.core.registry import cpu_target
 
     codegen = cpu_target.target_context.codegen()
-    return sum(config.COMPILE_SECONDS[group] for group, kernel in _kernels_of(scene)
-               if not kernel._cache.has_entry_for(codegen))
+    return sum(config.COMPILE_SECONDS[group] for group, kernel, signature in _kernels_of(scene)
+               if not kernel._cache.has_entry_for(codegen, signature))
 
 
-def _kernels_of(scene) -> list[tuple[str, object]]:
-    """(estimate group, dispatcher) of each cached CPU kernel a render of ``scene`` runs."""
+def _kernels_of(scene) -> list[tuple[str, object, tuple | None]]:
+    """(estimate group, dispatcher, signature or None for any) of each cached CPU kernel a
+    render of ``scene`` runs."""
     if scene.is_3d:
         from fractal_app.kernels import cpu_raymarch
 
-        return [("raymarch", cpu_raymarch.band_kernel), ("raymarch", cpu_raymarch.pixels_kernel)]
+        return [("raymarch", cpu_raymarch.band_kernel, None),
+                ("raymarch", cpu_raymarch.pixels_kernel, None)]
     from fractal_app import render
     from fractal_app.kernels import cpu
 
-    args = render._escape_args(scene)
-    module = cpu.block_module(args.kind, args.dtype)
-    if module is None:
-        iterate = [("scalar", cpu.iterate_grid_scalar), ("scalar", cpu.iterate_points_scalar)]
-    else:
-        group = "block_f32" if scene.precision == "float32" else "block_f64"
-        iterate = [(group, module.iterate_grid), (group, module.resume_points)]
-    colour = [("colour", cpu.colour_pixels)] if scene.output_format.coloured else []
+    params = render.escape_params(scene)
+    group = "lanes_f32" if scene.precision == "float32" else "lanes_f64"
+    iterate = [(group, kernel, signature)
+               for kernel, signature in cpu.lane_kernel_signatures(params)]
+    if not iterate:
+        iterate = [("scalar", cpu.iterate_grid_scalar, None),
+                   ("scalar", cpu.iterate_points_scalar, None)]
+    colour = [("colour", cpu.colour_pixels, None)] if scene.output_format.coloured else []
     return iterate + colour

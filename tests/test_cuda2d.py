@@ -34,14 +34,19 @@ def test_cuda_kernels_match_the_cpu_bit_for_bit_in_the_simulator():
 
 
 def _signature(kernel_name, precision):
+    import numba
     from numba import types
 
-    fl = types.float64 if precision == "float64" else types.float32
+    from fractal_app.kernels.escape import EscapeParams
+
+    dtype = np.float64 if precision == "float64" else np.float32
+    fl = numba.from_dtype(dtype)
+    params = numba.typeof(EscapeParams(0, dtype(0), dtype(0), 2, 100, dtype(4)))
     if kernel_name == "grid_kernel":
         outputs = (types.uint32[:, ::1], types.float64[:, ::1])
     else:
         outputs = (types.uint32[::1], types.float64[::1])
-    return (types.int64, fl[::1], fl[::1], fl, fl, types.int64, types.int64, fl, *outputs)
+    return (params, fl[::1], fl[::1], *outputs)
 
 
 @pytest.mark.parametrize("cc", [(7, 5), (9, 0)], ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
@@ -169,15 +174,15 @@ def _simulator_checks():
             scene = parse_scene({**REGISTERED[fractal].boundary_view, "fractal": fractal,
                                  "resolution": [11, 5], "max_iter": 60, "precision": precision,
                                  "supersample": 2})
-            args = render._escape_args(scene)
-            re = render.sample_coords(scene, np.arange(11), "re").reshape(-1).astype(args.dtype)
-            im = render.sample_coords(scene, np.arange(5), "im").reshape(-1).astype(args.dtype)
-            scalars = (args.jr, args.ji, args.power, args.max_iter, args.escape2)
+            params = render.escape_params(scene)
+            dtype = params.dtype
+            re = render.sample_coords(scene, np.arange(11), "re").reshape(-1).astype(dtype)
+            im = render.sample_coords(scene, np.arange(5), "im").reshape(-1).astype(dtype)
             results = []
             for backend in (cpu, gpu):
                 counts = np.empty((im.size, re.size), np.uint32)
                 mag2 = np.empty(counts.shape)
-                backend.iterate_grid(args.kind, re, im, *scalars, counts, mag2)
+                backend.iterate_grid(params, re, im, counts, mag2)
                 results.append((counts, mag2))
             (c_cpu, m_cpu), (c_gpu, m_gpu) = results
             assert len(np.unique(c_cpu)) > 3, (fractal, "view too flat to tell anything")
@@ -188,7 +193,7 @@ def _simulator_checks():
             for backend in (cpu, gpu):
                 counts = np.empty(14, np.uint32)
                 mag2 = np.empty(14)
-                backend.iterate_points(args.kind, pts_re, pts_im, *scalars, counts, mag2)
+                backend.iterate_points(params, pts_re, pts_im, counts, mag2)
                 point_results.append((counts, mag2))
             assert (point_results[0][0] == point_results[1][0]).all(), (fractal, precision)
             assert (point_results[0][1] == point_results[1][1]).all(), (fractal, precision)

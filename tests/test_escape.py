@@ -4,7 +4,7 @@ The kernels must be exact: with float64 the counts (and |z|^2 at escape) equal a
 Python iteration on every pixel; with float32 they equal the same iteration in NumPy
 float32 scalars. Views are chosen to cut through the sets' boundaries, where any
 difference in rounding shows up as a different count. Widths of 37 and 70 leave partial
-32- and 64-pixel blocks, so the block kernels' tails are checked too.
+groups of 32 and 64 lanes, so the lane kernels' tails are checked too.
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fractal_app import render
-from fractal_app.kernels import cpu
+from fractal_app.kernels import cpu, lanes
 from fractal_app.scene import parse_scene
 
 VIEWS = reference.BOUNDARY_VIEWS
@@ -31,17 +31,14 @@ def make_scene(fractal, precision="float64", resolution=(37, 9), **extra):
 
 def kernel_samples(scene):
     """Counts and |z|^2 of the pixel centres straight from the CPU iteration kernel."""
-    args = render._escape_args(scene)
+    params = render.escape_params(scene)
     cols = np.arange(scene.width_px, dtype=np.int64)
     rows = np.arange(scene.height_px, dtype=np.int64)
-    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
-    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
+    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(params.dtype)
+    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(params.dtype)
     counts = np.empty((im.size, re.size), dtype=np.uint32)
     mag2 = np.empty(counts.shape)
-    cpu.iterate_grid(
-        args.kind, re, im, args.jr, args.ji, args.power, args.max_iter, args.escape2, counts,
-        mag2,
-    )
+    cpu.iterate_grid(params, re, im, counts, mag2)
     return counts, mag2
 
 
@@ -88,20 +85,18 @@ def test_float32_really_iterates_in_float32(fractal):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("fractal", FRACTALS)
-def test_block_kernels_equal_the_scalar_kernel(fractal, precision):
-    """The generated 32/64-pixel block kernels against the scalar core, 100x40 samples."""
+def test_lane_kernels_equal_the_scalar_kernel(fractal, precision):
+    """The 32/64-lane kernels (lanes.py's template) against the scalar core, 100x40
+    samples."""
     scene = make_scene(fractal, precision, (100, 40))
-    args = render._escape_args(scene)
-    assert cpu.block_module(args.kind, args.dtype) is not None
+    params = render.escape_params(scene)
+    assert lanes.lane_code(params.kind) is not None
     counts, mag2 = kernel_samples(scene)
-    re = render.sample_coords(scene, np.arange(100), "re").reshape(-1).astype(args.dtype)
-    im = render.sample_coords(scene, np.arange(40), "im").reshape(-1).astype(args.dtype)
+    re = render.sample_coords(scene, np.arange(100), "re").reshape(-1).astype(params.dtype)
+    im = render.sample_coords(scene, np.arange(40), "im").reshape(-1).astype(params.dtype)
     scalar_counts = np.empty_like(counts)
     scalar_mag2 = np.empty_like(mag2)
-    cpu.iterate_grid_scalar(
-        args.kind, re, im, args.jr, args.ji, args.power, args.max_iter, args.escape2,
-        scalar_counts, scalar_mag2,
-    )
+    cpu.iterate_grid_scalar(params, re, im, scalar_counts, scalar_mag2)
     np.testing.assert_array_equal(counts, scalar_counts)
     np.testing.assert_array_equal(mag2, scalar_mag2)
 
@@ -109,7 +104,7 @@ def test_block_kernels_equal_the_scalar_kernel(fractal, precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("fractal", FRACTALS)
 def test_many_short_passes_give_the_same_counts(fractal, precision, monkeypatch):
-    """The block kernels can run in passes (each continuing the samples still running;
+    """The lane kernels can run in passes (each continuing the samples still running;
     Julia does by default); with tiny passes, many of them, for every fractal, the counts
     and |z|^2 are still the scalar core's."""
     scene = make_scene(fractal, precision, (100, 40))
@@ -128,8 +123,8 @@ def test_a_short_julia_render_compiles_both_pass_kernels():
                          "width": 0.01, "output": "counts"})  # all inside: nothing escapes
     counts = render.render_band(scene, 0, 4)
     np.testing.assert_array_equal(counts, reference.counts_image(scene))
-    module = cpu.block_module(render._escape_args(scene).kind, np.float64)
-    assert module.resume_points.signatures
+    _, resume_signature = cpu.lane_kernel_signatures(render.escape_params(scene))[1]
+    assert resume_signature in cpu.resume_points_lanes.overloads
 
 
 def test_max_iter_one_and_escape_at_the_start():

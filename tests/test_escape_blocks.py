@@ -1,5 +1,7 @@
-"""The generated block kernels: committed source up to date, and really vectorised."""
+"""The lane kernels: written from lanes.py's template at compile time, cached without it,
+really vectorised, and bit-identical on pixel lists."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,19 +11,8 @@ import pytest
 import reference
 
 from fractal_app import render
-from fractal_app.kernels import cpu
-from fractal_app.kernels._generated import generate
+from fractal_app.kernels import cpu, lanes
 from fractal_app.scene import parse_scene
-
-
-@pytest.mark.parametrize("key", list(generate.BLOCK_KERNELS), ids="-".join)
-def test_committed_block_kernels_are_up_to_date(key):
-    fractal, precision = key
-    path = Path(generate.__file__).parent / f"{generate.module_name(fractal, precision)}.py"
-    expected = generate.kernel_source(fractal, precision, generate.BLOCK_KERNELS[key])
-    assert path.read_text() == expected, (
-        f"{path.name} is stale: run python -m fractal_app.kernels._generated.generate"
-    )
 
 
 def _cpu_flags() -> set[str]:
@@ -39,20 +30,20 @@ VECTORISED_CHECK = """
 import numpy as np
 from numba.core import config
 from fractal_app.kernels import cpu
-from fractal_app.kernels._generated import block_mandelbrot_f64 as block
+from fractal_app.kernels.escape import EscapeParams
 
 re = np.linspace(-2.0, 0.5, 40)
 im = np.linspace(-1.0, 1.0, 3)
 counts = np.empty((3, 40), np.uint32)
 mag2 = np.empty((3, 40))
-cpu.iterate_grid(0, re, im, 0.0, 0.0, 2, 50, 4.0, counts, mag2)
+cpu.iterate_grid(EscapeParams(0, 0.0, 0.0, 2, 50, 4.0), re, im, counts, mag2)
 assert config.SLP_VECTORIZE == 0, "SLP must be switched off again after the compile"
-(asm,) = block.iterate_grid.inspect_asm().values()
+(asm,) = cpu.iterate_grid_lanes.inspect_asm().values()
 print(asm.count("%zmm"), asm.count("%ymm"))
 """
 
 
-def test_mandelbrot_block_kernel_compiles_to_vector_instructions(tmp_path):
+def test_mandelbrot_lane_kernel_compiles_to_vector_instructions(tmp_path):
     """A fresh compile (empty cache: cached code cannot be inspected) uses 256/512-bit
     registers: the SLP vectorizer packed the lanes."""
     flags = _cpu_flags()
@@ -72,22 +63,24 @@ def test_mandelbrot_block_kernel_compiles_to_vector_instructions(tmp_path):
 CACHE_CHECK = """
 import sys
 import numpy as np
-from fractal_app.kernels import cpu
+from fractal_app.kernels import cpu, lanes
+from fractal_app.kernels.escape import EscapeParams
 
-kernel = cpu.block_module(0, np.float64).iterate_grid
+kernel = cpu.iterate_grid_lanes
+params = EscapeParams(0, 0.0, 0.0, 2, 20, 4.0)
 re, im = np.linspace(-2.0, 0.5, 40), np.linspace(-1.0, 1.0, 3)
 counts, mag2, no_z = np.empty((3, 40), np.uint32), np.empty((3, 40)), np.empty((3, 0))
 if sys.argv[1] == "careless":
     # straight to the kernel: compiled with Numba's default, SLP off
-    kernel(re, im, 0.0, 0.0, 2, 20, 4.0, counts, mag2, False, no_z, no_z)
+    kernel(lanes.lane_code(0), re, im, params, counts, mag2, False, no_z, no_z)
 else:
-    cpu.iterate_grid(0, re, im, 0.0, 0.0, 2, 20, 4.0, counts, mag2)
+    cpu.iterate_grid(params, re, im, counts, mag2)
 print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
 """
 
 
 def test_a_copy_compiled_without_the_vectorizer_is_never_loaded_in_its_place(tmp_path):
-    """The on-disk cache of the block kernels keys on the SLP setting: a process that
+    """The on-disk cache of the lane kernels keys on the SLP setting: a process that
     compiled one with SLP off must not hand its slow copy to the next (it did, once)."""
     env = {"NUMBA_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
 
@@ -100,6 +93,53 @@ def test_a_copy_compiled_without_the_vectorizer_is_never_loaded_in_its_place(tmp
     assert run("careless") == (0, 1)  # compiled (SLP off) and saved
     assert run("vectorized") == (0, 1)  # the SLP-off copy is not a hit: compiled again
     assert run("vectorized") == (1, 0)  # and now the vectorised copy is loaded
+
+
+FRESH_PROCESS = """
+import json
+import numpy as np
+from fractal_app import render
+from fractal_app.kernels import cpu, lanes
+from fractal_app.scene import parse_scene
+
+written = []
+source = lanes.lane_source
+lanes.lane_source = lambda *key: written.append(key) or source(*key)
+scene = parse_scene({"fractal": "mandelbrot", "resolution": [40, 6], "max_iter": 200,
+                     "output": "counts"})
+counts = render.render_band(scene, 0, 6)
+pixels = render.render_pixels(scene, np.array([0, 5]), np.array([3, 39]))
+stats = [kernel.stats for kernel in cpu.LANE_KERNELS]
+print(json.dumps({"hits": sum(sum(s.cache_hits.values()) for s in stats),
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats),
+                  "written": written, "sum": int(counts.sum()) + int(pixels.sum())}))
+"""
+
+
+def test_a_fresh_process_loads_the_lane_kernels_without_writing_their_source(tmp_path):
+    """The template runs while a kernel compiles; a later process loads the kernels' machine
+    code from Numba's cache, writing no lane source at all."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True,
+                                text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    # The band runs the grid kernel, the pixels the kernel resuming packed points.
+    assert cold["misses"] == 2 and cold["hits"] == 0
+    assert sorted(map(tuple, cold["written"])) == [("mandelbrot", "f64", False),
+                                                   ("mandelbrot", "f64", True)]
+    warm = run()
+    assert warm == {**cold, "hits": 2, "misses": 0, "written": []}
+
+
+def test_the_template_refuses_a_fractal_it_does_not_know():
+    with pytest.raises(ValueError, match="no lane code for fractal 'mandelbulb'"):
+        lanes.lane_source("mandelbulb", "f64", resume=False)
+    assert lanes.lane_code(99) is None
 
 
 # --- pixel lists (the verification's samples) on the block kernels -------------------------
@@ -125,21 +165,20 @@ def _scattered_pixels(scene, count=101, seed=3):
 
 
 def _kernel_points(scene, rows, cols):
-    args = render._escape_args(scene)
-    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(args.dtype)
-    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(args.dtype)
+    params = render.escape_params(scene)
+    re = render.sample_coords(scene, cols, "re").reshape(-1).astype(params.dtype)
+    im = render.sample_coords(scene, rows, "im").reshape(-1).astype(params.dtype)
     counts = np.empty(re.size, np.uint32)
     mag2 = np.empty(re.size)
-    cpu.iterate_points(args.kind, re, im, args.jr, args.ji, args.power, args.max_iter,
-                       args.escape2, counts, mag2)
+    cpu.iterate_points(params, re, im, counts, mag2)
     return counts, mag2
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("fractal", list(POINT_VIEWS))
-def test_pixel_lists_run_the_block_kernels_and_equal_the_reference(fractal, precision,
-                                                                   monkeypatch):
-    """render_pixels' kernel: scattered points through the block kernels in passes give the
+def test_pixel_lists_run_the_lane_kernels_and_equal_the_reference(fractal, precision,
+                                                                  monkeypatch):
+    """render_pixels' kernel: scattered points through the lane kernels in passes give the
     pure-Python reference's counts and |z|^2, never touching the scalar loop."""
     scene = _point_scene(fractal, precision)
     rows, cols = _scattered_pixels(scene)
@@ -151,7 +190,7 @@ def test_pixel_lists_run_the_block_kernels_and_equal_the_reference(fractal, prec
     passes = []
     real_call = cpu._call_vectorized
     monkeypatch.setattr(cpu, "_call_vectorized",
-                        lambda kernel, args: passes.append(args[4]) or real_call(kernel, args))
+                        lambda kernel, args: passes.append(args[6]) or real_call(kernel, args))
     counts, mag2 = _kernel_points(scene, rows, cols)
     expected = [reference.escape(scene, *reference.pixel_coordinate(scene, r, c))
                 for r, c in zip(rows, cols, strict=True)]
@@ -178,11 +217,8 @@ def test_pixel_lists_in_many_tiny_passes_give_the_same_counts(fractal, precision
 
 def _all_signatures():
     """Every compiled signature of every CPU kernel dispatcher."""
-    dispatchers = [cpu.iterate_grid_scalar, cpu.iterate_points_scalar, cpu.colour_pixels]
-    for kind in range(4):
-        for dtype in (np.float32, np.float64):
-            module = cpu.block_module(kind, dtype)
-            dispatchers += [module.iterate_grid, module.resume_points]
+    dispatchers = [cpu.iterate_grid_scalar, cpu.iterate_points_scalar, cpu.colour_pixels,
+                   *cpu.LANE_KERNELS]
     return [tuple(d.signatures) for d in dispatchers]
 
 
@@ -193,8 +229,8 @@ def test_a_tiny_pixel_call_compiles_every_kernel_a_big_one_runs(fractal, precisi
     all that verifying a big band runs (many points, many passes)."""
     scene = _point_scene(fractal, precision, output="image", max_iter=2000)
     render.render_pixels(scene, np.array([0]), np.array([0]))
-    args = render._escape_args(scene)
-    assert cpu.block_module(args.kind, args.dtype).resume_points.signatures
+    _, resume_signature = cpu.lane_kernel_signatures(render.escape_params(scene))[1]
+    assert resume_signature in cpu.resume_points_lanes.overloads
     compiled = _all_signatures()
     rows, cols = _scattered_pixels(scene, 2000, seed=11)
     render.render_pixels(scene, rows, cols)

@@ -28,7 +28,8 @@ from fractal_app.kernels import cpu, escape
 counts = np.zeros(1, np.uint32)
 mag2 = np.zeros(1)
 one = np.array([3.0])
-cpu.iterate_points_scalar(escape.MANDELBROT, one, one * 0, 0.0, 0.0, 2, 100, 4.0, counts, mag2)
+params = escape.EscapeParams(escape.MANDELBROT, 0.0, 0.0, 2, 100, 4.0)
+cpu.iterate_points_scalar(params, one, one * 0, counts, mag2)
 stats = cpu.iterate_points_scalar.stats
 print(json.dumps({"count": int(counts[0]), "hits": sum(stats.cache_hits.values()),
                   "misses": sum(stats.cache_misses.values())}))
@@ -78,18 +79,12 @@ def _cpu_dispatchers():
     import numpy as np
 
     from fractal_app import bandfile
-    from fractal_app.kernels import cpu
-    from fractal_app.kernels._generated.generate import BLOCK_KERNELS
-    from fractal_app.kernels.escape import KIND_OF_FRACTAL
 
-    for fractal, precision in BLOCK_KERNELS:
-        cpu.block_module(KIND_OF_FRACTAL[fractal], np.float32 if precision == "f32" else np.float64)
     line = np.zeros(6, np.uint8)
     bandfile._unfilter_sequential(line, line, 3, 4)
     names = [info.name for info in pkgutil.walk_packages(fractal_app.__path__, "fractal_app.")
-             if "cuda" not in info.name and "_generated.block_" not in info.name]
+             if "cuda" not in info.name]
     modules = [importlib.import_module(name) for name in names]
-    modules += [m for name, m in sys.modules.items() if name.startswith("fractal_app.kernels._g")]
     found = {}
     for module in modules:
         for value in vars(module).values():
@@ -104,7 +99,7 @@ def test_every_cached_cpu_kernel_uses_the_source_key():
     assert {c for c in caches.values()} <= {KernelCache, NullCache}, caches
     cached = {name.split(" in ")[0] for name, c in caches.items() if c is KernelCache}
     # The kernels called from Python, which Numba must load from disk in a fresh process.
-    for expected in ("iterate_grid", "resume_points", "iterate_grid_scalar",
+    for expected in ("iterate_grid_lanes", "resume_points_lanes", "iterate_grid_scalar",
                      "iterate_points_scalar", "colour_pixels", "band_kernel", "pixels_kernel",
                      "_unfilter_average_paeth"):
         assert expected in cached, (expected, sorted(cached))
@@ -122,7 +117,7 @@ def test_a_cold_render_is_announced_with_an_estimate(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=120, check=True)
-    expected = 2 * config.COMPILE_SECONDS["block_f64"] + config.COMPILE_SECONDS["colour"]
+    expected = 2 * config.COMPILE_SECONDS["lanes_f64"] + config.COMPILE_SECONDS["colour"]
     assert float(cold.stdout) == pytest.approx(expected)
 
     parsed = parse_scene(scene)

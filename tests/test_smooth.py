@@ -46,8 +46,9 @@ def kernel_values(fractal, power, c, start, stop, dtype):
     im = (start[1] + t * (stop[1] - start[1])).astype(dtype)
     counts = np.empty(SAMPLES, dtype=np.uint32)
     mag2 = np.empty(SAMPLES)
-    cpu.iterate_points(escape.KIND_OF_FRACTAL[fractal], re, im, dtype(c[0]), dtype(c[1]), power,
-                       1000, dtype(4.0), counts, mag2)
+    params = escape.EscapeParams(escape.KIND_OF_FRACTAL[fractal], dtype(c[0]), dtype(c[1]), power,
+                                 1000, dtype(4.0))
+    cpu.iterate_points(params, re, im, counts, mag2)
     assert (counts < 1000).all(), "the line must stay outside the set"
     assert counts.max() - counts.min() >= 3, "the line must cross escape-count steps"
     return counts, mag2, re, im

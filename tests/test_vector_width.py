@@ -1,10 +1,10 @@
-"""Each CPU level the docker_cpu image bakes compiles the block kernels to vector code of its
+"""Each CPU level the docker_cpu image bakes compiles the lane kernels to vector code of its
 width: packed multiplies on zmm registers (AVX-512), ymm (AVX2) or xmm (SSE2).
 
 The image once baked its AVX2 level with an empty LLVM feature list, which switched the vector
 units off: the kernels ran at a quarter of the host build's speed and no test noticed. This
-one compiles, for every level, the Mandelbrot block kernel's row function (where the vector
-code lives) in both precisions, in a fresh process pinned to that level the way the image
+one compiles, for every level, the Mandelbrot lane code of a row (lanes.py's template, where the
+vector code lives) in both precisions, in a fresh process pinned to that level the way the image
 pins it, and reads the machine code. The levels compile side by side.
 """
 
@@ -26,22 +26,24 @@ pytestmark = pytest.mark.skipif(
     os.uname().machine != "x86_64", reason="the CPU levels are x86-64 levels"
 )
 
-# Compile iterate_row of the Mandelbrot block kernels with SLP on, as kernels/cpu.py does,
-# and count the packed multiplies per register width in its machine code.
+# Compile the Mandelbrot lane code of a grid row with SLP on, as kernels/cpu.py compiles its
+# kernels, and count the packed multiplies per register width in its machine code.
 DISASSEMBLE = r"""
 import json, re
 import numba
 import numpy as np
 from numba.core import config
-from fractal_app.kernels import cpu, escape
+from fractal_app.kernels import lanes
 
 found = {}
-for dtype, name in ((np.float64, "pd"), (np.float32, "ps")):
-    row = cpu.block_module(escape.MANDELBROT, dtype).iterate_row
-    f, b = numba.typeof(dtype(0)), numba.boolean
-    vec = numba.types.Array(f, 1, "C")
-    sig = (vec, f, f, f, numba.int64, numba.int64, f, numba.types.Array(numba.uint32, 1, "C"),
-           numba.types.Array(numba.float64, 1, "C"), b, vec, vec)
+for precision, name in (("f64", "pd"), ("f32", "ps")):
+    row = numba.njit(lanes.lane_function("mandelbrot", precision, resume=False))
+    dtype = np.float32 if precision == "f32" else np.float64
+    f = np.zeros(0, dtype)
+    params = lanes.escape.EscapeParams(0, dtype(0), dtype(0), 2, 10, dtype(4))
+    args = (lanes.lane_code(0), f, dtype(0), params, np.zeros(0, np.uint32), np.zeros(0), True,
+            f, f)
+    sig = tuple(numba.typeof(a) for a in args)
     config.SLP_VECTORIZE = 1
     row.compile(sig)
     asm = row.inspect_asm(sig)

@@ -121,7 +121,8 @@ def _escape_fma(kind, cr, ci, jr, ji, power, max_iter, escape2):
 
 
 @njit(parallel=True, nogil=True)
-def _iterate_grid_fma(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
+def _iterate_grid_fma(params, re_cols, im_rows, counts, mag2):
+    kind, jr, ji, power, max_iter, escape2 = params  # an escape.EscapeParams
     for r in prange(im_rows.shape[0]):
         for k in range(re_cols.shape[0]):
             n, m = _escape_fma(kind, re_cols[k], im_rows[r], jr, ji, power, max_iter, escape2)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import io
 
-import numba
 from PIL import Image
 
 from fractal_app import render
+from fractal_app.kernels.threads import use_thread_count
 
 # zlib level 1: a 256x256 tile compresses in about a millisecond, level 6 takes several
 # times as long for a file only a little smaller, and the browser is on this machine.
@@ -26,7 +26,7 @@ def render_png(scene, threads: int | None = None) -> bytes:
     tile does not keep a team of threads busy. (Numba's setting is per calling thread, so it
     is set on every call: the same worker thread renders tiles and whole views.)
     """
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if threads is None else threads)
+    use_thread_count(threads)
     pixels = render.render_band(scene, 0, scene.height_px)
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)

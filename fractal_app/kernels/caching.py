@@ -2,12 +2,12 @@
 
 Numba checks a cached kernel against its own file only (size and modification time). The
 CPU kernels compile in code from other files: the scalar cores of ``escape.py``, the
-colouring of ``color.py``, the ray marcher of ``raymarch.py``, the generated block modules
-and their ``select`` intrinsic. Edit one of those and Numba keeps loading the old machine
-code. :class:`KernelCache` replaces that check: a kernel's cache entry is valid only for the
-exact bytes of every source file in ``fractal_app/kernels`` and ``fractal_app/deep`` (the
-perturbation core; recursively) plus the kernel's own file, and for the Numba and llvmlite
-that compiled it (:func:`kernel_source_key`).
+colouring of ``color.py``, the ray marcher of ``raymarch.py``, and the lane code that
+``lanes.py``'s template writes while a kernel compiles. Edit one of those and Numba keeps
+loading the old machine code. :class:`KernelCache` replaces that check: a kernel's cache
+entry is valid only for the exact bytes of every source file in ``fractal_app/kernels`` and
+``fractal_app/deep`` (the perturbation core; recursively) plus the kernel's own file, and for
+the Numba and llvmlite that compiled it (:func:`kernel_source_key`).
 
 Why the index's source stamp and not a folder per key: Numba already drops a whole index
 whose stamp differs and overwrites its data files, so an edit leaves no stale copies behind
@@ -75,16 +75,17 @@ class KernelCache(FunctionCache):
         )
 
     def _index_key(self, sig, codegen):
-        # A block kernel compiled once with the vectorizer off (or unoptimised) ran 10x
+        # A lane kernel compiled once with the vectorizer off (or unoptimised) ran 10x
         # slower, and Numba's own key would have let every later process load that copy.
         settings = ("SLP_VECTORIZE", numba_config.SLP_VECTORIZE, "OPT", str(numba_config.OPT))
         return (*super()._index_key(sig, codegen), settings)
 
-    def has_entry_for(self, codegen) -> bool:
-        """Whether the cache holds fresh code of this kernel compiled for ``codegen``'s CPU
-        (any signature); reads the index only."""
+    def has_entry_for(self, codegen, signature: tuple | None = None) -> bool:
+        """Whether the cache holds fresh code of this kernel compiled for ``codegen``'s CPU,
+        for ``signature`` (a tuple of Numba types; None: any); reads the index only."""
         magic = codegen.magic_tuple()
-        return any(key[1] == magic for key in self._cache_file._load_index())
+        return any(key[1] == magic and (signature is None or key[0] == signature)
+                   for key in self._cache_file._load_index())
 
 
 def cached(dispatcher):

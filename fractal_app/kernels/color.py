@@ -141,36 +141,25 @@ def palette_lookup(table, t):
     )
 
 
+def sample_rgb(
+    count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
+    table, interior,
+):
+    """The linear-light colour of one escape-time sample: the palette's at palette_index,
+    or ``interior`` (a linear-light float64 array of 3) when it never escaped."""
+    if count >= max_iter:
+        return interior[0], interior[1], interior[2]
+    t = palette_index(count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter,
+                      cycles, offset)
+    return palette_lookup(table, t)
+
+
 def compile_color(jit):
     """The colouring functions compiled by ``jit`` (numba.njit(inline="always") or
-    numba.cuda.jit(device=True, inline="always")), plus ``sample_rgb``: the linear-light
-    colour of one escape-time sample, the interior colour when it never escaped.
+    numba.cuda.jit(device=True, inline="always")): a namespace with ``linear_to_srgb``,
+    ``quantize``, ``encode``, ``palette_index``, ``palette_lookup`` and ``sample_rgb``."""
+    from fractal_app.kernels.compiling import compiled_namespace
 
-    Returns a namespace with ``linear_to_srgb``, ``quantize``, ``encode``, ``palette_index``,
-    ``palette_lookup`` and ``sample_rgb(count, mag2, max_iter, smooth, extra, inv_log_power,
-    inv_log_max_iter, cycles, offset, table, interior)`` (``interior``: a linear-light
-    float64 array of 3; ``extra``: escape.tail_iterations of the fractal's power).
-    """
-    from types import SimpleNamespace
-
-    index = jit(palette_index)
-    lookup = jit(palette_lookup)
-
-    def sample_rgb(
-        count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
-        table, interior,
-    ):
-        if count >= max_iter:
-            return interior[0], interior[1], interior[2]
-        t = index(count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles,
-                  offset)
-        return lookup(table, t)
-
-    return SimpleNamespace(
-        linear_to_srgb=jit(linear_to_srgb),
-        quantize=jit(quantize),
-        encode=jit(encode),
-        palette_index=index,
-        palette_lookup=lookup,
-        sample_rgb=jit(sample_rgb),
+    return compiled_namespace(
+        [linear_to_srgb, quantize, encode, palette_index, palette_lookup, sample_rgb], jit
     )

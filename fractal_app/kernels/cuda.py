@@ -51,19 +51,19 @@ cores = cores_by_dtype[np.float64]
 
 
 def _make_kernels(escape_core):
-    def grid_kernel(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
+    def grid_kernel(params, re_cols, im_rows, counts, mag2):
         """Thread (x, y) = sample (row y, column x) of a grid."""
         k, r = cuda.grid(2)
         if r < im_rows.shape[0] and k < re_cols.shape[0]:
-            n, m = escape_core(kind, re_cols[k], im_rows[r], jr, ji, power, max_iter, escape2)
+            n, m = escape_core(params, re_cols[k], im_rows[r])
             counts[r, k] = n
             mag2[r, k] = m
 
-    def points_kernel(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
+    def points_kernel(params, re, im, counts, mag2):
         """Thread x = sample k at (re[k], im[k])."""
         k, _ = cuda.grid(2)
         if k < re.shape[0]:
-            n, m = escape_core(kind, re[k], im[k], jr, ji, power, max_iter, escape2)
+            n, m = escape_core(params, re[k], im[k])
             counts[k] = n
             mag2[k] = m
 
@@ -77,29 +77,27 @@ _kernels = {
 }
 
 
-def iterate_grid(kind, re_cols, im_rows, jr, ji, power, max_iter, escape2, counts, mag2):
+def iterate_grid(params, re_cols, im_rows, counts, mag2):
     """Same contract as kernels.cpu.iterate_grid, on the GPU."""
     d_counts = cuda.device_array(counts.shape, dtype=np.uint32)
     d_mag2 = cuda.device_array(mag2.shape, dtype=np.float64)
     blocks, threads = grid_for(counts.shape[0], counts.shape[1])
     grid_kernel = _kernels[re_cols.dtype.type][0]
     grid_kernel[blocks, threads](
-        kind, cuda.to_device(re_cols), cuda.to_device(im_rows), jr, ji, power, max_iter,
-        escape2, d_counts, d_mag2,
+        params, cuda.to_device(re_cols), cuda.to_device(im_rows), d_counts, d_mag2
     )
     d_counts.copy_to_host(counts)
     d_mag2.copy_to_host(mag2)
 
 
-def iterate_points(kind, re, im, jr, ji, power, max_iter, escape2, counts, mag2):
+def iterate_points(params, re, im, counts, mag2):
     """Same contract as kernels.cpu.iterate_points, on the GPU."""
     d_counts = cuda.device_array(counts.shape, dtype=np.uint32)
     d_mag2 = cuda.device_array(mag2.shape, dtype=np.float64)
     blocks, threads = grid_for(1, re.shape[0])
     points_kernel = _kernels[re.dtype.type][1]
     points_kernel[blocks, threads](
-        kind, cuda.to_device(re), cuda.to_device(im), jr, ji, power, max_iter, escape2,
-        d_counts, d_mag2,
+        params, cuda.to_device(re), cuda.to_device(im), d_counts, d_mag2
     )
     d_counts.copy_to_host(counts)
     d_mag2.copy_to_host(mag2)

@@ -17,7 +17,9 @@ the whole iteration stays in float32. That is why no bare float literal appears 
 and why ``2xy`` is written ``xy + xy`` (exactly equal to ``2 * (x * y)`` in IEEE).
 """
 
-from types import FunctionType, SimpleNamespace
+from typing import NamedTuple
+
+from fractal_app.kernels.compiling import compiled_namespace
 
 MANDELBROT = 0
 JULIA = 1
@@ -30,6 +32,27 @@ KIND_OF_FRACTAL = {
     "burning_ship": BURNING_SHIP,
     "multibrot": MULTIBROT,
 }
+
+
+class EscapeParams(NamedTuple):
+    """The scalar parameters of one 2D escape-time iteration, passed as one record through
+    render.py, the CPU and CUDA kernels (Numba types a NamedTuple field by field).
+
+    ``jr``, ``ji`` and ``escape2`` are NumPy scalars of the iteration's precision (float32
+    or float64), like the sample coordinates the kernels get with them.
+    """
+
+    kind: int  # the fractal: a constant above
+    jr: float  # Julia's c (ignored by the other kinds)
+    ji: float
+    power: int  # Multibrot's exponent (2 for the others)
+    max_iter: int
+    escape2: float  # the squared escape radius
+
+    @property
+    def dtype(self) -> type:
+        """The iteration's float type (numpy.float32 or numpy.float64)."""
+        return type(self.escape2)
 
 
 def mandelbrot(cr, ci, max_iter, escape2):
@@ -109,6 +132,28 @@ def multibrot(cr, ci, power, max_iter, escape2):
     return n, colour_tail(MULTIBROT, x, y, cr, ci, power, mag2, escape2)
 
 
+def escape(params, cr, ci):
+    """(count, mag2) of the sample at cr + i ci for the fractal ``params.kind``
+    (``params``: an EscapeParams), so one kernel serves every 2D fractal."""
+    kind = params.kind
+    if kind == JULIA:
+        return julia(cr, ci, params.jr, params.ji, params.max_iter, params.escape2)
+    if kind == BURNING_SHIP:
+        return burning_ship(cr, ci, params.max_iter, params.escape2)
+    if kind == MULTIBROT:
+        return multibrot(cr, ci, params.power, params.max_iter, params.escape2)
+    return mandelbrot(cr, ci, params.max_iter, params.escape2)
+
+
+# The scalar core of each 2D fractal, by name (the one table of them).
+SCALAR_CORES = {
+    "mandelbrot": mandelbrot,
+    "julia": julia,
+    "burning_ship": burning_ship,
+    "multibrot": multibrot,
+}
+
+
 # --- Past escape, for colouring only ------------------------------------------------------
 #
 # Smooth colouring reads a sample's escape potential from log|z|: after k more iterations
@@ -165,8 +210,8 @@ def colour_tail(kind, x, y, cr, ci, power, mag2, escape2):
 
 def compile_cores(jit, exact_mul=None, tail_jit=None):
     """The cores compiled by ``jit`` (a decorator: numba.njit(inline="always") or
-    numba.cuda.jit(device=True, inline="always")), plus ``escape``, which dispatches on
-    the fractal kind (a constant above) so one kernel serves every 2D fractal.
+    numba.cuda.jit(device=True, inline="always")), with ``escape(params, cr, ci)``, which
+    dispatches on the fractal kind.
 
     ``exact_mul``: a target function standing in for ``mul`` (default: ``jit(mul)``). The
     CUDA build passes a correctly rounded product that NVVM and ptxas cannot contract,
@@ -175,45 +220,15 @@ def compile_cores(jit, exact_mul=None, tail_jit=None):
     like 2 * (x*y); tests/test_cuda2d.py checks the PTX.)
 
     ``tail_jit``: the decorator for ``colour_tail`` (default ``jit``). The CPU build passes a
-    plain numba.njit, so that the cores call it as the generated block kernels do: inlined
+    plain numba.njit, so that the cores call it as the CPU lane kernels run it: inlined
     into a float32 core inside a prange kernel, its float64 arithmetic came out rounded
     differently (tests/test_escape.py compares the two bit for bit).
 
-    Returns a namespace with ``mandelbrot``, ``julia``, ``burning_ship``, ``multibrot``
-    and ``escape(kind, cr, ci, jr, ji, power, max_iter, escape2)``, where ``jr, ji`` is
-    Julia's c and ``power`` the Multibrot exponent (ignored by the other kinds).
+    Returns a namespace with ``mandelbrot``, ``julia``, ``burning_ship``, ``multibrot``,
+    ``colour_tail`` and ``escape``.
     """
-    tail = compile_tail(tail_jit or jit)
-    m = jit(_with_globals(mandelbrot, colour_tail=tail))
-    j = jit(_with_globals(julia, colour_tail=tail))
-    b = jit(_with_globals(burning_ship, colour_tail=tail))
-    p = jit(_with_globals(multibrot, colour_tail=tail,
-                          mul=exact_mul if exact_mul is not None else jit(mul)))
-
-    def escape(kind, cr, ci, jr, ji, power, max_iter, escape2):
-        if kind == JULIA:
-            return j(cr, ci, jr, ji, max_iter, escape2)
-        if kind == BURNING_SHIP:
-            return b(cr, ci, max_iter, escape2)
-        if kind == MULTIBROT:
-            return p(cr, ci, power, max_iter, escape2)
-        return m(cr, ci, max_iter, escape2)
-
-    return SimpleNamespace(mandelbrot=m, julia=j, burning_ship=b, multibrot=p, escape=jit(escape))
-
-
-def compile_tail(jit):
-    """``colour_tail`` compiled by ``jit`` (the cores call it; so do the generated block
-    kernels, once per lane as it stops)."""
-    return jit(_with_globals(colour_tail, tail_iterations=jit(tail_iterations)))
-
-
-def _with_globals(function, **names):
-    """A copy of a plain function whose global names ``names`` resolve to other objects
-    (Numba resolves a core's callees from its globals when it compiles it)."""
-    scope = dict(function.__globals__, **names)
-    copy = FunctionType(function.__code__, scope, function.__name__, function.__defaults__,
-                        function.__closure__)
-    copy.__qualname__ = function.__qualname__
-    copy.__doc__ = function.__doc__
-    return copy
+    tail = {"colour_tail": tail_jit, "tail_iterations": tail_jit} if tail_jit else {}
+    return compiled_namespace(
+        [*SCALAR_CORES.values(), escape, mul, colour_tail, tail_iterations], jit,
+        jit_for=tail, replace={} if exact_mul is None else {"mul": exact_mul},
+    )
