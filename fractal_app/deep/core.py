@@ -37,6 +37,7 @@ The escape count is the one of ``kernels/escape.py``: completed iterations befor
 import math
 
 from fractal_app.deep.bla import MIN_LEVEL as BLA_MIN_LEVEL
+from fractal_app.kernels.compiling import compiled_namespace
 
 # Below 2^TINY_EXP a reference value or a perturbation is "tiny": its products may
 # underflow float64, so steps where both are tiny run in float-with-exponent arithmetic.
@@ -298,26 +299,11 @@ def perturbed(
 
 
 def compile_core(jit, fused_madd=None):
-    """The core compiled by ``jit`` (numba.njit(inline="always") or a cuda device jit);
-    its helpers first, so the compiled core calls compiled helpers. ``fused_madd`` (a
-    compiled a * b + c with one rounding) stands in for :func:`madd` in GPU-like tests."""
-    g = {
-        "math": math,
-        "TINY_EXP": TINY_EXP,
-        "RENORM_EXP": RENORM_EXP,
-        "DOUBLE_TEST_EXP": DOUBLE_TEST_EXP,
-        "ZERO_EXP": ZERO_EXP,
-        "BLA_MIN_LEVEL": BLA_MIN_LEVEL,
-    }
-    import types
-
-    out = {}
-    if fused_madd is not None:
-        g["madd"] = fused_madd
-    for fn in (madd, fe_normalize, fe_add, fe_less, bla_level, perturbed):
-        if fn is madd and fused_madd is not None:
-            continue
-        clone = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__)
-        g[fn.__name__] = jit(clone)
-        out[fn.__name__] = g[fn.__name__]
-    return types.SimpleNamespace(**out)
+    """The core compiled by ``jit`` (numba.njit(inline="always") or a cuda device jit),
+    calling its compiled helpers. ``fused_madd`` (a compiled a * b + c with one rounding)
+    stands in for :func:`madd` in GPU-like tests."""
+    return compiled_namespace(
+        (madd, fe_normalize, fe_add, fe_less, bla_level, perturbed),
+        jit,
+        replace=None if fused_madd is None else {"madd": fused_madd},
+    )

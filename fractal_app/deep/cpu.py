@@ -8,6 +8,7 @@ import numba
 from numba import prange
 
 from fractal_app.deep.core import compile_core
+from fractal_app.kernels import threads
 from fractal_app.kernels.caching import cached
 
 core = compile_core(numba.njit(inline="always"))
@@ -58,7 +59,7 @@ def perturb_grid(
 ):
     """Sample (r, k) is c = C + (dc_cols[k] + i dc_rows[r]) * 2^dce."""
     # Rows differ wildly in cost at depth: threads take them one at a time.
-    with numba.parallel_chunksize(1):
+    with threads.chunks_of(1):
         _grid(
             dc_cols,
             dc_rows,
@@ -82,7 +83,7 @@ def perturb_points(
     dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
 ):
     """Sample k is c = C + (dcr[k] + i dci[k]) * 2^dce."""
-    with numba.parallel_chunksize(1):
+    with threads.chunks_of(1):
         _points(
             dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
         )

@@ -5,10 +5,9 @@ rendered in a band or on its own. Rows are handed to threads in small chunks (se
 ``render_band``): rows differ a lot in cost (background rows are nearly free).
 """
 
-import numba
 from numba import njit, prange
 
-from fractal_app.kernels import raymarch
+from fractal_app.kernels import raymarch, threads
 from fractal_app.kernels.caching import cached
 
 _core = raymarch.compiled_with(njit(nogil=True))
@@ -48,11 +47,11 @@ def pixels_kernel(out, rows, cols, us, vs, params):
 
 def render_band(out, row_start, us, vs, p):
     """Run band_kernel with rows handed out in chunks of ROW_CHUNK (p: a RayParams)."""
-    with numba.parallel_chunksize(ROW_CHUNK):
+    with threads.chunks_of(ROW_CHUNK):
         band_kernel(out, row_start, us, vs, raymarch.as_record(p))
 
 
 def render_pixels(out, rows, cols, us, vs, p):
     """Run pixels_kernel; the pixels of a spot check are scattered, so chunks stay small too."""
-    with numba.parallel_chunksize(ROW_CHUNK):
+    with threads.chunks_of(ROW_CHUNK):
         pixels_kernel(out, rows, cols, us, vs, raymarch.as_record(p))

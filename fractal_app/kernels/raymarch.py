@@ -16,12 +16,12 @@ hit runs once per sample and is written with ordinary float64 literals.
 
 import hashlib
 import math
-import types
 from pathlib import Path
 from typing import NamedTuple
 
 from fractal_app.kernels import color
 from fractal_app.kernels.color import linear_to_srgb, quantize
+from fractal_app.kernels.compiling import compiled_namespace
 
 KIND_MANDELBULB = 0
 KIND_MANDELBOX = 1
@@ -563,31 +563,11 @@ _IMPORTED_LEAVES = {"linear_to_srgb": linear_to_srgb, "quantize": quantize}
 
 
 def compiled_with(decorator):
-    """The scalar functions compiled with ``decorator``, as a namespace.
-
-    Each function is copied with a globals dict in which the names of the other scalar
-    functions (and the colour helpers) mean their compiled versions, so a compiled
-    ``pixel_rgb`` calls compiled ``sample_rgb``, and so on down.
-    """
-    namespace = dict(globals())
-    compiled = {}
-    for name, leaf in _IMPORTED_LEAVES.items():
-        compiled[name] = decorator(leaf)
-    for name in SCALAR_FUNCTIONS:
-        original = globals()[name]
-        copy = types.FunctionType(
-            original.__code__,
-            namespace,
-            original.__name__,
-            original.__defaults__,
-            original.__closure__,
-        )
-        copy.__qualname__ = original.__qualname__
-        copy.__module__ = original.__module__
-        copy.__doc__ = original.__doc__
-        compiled[name] = decorator(copy)
-    namespace.update(compiled)
-    return types.SimpleNamespace(**compiled)
+    """The scalar functions (and the colour helpers they call) compiled with ``decorator``,
+    as a namespace: a compiled ``pixel_rgb`` calls compiled ``sample_rgb``, and so on down
+    (see compiling.compiled_namespace)."""
+    functions = [*_IMPORTED_LEAVES.values(), *(globals()[name] for name in SCALAR_FUNCTIONS)]
+    return compiled_namespace(functions, decorator)
 
 
 def source_fingerprint() -> int:
