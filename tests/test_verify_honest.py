@@ -141,13 +141,17 @@ def _contracted_band_3d():
     pixel_rgb = raymarch.compiled_with(njit(fastmath={"contract"}, nogil=True)).pixel_rgb
 
     @njit(parallel=True, nogil=True, fastmath={"contract"})
-    def band(out, row_start, us, vs, p, ip):
+    def band_kernel(out, row_start, us, vs, params):
         for k in prange(out.shape[0]):
+            p = params[0]
             for i in range(out.shape[1]):
-                r, g, b = pixel_rgb(row_start + k, i, us, vs, p, ip)
+                r, g, b = pixel_rgb(row_start + k, i, us, vs, p)
                 out[k, i, 0] = r
                 out[k, i, 1] = g
                 out[k, i, 2] = b
+
+    def band(out, row_start, us, vs, p):  # as cpu_raymarch.render_band: p is a RayParams
+        band_kernel(out, row_start, us, vs, raymarch.as_record(p))
 
     return band
 
