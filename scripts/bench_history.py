@@ -11,7 +11,8 @@ pytest-benchmark's JSON, each benchmark's figures in ``extra_info["figures"]`` (
 benchmarks/figures.py) and the CPU model in ``machine_info["cpu_model"]``.
 
 A kept run is one file, ``benchmarks/history/DATE_COMMIT.json``. ``check`` compares every
-ratio figure of a new run with the last kept run (by date) on the same CPU model and fails
+ratio figure of a new run with the median of the last BASELINE_RUNS kept runs (by date) on
+the same CPU model (one kept run's own noise would otherwise move the guard) and fails
 when one moved the wrong way by more than its noise band (benchmarks/noise_band.json, made
 by ``noise`` from repeated runs of unchanged code; see benchmarks/README.md). Absolute
 figures are shown, never guarded: the shared machines differ from one run to the next. With
@@ -42,6 +43,8 @@ NOISE_BAND = REPO / "benchmarks" / "noise_band.json"
 # range of 5 normal samples is about 2.3 standard deviations, so twice the range is about
 # 3.3 standard deviations of that difference: a false alarm about once in a thousand runs.
 BAND_PER_RANGE = 2.0
+# check's baseline: each ratio's median over this many of the last kept runs on the CPU model.
+BASELINE_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,21 @@ def best_of(runs: list[Run]) -> Run:
     return Run(first.path, first.when, first.commit, first.cpu_model, figures)
 
 
+def median_of(runs: list[Run]) -> Run:
+    """One run whose every ratio is its median over ``runs`` (kept runs of one CPU model);
+    the rest is the newest run's."""
+    newest = runs[-1]
+    figures = dict(newest.figures)
+    for name, figure in newest.figures.items():
+        if figure["kind"] != "ratio":
+            continue
+        values = [run.figures[name]["value"] for run in runs if name in run.figures]
+        figures[name] = {**figure, "value": statistics.median(values)}
+    return Run(newest.path, newest.when, newest.commit, newest.cpu_model, figures)
+
+
 def check(results: list[Path], history: Path = HISTORY, noise: Path = NOISE_BAND) -> int:
-    """0 when no ratio regressed beyond its band against the last kept run on this CPU
+    """0 when no ratio regressed beyond its band against the last kept runs on this CPU
     model (or there is none), 1 otherwise; prints what it compared. Several results are
     re-runs of the same code: each ratio's best among them is compared."""
     new = best_of([load_run(result) for result in results])
@@ -179,8 +195,10 @@ def check(results: list[Path], history: Path = HISTORY, noise: Path = NOISE_BAND
             "this model (bench_history.py keep) to guard the next ones."
         )
         return 0
-    baseline = same_cpu[-1]
-    print(f"against the last kept run on this CPU model: {baseline.path.name}")
+    recent = same_cpu[-BASELINE_RUNS:]
+    baseline = median_of(recent)
+    print(f"against the median of the last {len(recent)} kept run(s) on this CPU model: "
+          + ", ".join(run.path.name for run in recent))
     verdicts = compare(baseline, new, noise_bands(noise))
     print(f"{'figure':42} {'kept':>9} {'now':>9} {'worse by':>9} {'band':>7}  verdict")
     for v in verdicts:

@@ -216,3 +216,31 @@ def test_a_file_without_figures_is_refused_clearly(tmp_path):
     path.write_text(json.dumps({"benchmarks": [{"extra_info": {}}], "datetime": "2026"}))
     with pytest.raises(SystemExit, match="no figures"):
         bench_history.load_run(path)
+
+
+def test_check_compares_with_the_median_of_the_last_kept_runs(tmp_path, history, capsys):
+    noise = tmp_path / "noise_band.json"
+    noise.write_text(json.dumps({"bands": {"lifecycle_over_bare_wall": 0.10}}))
+    # The oldest run falls out of the last three; the newest kept run is an outlier.
+    for hour, value in enumerate([9.0, 1.5, 1.5, 3.0]):
+        bench_history.keep(
+            result(
+                tmp_path / f"kept{hour}.json",
+                f"2026-12-01T0{hour}:00:00+00:00",
+                f"{hour}" * 40,
+                "CPU A",
+                lifecycle_over_bare_wall=value,
+            ),
+            history,
+        )
+    new = result(
+        tmp_path / "new.json",
+        "2026-12-02T00:00:00+00:00",
+        "c" * 40,
+        "CPU A",
+        lifecycle_over_bare_wall=1.7,
+    )
+    # 13 % worse than the median 1.5 (against the outlier 3.0 alone it would pass).
+    assert bench_history.check([new], history, noise) == 1
+    out = capsys.readouterr().out
+    assert "median of the last 3 kept run(s)" in out and "REGRESSED" in out
