@@ -4,8 +4,8 @@
 #   scripts/container_checks.sh
 #
 # 1. hadolint on both Dockerfiles;
-# 2. builds both images with container.sh (podman; this machine has no Docker engine), the GPU
-#    one in the background while the CPU one compiles its kernel cache;
+# 2. builds both images with container.sh (podman; this machine has no Docker engine), one
+#    after the other (the first build installs podman and makes the base images);
 # 3. reports each image's size;
 # 4. runs tests/test_container.py (marked `container`) against the fresh images: health within
 #    15 s, a whole task in containers equal pixel for pixel to a render outside them (band files
@@ -45,19 +45,19 @@ fail_with_log() { say "FAILED: $1 (last lines of $2)"; tail -n 40 "$2"; exit 1; 
 say "hadolint Dockerfile.cpu Dockerfile.gpu"
 "$(dirname "$python")/hadolint" Dockerfile.cpu Dockerfile.gpu
 
-# The GPU image is mostly downloads; build it beside the CPU image's kernel compilation.
-say "building $gpu_image in the background (log $logs/build-gpu.log)"
-gpu_began=$SECONDS
-bash "$container_sh" build Dockerfile.gpu "$gpu_image" . >"$logs/build-gpu.log" 2>&1 &
-gpu_pid=$!
-
+# One build after the other: container.sh installs podman and makes its base images on first
+# use, and two builds started together on a fresh machine race for apt's lock (seen: the GPU
+# build failed "Could not get lock /var/lib/apt/lists/lock" while the CPU build installed).
 say "building $cpu_image (log $logs/build-cpu.log)"
 cpu_began=$SECONDS
 bash "$container_sh" build Dockerfile.cpu "$cpu_image" . >"$logs/build-cpu.log" 2>&1 ||
-  { kill "$gpu_pid" 2>/dev/null || true; fail_with_log "build of $cpu_image" "$logs/build-cpu.log"; }
+  fail_with_log "build of $cpu_image" "$logs/build-cpu.log"
 say "built $cpu_image in $((SECONDS - cpu_began)) s"
-wait "$gpu_pid" || fail_with_log "build of $gpu_image" "$logs/build-gpu.log"
-say "built $gpu_image ($((SECONDS - gpu_began)) s after its start)"
+say "building $gpu_image (log $logs/build-gpu.log)"
+gpu_began=$SECONDS
+bash "$container_sh" build Dockerfile.gpu "$gpu_image" . >"$logs/build-gpu.log" 2>&1 ||
+  fail_with_log "build of $gpu_image" "$logs/build-gpu.log"
+say "built $gpu_image in $((SECONDS - gpu_began)) s"
 
 for image in "$cpu_image" "$gpu_image"; do
   bytes=$(bash "$container_sh" podman image inspect --format '{{.Size}}' "$image")
