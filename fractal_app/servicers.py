@@ -33,7 +33,19 @@ if TYPE_CHECKING:
 Context = grpc.aio.ServicerContext
 
 
-class RequestorServicer(pb_grpc.RequestorAppServicer):
+class _RunsBenchmark:
+    """RunBenchmark, the same rpc on both services: the app's score."""
+
+    app: Requestor | Provider
+
+    @rpc_errors
+    async def RunBenchmark(  # noqa: N802
+        self, request: pb.RunBenchmarkRequest, context: Context
+    ) -> pb.RunBenchmarkReply:
+        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
+
+
+class RequestorServicer(_RunsBenchmark, pb_grpc.RequestorAppServicer):
     """The requestor's rpcs over :class:`~fractal_app.requestor.Requestor`."""
 
     def __init__(self, app: Requestor, stop: asyncio.Event) -> None:
@@ -80,12 +92,6 @@ class RequestorServicer(pb_grpc.RequestorAppServicer):
         return pb.DiscardSubtasksReply(discarded_subtask_ids=ids)
 
     @rpc_errors
-    async def RunBenchmark(  # noqa: N802
-        self, request: pb.RunBenchmarkRequest, context: Context
-    ) -> pb.RunBenchmarkReply:
-        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
-
-    @rpc_errors
     async def HasPendingSubtasks(  # noqa: N802
         self, request: pb.HasPendingSubtasksRequest, context: Context
     ) -> pb.HasPendingSubtasksReply:
@@ -114,7 +120,7 @@ class RequestorServicer(pb_grpc.RequestorAppServicer):
         return pb.ShutdownReply()
 
 
-class ProviderServicer(pb_grpc.ProviderAppServicer):
+class ProviderServicer(_RunsBenchmark, pb_grpc.ProviderAppServicer):
     """The provider's rpcs over :class:`~fractal_app.provider.Provider`."""
 
     def __init__(self, app: Provider) -> None:
@@ -128,12 +134,6 @@ class ProviderServicer(pb_grpc.ProviderAppServicer):
             request.task_id, request.subtask_id, request.subtask_params_json
         )
         return pb.ComputeReply(output_filepath=path)
-
-    @rpc_errors
-    async def RunBenchmark(  # noqa: N802
-        self, request: pb.RunBenchmarkRequest, context: Context
-    ) -> pb.RunBenchmarkReply:
-        return pb.RunBenchmarkReply(score=await self.app.run_benchmark())
 
     @rpc_errors
     async def Shutdown(  # noqa: N802
