@@ -27,26 +27,20 @@ import math
 import numba
 import numpy as np
 
+from fractal_app.deep.core import BLA_MIN_LEVEL as MIN_LEVEL
+from fractal_app.deep.core import ZERO_EXP, fe_normalize
 from fractal_app.kernels.caching import cached
 
 # The one-step radius: dz^2 stays below 2^EPS_EXP of 2 Z_m dz (float64's rounding, 2^-53).
 EPS_EXP = -53
-# The shortest map kept: 2^MIN_LEVEL steps.
-MIN_LEVEL = 1
-ZERO_EXP = -(1 << 28)
 # Columns of the float table: A (re, im), B (re, im), R's mantissa squared.
 A_RE, A_IM, B_RE, B_IM, R2 = range(5)
 # Columns of the exponent table: A, B, R.
 A_EXP, B_EXP, R_EXP = range(3)
 
 
-@numba.njit(inline="always")
-def _norm(re, im, e):
-    big = max(abs(re), abs(im))
-    if big == 0.0:
-        return 0.0, 0.0, ZERO_EXP
-    k = math.frexp(big)[1]
-    return math.ldexp(re, -k), math.ldexp(im, -k), e + k
+# The core's normalisation, compiled for the table builder.
+_norm = numba.njit(inline="always")(fe_normalize)
 
 
 @numba.njit(inline="always")

@@ -36,7 +36,6 @@ The escape count is the one of ``kernels/escape.py``: completed iterations befor
 
 import math
 
-from fractal_app.deep.bla import MIN_LEVEL as BLA_MIN_LEVEL
 from fractal_app.kernels.compiling import compiled_namespace
 
 # Below 2^TINY_EXP a reference value or a perturbation is "tiny": its products may
@@ -48,6 +47,8 @@ RENORM_EXP = 16
 DOUBLE_TEST_EXP = -480
 # An exponent standing for zero.
 ZERO_EXP = -(1 << 28)
+# The shortest BLA map kept (deep/bla.py builds the tables): 2^BLA_MIN_LEVEL steps.
+BLA_MIN_LEVEL = 1
 
 
 def madd(a, b, c):
