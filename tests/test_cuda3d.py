@@ -1,22 +1,17 @@
-"""The 3D CUDA kernels without a GPU: in Numba's simulator, and compiled to real PTX.
+"""The 3D CUDA kernels without a GPU, in Numba's simulator (compiled to real PTX in test_ptx.py).
 
 The simulator runs the kernels' Python on the CPU (no FMA contraction), so on float64 it must
 match the CPU kernels bit for bit. It is slow (~0.3 M iterations/s): 8x6 images, few steps.
 """
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 import textwrap
-import types as pytypes
 
 import numpy as np
-import pytest
 
 from fractal_app import render3d
-from fractal_app.kernels import raymarch
 from fractal_app.scene import parse_scene
 
 SIM_SCENE = {"resolution": [8, 6], "max_steps": 40, "iterations": 6}
@@ -80,53 +75,3 @@ def test_simulated_kernels_match_the_cpu(tmp_path):
             assert (diff == 0).mean() >= 0.5
 
 
-def _fake_device(cc):
-    """What numba-cuda asks the driver for when it compiles a device function."""
-    return lambda: pytypes.SimpleNamespace(compute_capability=cc)
-
-
-@pytest.mark.parametrize("cc", [(7, 5), (9, 0)])
-def test_kernels_compile_to_ptx(cc, monkeypatch, tmp_path):
-    """Every 3D kernel compiles to PTX for sm_75 and sm_90, and ptxas accepts it.
-
-    The device functions use forceinline (NVVM-level inlining; see cuda_raymarch), and
-    numba-cuda reads the compute capability of the current device when it compiles one.
-    With no GPU here, that lookup is answered with the cc being compiled for.
-    """
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        pytest.skip("compile_ptx needs the real numba.cuda, not the simulator")
-    import numba.cuda.dispatcher
-    from numba import cuda, typeof, types
-
-    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", _fake_device(cc))
-    from fractal_app.kernels import cuda_raymarch
-
-    ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
-    int_vec = types.Array(types.int64, 1, "C")
-    for precision in ("float64", "float32"):
-        inputs = render3d.kernel_inputs(parse_scene(_params("mandelbulb", precision, {})))
-        float_type = typeof(inputs.us).dtype
-        vec = types.Array(float_type, 1, "C")
-        params = typeof(raymarch.as_record(inputs.p))  # RayParams, as the kernels take it
-        signatures = {
-            "band": (types.Array(types.uint8, 3, "C"), types.int64, vec, vec, params),
-            "pixels": (types.Array(types.uint16, 2, "C"), int_vec, int_vec, vec, vec, params),
-        }
-        for name, kernel in (
-            ("band", cuda_raymarch.band_kernel),
-            ("pixels", cuda_raymarch.pixels_kernel),
-        ):
-            ptx, _ = cuda.compile_ptx(kernel, signatures[name], cc=cc)
-            assert ".entry" in ptx and f".target sm_{cc[0]}{cc[1]}" in ptx
-            # every scalar function inlined: no calls except libdevice's internal helpers
-            functions = set(re.findall(r"\.func\s+(?:\([^)]*\)\s*)?(\w+)", ptx))
-            assert all(f.startswith("__internal") for f in functions), functions
-            if os.path.exists(ptxas):
-                path = tmp_path / f"{name}_{float_type}.ptx"
-                path.write_text(ptx)
-                result = subprocess.run(
-                    [ptxas, f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o", os.devnull],
-                    capture_output=True,
-                    text=True,
-                )
-                assert result.returncode == 0, result.stderr

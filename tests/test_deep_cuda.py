@@ -1,24 +1,16 @@
 """The deep path's CUDA kernels without a GPU: the same perturbation core as the CPU, run in
-Numba's CUDA simulator on a tiny deep view (bit for bit against the CPU), and compiled to
-real PTX for sm_75 and sm_90 (checked by ptxas where it is installed).
+Numba's CUDA simulator on a tiny deep view (bit for bit against the CPU). (Compiled to real
+PTX in test_ptx.py.)
 
 The simulator must be chosen before numba is imported, so that check runs in a child
 process that executes this file as a script (see the bottom).
 """
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
-import pytest
-
-PTXAS = shutil.which("ptxas") or (
-    "/usr/local/cuda/bin/ptxas" if Path("/usr/local/cuda/bin/ptxas").exists() else None
-)
 
 
 def test_deep_cuda_kernels_match_the_cpu_bit_for_bit_in_the_simulator():
@@ -27,48 +19,6 @@ def test_deep_cuda_kernels_match_the_cpu_bit_for_bit_in_the_simulator():
                             env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split()[-1] == "checked=2"
-
-
-def _signature(kernel_name):
-    from numba import types
-
-    f8 = types.float64
-    orbit = (f8[::1], f8[::1], f8[::1], f8[::1], types.int64[::1],
-             f8[:, ::1], types.int64[:, ::1], types.int64[::1], types.int64[::1])
-    if kernel_name == "grid_kernel":
-        outputs = (types.uint32[:, ::1], types.float64[:, ::1])
-    else:
-        outputs = (types.uint32[::1], types.float64[::1])
-    return (f8[::1], f8[::1], types.int64, *orbit, types.int64, *outputs)
-
-
-@pytest.mark.parametrize("cc", [(7, 5), (9, 0)], ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
-@pytest.mark.parametrize("kernel_name", ["grid_kernel", "points_kernel"])
-def test_deep_kernels_compile_to_ptx(kernel_name, cc):
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        pytest.skip("compile_ptx needs the real numba.cuda, not the simulator")
-    from numba import cuda
-
-    from fractal_app.deep import cuda as deep_cuda
-
-    kernel = getattr(deep_cuda, kernel_name)
-    try:
-        ptx, _ = cuda.compile_ptx(kernel, _signature(kernel_name), cc=cc)
-    except Exception as exc:  # a missing libnvrtc/NVVM is an environment problem: say so
-        if "nvrtc" in str(exc).lower() or "nvvm" in str(exc).lower():
-            pytest.skip(f"NVVM/NVRTC not installed here ({exc})")
-        raise
-    assert f".target sm_{cc[0]}{cc[1]}" in ptx
-    assert ".entry" in ptx
-    if PTXAS is None:
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "kernel.ptx"
-        path.write_text(ptx)
-        result = subprocess.run([PTXAS, f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o",
-                                 str(Path(folder) / "kernel.cubin")],
-                                capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
 
 
 def _simulator_checks():
