@@ -17,15 +17,20 @@ esac
 # The Pythons the pinned dependencies support (numpy 2.4 needs >= 3.11; numba 0.68 <= 3.14).
 supported() { "$1" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 14)))' 2>/dev/null; }
 
+# A pyenv Python installed but not enabled counts: its shim does not run, find_python.sh
+# finds the interpreter itself.
 python=${PYTHON:-}
+if [[ -n "$python" ]]; then
+  python=$(scripts/find_python.sh "$python") || python=$PYTHON
+fi
 # Without PYTHON, a working .venv of a supported Python is kept as it is.
 if [[ -z "$python" ]] && supported .venv/bin/python; then
   python=.venv/bin/python
 fi
 if [[ -z "$python" ]]; then
   for candidate in python3.11 python3.12 python3.13 python3.14 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && supported "$candidate"; then
-      python=$candidate
+    if found=$(scripts/find_python.sh "$candidate") && supported "$found"; then
+      python=$found
       break
     fi
   done

@@ -57,10 +57,11 @@ def _stub(path, version, supported=True):
 
 def _project(tmp_path):
     (tmp_path / "scripts").mkdir()
-    setup = tmp_path / "scripts" / "setup.sh"
-    setup.write_text((ROOT / "scripts" / "setup.sh").read_text())
-    setup.chmod(0o755)
-    return setup
+    for name in ("setup.sh", "find_python.sh"):
+        script = tmp_path / "scripts" / name
+        script.write_text((ROOT / "scripts" / name).read_text())
+        script.chmod(0o755)
+    return tmp_path / "scripts" / "setup.sh"
 
 
 def test_setup_remakes_a_venv_of_the_wrong_python_and_installs_only_what_rendering_needs(
@@ -95,3 +96,36 @@ def test_setup_remakes_a_venv_that_does_not_run(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "PYTHON": str(python)})
     assert done.returncode == 0, done.stderr
     assert ".venv is broken, not Python 3.13: making it again" in done.stderr
+
+
+PYENV_SHIM = """#!/usr/bin/env bash
+# pyenv's shim of a Python installed but not enabled (pyenv global names only 3.11)
+echo "pyenv: $(basename "$0"): command not found" >&2
+exit 127
+"""
+
+
+def test_setup_takes_the_newest_pyenv_python_installed_but_not_enabled(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    setup = _project(project)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "python3.13").write_text(PYENV_SHIM)
+    (shims / "python3.13").chmod(0o755)
+    versions = tmp_path / "pyenv" / "versions"
+    for version in ("3.13.1", "3.13.10", "3.13.9", "3.12.7", "3.13.11rc1"):
+        (versions / version / "bin").mkdir(parents=True)
+        stub = _stub(versions / version / "bin" / "python3.13", "3.13")
+        stub.write_text(stub.read_text() + f"# pyenv's {version}\n")
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "PYENV_ROOT": str(tmp_path / "pyenv")}
+    done = subprocess.run([str(setup), "--render"], capture_output=True, text=True, timeout=60,
+                          env={**env, "PYTHON": "python3.13"})
+    assert done.returncode == 0, done.stderr
+    # 3.13.10 is newer than 3.13.9 (not a string sort), and a release candidate is no release
+    assert "# pyenv's 3.13.10\n" in (project / ".venv" / "bin" / "python").read_text()
+
+    done = subprocess.run([str(setup), "--render"], capture_output=True, text=True, timeout=60,
+                          env={**env, "PYTHON": "python3.14"})  # neither on PATH nor in pyenv
+    assert done.returncode == 1
+    assert "no Python 3.11-3.14 found (python3.14)" in done.stderr
