@@ -6,8 +6,9 @@
 Each tree is a checkout with its own ``.venv`` (``scripts/setup.sh``): its ``fractal-app``
 console script runs that tree's code. Renders alternate (old, new, old, new, ...) so that
 both sides see the same machine load, which on a shared machine changes from minute to
-minute; the minimum of each side is compared. The first render of each side is untimed
-(it loads, or compiles, the kernels into Numba's cache and warms the page cache).
+minute; the minimum of each side is compared (the median is printed too: on a loaded
+machine one lucky render makes a minimum). The first render of each side is untimed (it
+loads, or compiles, the kernels into Numba's cache and warms the page cache).
 ``--bare`` adds a third side to each round: the bare band renderer of bench_lifecycle.py
 (``harness.BareRenderer``: one process, kernels loaded, this interpreter's tree), so that both
 renders' fixed cost is measured against it in the same run.
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +91,9 @@ def main() -> int:
     cpus = {name: min(c for _, c in runs) for name, runs in times.items()}
     for name, runs in times.items():
         listed = ", ".join(f"{w:.3f} s ({c:.2f} CPU-s)" for w, c in runs)
-        print(f"{name}: min {walls[name]:.3f} s, min {cpus[name]:.2f} CPU-s; {listed}")
+        median = statistics.median(w for w, _ in runs)
+        print(f"{name}: min {walls[name]:.3f} s, median {median:.3f} s, min {cpus[name]:.2f}"
+              f" CPU-s; {listed}")
     print(f"new - old: {walls['new'] - walls['old']:+.3f} s wall, new / old "
           f"{walls['new'] / walls['old']:.3f} wall, {cpus['new'] / cpus['old']:.3f} CPU; "
           f"images identical: {same}")
