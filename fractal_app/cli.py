@@ -94,8 +94,11 @@ def render(
     from fractal_app import forkserver
 
     # First, before this process imports anything heavy (asyncio included): the fork
-    # server's loading (about a CPU-second) overlaps this process's own.
-    forks = forkserver.ForkServer() if forkserver.available() else None
+    # server's loading (about a CPU-second) overlaps this process's own. The console entry
+    # (fractal_app.command) started it earlier still, before click.
+    forks = forkserver.take_early()
+    if forks is None and forkserver.available():
+        forks = forkserver.ForkServer()
     try:
         _render(scene_file, output, quality, providers, subtasks, backend, band_timeout, quiet,
                 keep, forks)
@@ -332,4 +335,7 @@ def serve(args: tuple[str, ...]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # As the console command runs it (fractal_app.command), the render's ending included.
+    from fractal_app.command import main as command_main
+
+    command_main()

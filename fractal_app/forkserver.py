@@ -36,7 +36,6 @@ reaps them and exits. The server and its children die with the render even after
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import select
@@ -202,6 +201,8 @@ def _compile_estimate(request: dict) -> float:
 
 
 def _plan(request: dict) -> dict:
+    import dataclasses
+
     from fractal_app.errors import AppError
     from fractal_app.local import plan_render
 
@@ -264,6 +265,36 @@ def _fork_child(argv: list[str], log: str, inherited) -> int:
 
 
 # ---- the client ----------------------------------------------------------------------------
+
+# Started by the console entry (:mod:`fractal_app.command`) before it imports the CLI, and
+# taken by the render command: see :func:`start_early`.
+_early: ForkServer | None = None
+
+
+def start_early() -> None:
+    """Start the render's fork server now, before the CLI's own imports (click, asyncio,
+    gRPC: about 0.2 CPU-s), so that the server's loading overlaps them; the render command
+    takes it (:func:`take_early`). Does nothing where there is no fork server."""
+    global _early
+    if _early is None and available():
+        _early = ForkServer()
+
+
+def take_early() -> ForkServer | None:
+    """The fork server :func:`start_early` started, now the caller's to close; or None."""
+    global _early
+    forks, _early = _early, None
+    return forks
+
+
+def discard_early() -> None:
+    """Stop a fork server started early that no render took (a usage error, ``--help``):
+    killed, not asked to finish loading first."""
+    forks = take_early()
+    if forks is not None:
+        with contextlib.suppress(OSError):
+            forks.process.kill()
+        forks.close()
 
 
 class ForkServer:

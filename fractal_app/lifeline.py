@@ -14,11 +14,16 @@ temporary folder is removed even after a SIGKILL, which no process can catch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio is imported where it is used: the console command's first step
+    # (fractal_app.command) starts the fork server through this module, before asyncio
+    # has loaded (about 0.04 CPU-s) in that process
+    import asyncio
+    from pathlib import Path
 
 # Set by the parent in each child's environment: the pid the child must die with.
 PARENT_ENV_VAR = "FRACTAL_APP_DIE_WITH_PARENT"
@@ -74,6 +79,8 @@ class Watchdog:
 
     async def release(self) -> None:
         """This process is done with the folder (and removed it): let the watchdog exit."""
+        import asyncio
+
         if self._write_fd is not None:
             os.close(self._write_fd)
             self._write_fd = None
@@ -82,6 +89,8 @@ class Watchdog:
 
 
 async def start_watchdog(root: Path) -> Watchdog:
+    import asyncio
+
     read_fd, write_fd = os.pipe()  # both close-on-exec: no other child holds the writer
     try:
         process = await asyncio.create_subprocess_exec(

@@ -5,7 +5,8 @@
 
 Golem starts a fresh provider process for every subtask, so its start-up is paid every time:
 this module imports only gRPC and the protocol at start; scene validation, NumPy, Numba and
-the kernels load when the one request arrives.
+the kernels load in the background once it serves (:mod:`fractal_app.startup`), and the one
+request waits for them.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ class Provider:
     async def _preloaded(self) -> None:
         if self.preload is not None:
             await self.preload.wait()
+
+    def shipped_scene(self) -> str | None:
+        """The task's scene if the node has shipped it already (the preload loads its
+        kernels); None if not yet."""
+        if not self.task_dir.resource(SCENE_RESOURCE).is_file():
+            return None
+        return self.task_dir.read_resource(SCENE_RESOURCE)
 
     def _startup_done(self) -> None:
         """Freeze start-up's objects and collect again from here on: once the request's

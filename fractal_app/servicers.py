@@ -185,17 +185,25 @@ class ProviderService:
         add_servicer(self.servicer, server, pb_grpc.add_ProviderAppServicer_to_server)
 
     def serving(self) -> None:
-        """Called once the server answers SERVING: load the heavy modules in the background.
+        """Called once the server answers SERVING: load the heavy modules, then the band
+        kernels the request most likely runs, in the background.
 
         Every request needs NumPy, Numba and the renderer (about half a CPU-second of imports
-        and Numba set-up), and a node usually sends the request a little after the health
-        check succeeds, or launches providers ahead of their subtasks; loading them now
-        overlaps that gap instead of adding to the request's time. The request waits for the
-        preload to finish rather than load beside it (see :class:`startup.Preload`).
+        and Numba set-up) and its kernels, and a node usually sends the request a little
+        after the health check succeeds, or launches providers ahead of their subtasks;
+        loading them now overlaps that gap instead of adding to the request's time. The
+        request waits for the preload to finish rather than load beside it (see
+        :class:`startup.Preload`).
         """
         # The entrypoint paused the collector for the start-up; the request resumes it.
         self.app.gc_paused = not gc.isenabled()
-        self.app.preload = startup.Preload(functools.partial(startup.preload_provider, False))
+        app = self.app
+
+        def load() -> None:
+            startup.preload_provider(False)
+            startup.warm_band_kernels(app.shipped_scene, app.backend)
+
+        self.app.preload = startup.Preload(load)
 
     def close(self) -> None:
         pass
