@@ -5,10 +5,10 @@ On the "iterations" scale a sample's palette position is log(1 + count) / log(1 
 a deep view, whose counts all sit in a narrow band far from zero, gets a sliver of the
 palette and comes out nearly one colour (nearly black with the classic palette). On the
 "auto" scale the position is the share of the view's samples that escape with a lower count
-(histogram equalisation, over SPAN_CYCLES turns of the palette): a coarse preview of the view's own pixels (a fixed grid, whatever
-the resolution or max_iter) gives the empirical distribution, and ``color_knots`` keeps it as
-a few (count, position) points; the kernels interpolate between them linearly in
-log(1 + count) (kernels/color.py ``knot_position``).
+(histogram equalisation, over SPAN_CYCLES turns of the palette): a coarse preview of the
+view's own pixels (a fixed grid, whatever the resolution or max_iter) gives the empirical
+distribution, and ``color_knots`` keeps it as a few (count, position) points; the kernels
+interpolate between them linearly in log(1 + count) (kernels/color.py ``knot_position``).
 
 Positions are shares of *all* the preview's samples, inside ones included, so they do not
 depend on max_iter: raising max_iter from 5,000 to 20,000 turns some inside samples into
@@ -143,7 +143,8 @@ def knots_from_counts(
     smooth (where the smooth count of a sample escaping at n mostly lies) or [n, n + 1):
     so ties spread out and the distribution function F rises strictly. Knot k sits at the
     count where F reaches k / segments of *all* samples, for as long as the escaped ones
-    reach; one more marks where they end. Positions are SPAN_CYCLES times those shares. Samples at ``cap`` are inside: they have no count.
+    reach; one more marks where they end. Positions are SPAN_CYCLES times those shares.
+    Samples at ``cap`` are inside: they have no count.
     """
     counts = np.asarray(counts).reshape(-1)
     n = counts.size
