@@ -147,9 +147,16 @@ class Provider:
 
         from fractal_app import render
         from fractal_app.bandfile import BandMeta, write_band_blocks
+        from fractal_app.color_scale import needs_knots
         from fractal_app.scene import parse_scene
 
         scene = parse_scene(scene_json)
+        if needs_knots(scene):
+            # Recomputed here, the knots could differ from the ones the verifier colours with.
+            raise InvalidArgument(
+                "the task's scene has color_scale 'auto' without color_knots: the requestor"
+                " resolves them at CreateTask (color_scale.resolve)"
+            )
         if params.row_stop > scene.height_px:
             raise InvalidArgument(
                 f"rows {params.row_start}..{params.row_stop} are outside the image's"

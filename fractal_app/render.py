@@ -237,6 +237,7 @@ def _palette(name: str) -> np.ndarray:
 
 def _colour(scene, counts: np.ndarray, mag2: np.ndarray, out: np.ndarray) -> None:
     """Colour (P, s, Q, s) samples into out (P, Q, 3) with the CPU colouring kernel."""
+    from fractal_app import color_scale
     from fractal_app.kernels import cpu
     from fractal_app.kernels.color import srgb_to_linear
     from fractal_app.kernels.escape import tail_iterations
@@ -247,7 +248,8 @@ def _colour(scene, counts: np.ndarray, mag2: np.ndarray, out: np.ndarray) -> Non
         counts, mag2, int(scene.max_iter), bool(scene.smooth), tail_iterations(power),
         1.0 / math.log(power),
         1.0 / math.log(1.0 + scene.max_iter), float(scene.palette_cycles),
-        float(scene.palette_offset), _palette(scene.palette), interior,
+        float(scene.palette_offset), color_scale.kernel_knots(scene), _palette(scene.palette),
+        interior,
         _encode_table(scene.bit_depth), 255 if scene.bit_depth == 8 else 65535, out,
     )
 

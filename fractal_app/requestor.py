@@ -266,6 +266,12 @@ class Requestor:
                     raise FailedPrecondition(
                         f"task {task_id!r} already exists; CreateTask is called once per task id"
                     )
+                if _needs_colour_scale(scene):
+                    # The auto colour scale's knots come from a preview (kernels): resolved
+                    # once here and sent inside the scene, so every provider and every spot
+                    # check colours with the same ones.
+                    await self._preloaded()
+                    scene = await self._file_work(_resolve_colour_scale, scene)
                 await self._file_work(
                     task_files.prepare_task_folder, task_dir, scene.to_json().encode()
                 )
@@ -526,6 +532,18 @@ def _start_verification(
         )
     # Called only when no check of this subtask runs here: a "verifying" one was cut off.
     return store.start_verification(subtask_id, resume=True)
+
+
+def _needs_colour_scale(scene) -> bool:
+    from fractal_app.color_scale import needs_knots
+
+    return needs_knots(scene)
+
+
+def _resolve_colour_scale(scene):
+    from fractal_app.color_scale import resolve
+
+    return resolve(scene)
 
 
 def _plan(scene, max_bands: int) -> list[tuple[int, int]]:

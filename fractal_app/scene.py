@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import itertools
 import json
 import math
 import operator
@@ -43,6 +44,14 @@ MAX_SIDE = 65_536
 MAX_PIXELS = 2**30
 MAX_ITER = 10_000_000
 MAX_PARAMS_BYTES = 64 * 1024
+# The "auto" colour scale's knots (color_scale.py resolves 34 at most).
+MAX_COLOR_KNOTS = 64
+# Their palette positions (3 cycles when resolved: color_scale.SPAN_CYCLES).
+MAX_KNOT_POSITION = 1000
+
+# How an escaped sample's count becomes a palette position (kernels/color.py): "iterations"
+# follows log(count) / log(max_iter); "auto" follows the view's own distribution of counts.
+COLOR_SCALES = ("iterations", "auto")
 
 # The palettes declared in palettes.py.
 PALETTE_NAMES = tuple(PALETTES)
@@ -128,6 +137,14 @@ class _EscapeTimeScene(_SceneBase):
     max_iter: Annotated[Int, Field(ge=1, le=MAX_ITER)] = 1000
     # Smooth (continuous) colouring from the final |z|; false gives flat bands per count.
     smooth: Bool = True
+    # None: "auto" for deep views, "iterations" for the others (decided at validation, so
+    # the scene a provider gets names it).
+    color_scale: Literal[COLOR_SCALES] | None = None
+    # The "auto" scale's mapping, [[count, position], ...]: resolved once from the view's
+    # preview (color_scale.resolve) and sent to every provider inside the scene, so that
+    # providers and the verifier colour alike; rarely written by hand.
+    color_knots: tuple[tuple[Annotated[Real, Field(ge=0, le=MAX_ITER)],
+                             Annotated[Real, Field(ge=0, le=MAX_KNOT_POSITION)]], ...] | None = None
     # Deep zoom: the view is 10^zoom times narrower than the default width (instead of
     # 'width'); folded into the exact width at validation, never serialised.
     zoom: float | None = Field(default=None, exclude=True)
@@ -138,6 +155,36 @@ class _EscapeTimeScene(_SceneBase):
     def pixel_size(self) -> float:
         """Pixels are square: width / W in the complex plane."""
         return self.width / self.resolution[0]
+
+    @field_validator("color_knots")
+    @classmethod
+    def _knots_rise(cls, value):
+        if value is None:
+            return value
+        if not 2 <= len(value) <= MAX_COLOR_KNOTS:
+            raise ValueError(
+                f"needs 2 .. {MAX_COLOR_KNOTS} [count, position] pairs (got {len(value)}); "
+                "leave it out to have it resolved from the view"
+            )
+        for (count_a, position_a), (count_b, position_b) in itertools.pairwise(value):
+            if not (math.log(1.0 + count_a) < math.log(1.0 + count_b) and position_a <= position_b):
+                raise ValueError(
+                    f"counts must rise strictly and positions must not fall: [{count_a}, "
+                    f"{position_a}] then [{count_b}, {position_b}]"
+                )
+        if value[-1][1] == value[0][1]:
+            raise ValueError("the last position must be above the first")
+        return value
+
+    def _resolve_color_scale(self) -> None:
+        """Name the default colour scale, and refuse knots the scale does not use."""
+        if self.color_scale is None:
+            object.__setattr__(self, "color_scale", "auto" if self.deep else "iterations")
+        if self.color_knots is not None and self.color_scale != "auto":
+            raise ValueError(
+                "field 'color_knots' is only for color_scale 'auto' (color_scale is "
+                f"{self.color_scale!r}): remove color_knots or set color_scale to 'auto'"
+            )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -156,6 +203,7 @@ class _EscapeTimeScene(_SceneBase):
             exact = dataclasses.replace(exact, orbit_iter=scene.max_iter)
             scene.__pydantic_private__["_exact"] = exact
             deep_view.check_deep_scene(scene)
+        scene._resolve_color_scale()
         return scene
 
     @model_serializer(mode="wrap")

@@ -18,11 +18,12 @@ def test_deep_cuda_kernels_match_the_cpu_bit_for_bit_in_the_simulator():
     result = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.split()[-1] == "checked=2"
+    assert result.stdout.split()[-1] == "checked=3"
 
 
 def _simulator_checks():
-    """A tiny 1e-300 view near a minibrot: the simulated CUDA kernels equal the CPU's."""
+    """A tiny 1e-300 view near a minibrot: the simulated CUDA kernels equal the CPU's, and so
+    does the auto-coloured band rendered on them."""
     import gmpy2
 
     from fractal_app.deep import cpu, cuda
@@ -54,6 +55,14 @@ def _simulator_checks():
     cpu.perturb_points(re, im, geo.pixel_exp, *reference.arrays(), 5000, *want_p)
     cuda.perturb_points(re, im, geo.pixel_exp, *reference.arrays(), 5000, *got_p)
     assert np.array_equal(want_p[0], got_p[0]) and np.array_equal(want_p[1], got_p[1])
+    checked += 1
+    # Coloured on the auto scale (the deep default): the same knots, the same image.
+    from fractal_app import color_scale, render
+
+    coloured = color_scale.resolve(scene.model_copy(update={"output": "image"}))
+    assert coloured.color_scale == "auto" and coloured.color_knots
+    image = render.render_band(coloured, 0, 4, "cuda")
+    assert np.array_equal(image, render.render_band(coloured, 0, 4, "cpu"))
     checked += 1
     print(f"checked={checked}")
 

@@ -78,6 +78,41 @@ def test_lifecycle_counts_and_16_bit(tmp_path, requestor, extra, suffix):
     np.testing.assert_array_equal(read_result(final, scene), expected)
 
 
+def test_auto_colour_scale_is_resolved_once_and_shipped_in_the_scene(tmp_path, requestor):
+    """The requestor resolves the auto scale's knots at CreateTask and writes them into the
+    scene every provider reads, so providers and the spot checks colour alike."""
+    from fractal_app import color_scale
+    from fractal_app.taskdir import RequestorTaskDir
+
+    scene = {**SCENE, "center": [-0.74364, 0.13182], "width": 0.004, "max_iter": 3000,
+             "color_scale": "auto"}
+    final, _ = run_whole_task(tmp_path, requestor, scene, bands=2)
+    task_id = final.parent.parent.name
+    shipped = json.loads(RequestorTaskDir.of(requestor.work_dir, task_id).scene_resource
+                         .read_text())
+    resolved = color_scale.resolve(parse_scene(scene))
+    assert shipped["color_scale"] == "auto"
+    assert [tuple(knot) for knot in shipped["color_knots"]] == list(resolved.color_knots)
+    np.testing.assert_array_equal(read_result(final, scene), render.render_band(resolved, 0, 48))
+
+
+def test_provider_refuses_an_auto_scene_without_its_knots(tmp_path):
+    """Knots a provider computed for itself could differ from the verifier's."""
+    work = tmp_path / "provider"
+    inputs = work / "subtask_inputs"
+    inputs.mkdir(parents=True)
+    (inputs / "scene.json").write_text(json.dumps({**SCENE, "color_scale": "auto"}))
+    provider = start_server("provider", work)
+    params = {"subtask_id": "s1", "band_index": 0, "row_start": 0, "row_stop": 4}
+    error = rpc_error(
+        provider.provider().Compute,
+        pb.ComputeRequest(task_id="t", subtask_id="s1", subtask_params_json=json.dumps(params)),
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "without color_knots" in error.details()
+    assert provider.wait() == 0
+
+
 def test_lifecycle_over_mutual_tls(tmp_path):
     requestor_work = tmp_path / "requestor"
     certs = write_certs(requestor_work)

@@ -28,6 +28,8 @@ FIELDS = [
     "env",
     "output",
     "smooth",
+    "color_scale",
+    "color_knots",
     "c",
     "power",
     "camera",
@@ -48,7 +50,8 @@ json_scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=300)
     | st.sampled_from(
-        ["1e400", "-0", "NaN", "inf", "0x10", "1_000", " 3 ", *FRACTALS, *PALETTE_NAMES]
+        ["1e400", "-0", "NaN", "inf", "0x10", "1_000", " 3 ", "auto", "iterations", *FRACTALS,
+         *PALETTE_NAMES]
     )
 )
 json_values = st.recursive(

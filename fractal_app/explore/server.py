@@ -92,9 +92,21 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     return web.Response(body=target.read_bytes(), content_type=content_type)
 
 
+# Fields whose default depends on the view (the colour scale: auto for deep views): the page
+# leaves them out of its scenes, so each view gets its own.
+_VIEW_DEPENDENT_DEFAULTS = ("color_scale", "color_knots")
+
+
+def _page_defaults(scene) -> dict:
+    fields = json.loads(scene.to_json())
+    for name in _VIEW_DEPENDENT_DEFAULTS:
+        fields.pop(name, None)
+    return fields
+
+
 async def info(request: web.Request) -> web.StreamResponse:
     defaults = {
-        name: json.loads(parse_scene({"fractal": name, "resolution": [1920, 1080]}).to_json())
+        name: _page_defaults(parse_scene({"fractal": name, "resolution": [1920, 1080]}))
         for name in FRACTALS
     }
     return web.json_response(

@@ -104,25 +104,66 @@ def palette_table(name):
     return table
 
 
-def palette_index(
-    count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset
-):
-    """Where an escaped sample falls in the palette, in [0, 1).
-
-    Smooth colouring uses the continuous count ``nu = count + extra + 1 - log_p(log|z|)``
-    with |z| taken ``extra`` iterations after |z|^2 first exceeded 4 (``mag2``: the
-    kernels continue past escape, escape.colour_tail; p is the fractal's power). Read that
-    far out, nu is continuous across the steps of the escape count. The index grows with
-    log(1 + nu) / log(1 + max_iter), so one palette cycle spans the whole iteration range
-    whatever max_iter is, and ``cycles``/``offset`` stretch and shift it. All in float64,
-    whatever precision the iteration ran in.
-    """
+def smooth_count(count, mag2, smooth, extra, inv_log_power):
+    """The count colouring reads: with ``smooth``, the continuous count ``nu = count +
+    extra + 1 - log_p(log|z|)`` (|z| taken ``extra`` iterations after |z|^2 first exceeded
+    4: ``mag2``; the kernels continue past escape, escape.colour_tail; p is the fractal's
+    power), continuous across the steps of the escape count; else the count itself."""
     nu = float(count)
     if smooth:
         nu = nu + extra + 1.0 - math.log(0.5 * math.log(mag2)) * inv_log_power
         if nu < 0.0:
             nu = 0.0
+    return nu
+
+
+def palette_index(
+    count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset
+):
+    """Where an escaped sample falls in the palette, in [0, 1), on the "iterations" scale.
+
+    The index grows with log(1 + nu) / log(1 + max_iter) (nu: ``smooth_count``), so one
+    palette cycle spans the whole iteration range whatever max_iter is, and
+    ``cycles``/``offset`` stretch and shift it. All in float64, whatever precision the
+    iteration ran in.
+    """
+    nu = smooth_count(count, mag2, smooth, extra, inv_log_power)
     t = offset + cycles * math.log(1.0 + nu) * inv_log_max_iter
+    return t - math.floor(t)
+
+
+def knot_position(knots, u):
+    """The "auto" scale's position at u = log(1 + nu): piecewise linear between the knots
+    (``knots``: (K >= 2, 2) float64 rows (log(1 + nu_k), position_k), u strictly
+    increasing); beyond either end, on the line through the first and last knots, so a
+    count the view's preview never saw moves on at the view's mean pace."""
+    last = knots.shape[0] - 1
+    u0 = knots[0, 0]
+    p0 = knots[0, 1]
+    if u <= u0:
+        return p0 + (u - u0) * (knots[last, 1] - p0) / (knots[last, 0] - u0)
+    if u >= knots[last, 0]:
+        return knots[last, 1] + (u - knots[last, 0]) * (knots[last, 1] - p0) / (
+            knots[last, 0] - u0)
+    lo = 0
+    hi = last
+    while hi - lo > 1:  # knots[lo, 0] < u < knots[hi, 0]
+        mid = (lo + hi) // 2
+        if knots[mid, 0] <= u:
+            lo = mid
+        else:
+            hi = mid
+    f = (u - knots[lo, 0]) / (knots[hi, 0] - knots[lo, 0])
+    return knots[lo, 1] + f * (knots[hi, 1] - knots[lo, 1])
+
+
+def auto_palette_index(count, mag2, smooth, extra, inv_log_power, knots, cycles, offset):
+    """Where an escaped sample falls in the palette, in [0, 1), on the "auto" scale: the
+    view's own distribution of counts (``knots``, color_scale.py), stretched and shifted by
+    ``cycles``/``offset``. max_iter plays no part, so a count keeps its colour when max_iter
+    changes and the knots do not."""
+    nu = smooth_count(count, mag2, smooth, extra, inv_log_power)
+    t = offset + cycles * knot_position(knots, math.log(1.0 + nu))
     return t - math.floor(t)
 
 
@@ -143,23 +184,30 @@ def palette_lookup(table, t):
 
 def sample_rgb(
     count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
-    table, interior,
+    knots, table, interior,
 ):
-    """The linear-light colour of one escape-time sample: the palette's at palette_index,
-    or ``interior`` (a linear-light float64 array of 3) when it never escaped."""
+    """The linear-light colour of one escape-time sample: the palette's at palette_index
+    (no ``knots``: a (0, 2) array) or auto_palette_index, or ``interior`` (a linear-light
+    float64 array of 3) when it never escaped."""
     if count >= max_iter:
         return interior[0], interior[1], interior[2]
-    t = palette_index(count, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter,
-                      cycles, offset)
+    if knots.shape[0] == 0:
+        t = palette_index(count, mag2, max_iter, smooth, extra, inv_log_power,
+                          inv_log_max_iter, cycles, offset)
+    else:
+        t = auto_palette_index(count, mag2, smooth, extra, inv_log_power, knots, cycles,
+                               offset)
     return palette_lookup(table, t)
 
 
 def compile_color(jit):
     """The colouring functions compiled by ``jit`` (numba.njit(inline="always") or
     numba.cuda.jit(device=True, inline="always")): a namespace with ``linear_to_srgb``,
-    ``quantize``, ``encode``, ``palette_index``, ``palette_lookup`` and ``sample_rgb``."""
+    ``quantize``, ``encode``, ``smooth_count``, ``palette_index``, ``knot_position``,
+    ``auto_palette_index``, ``palette_lookup`` and ``sample_rgb``."""
     from fractal_app.kernels.compiling import compiled_namespace
 
     return compiled_namespace(
-        [linear_to_srgb, quantize, encode, palette_index, palette_lookup, sample_rgb], jit
+        [linear_to_srgb, quantize, encode, smooth_count, palette_index, knot_position,
+         auto_palette_index, palette_lookup, sample_rgb], jit
     )

@@ -254,11 +254,12 @@ def iterate_points_scalar(params, re, im, counts, mag2):
 @numba.njit(parallel=True, nogil=True)
 def colour_pixels(
     counts, mag2, max_iter, smooth, extra, inv_log_power, inv_log_max_iter, cycles, offset,
-    table, interior, encoding, max_value, out,
+    knots, table, interior, encoding, max_value, out,
 ):
     """counts, mag2: (P, s, Q, s) samples of P x Q pixels; out: (P, Q, 3) uint8/uint16;
     encoding: color.encode_table(max_value), max_value 255 or 65535; extra: the iterations
-    the kernels continued past escape (escape.tail_iterations)."""
+    the kernels continued past escape (escape.tail_iterations); knots: the "auto" colour
+    scale's (K, 2) table, or (0, 2) for the "iterations" scale (color.sample_rgb)."""
     s = counts.shape[1]
     n_samples = s * s
     for p in prange(counts.shape[0]):
@@ -270,7 +271,8 @@ def colour_pixels(
                 for c in range(s):
                     sr, sg, sb = _sample_rgb(
                         counts[p, a, q, c], mag2[p, a, q, c], max_iter, smooth, extra,
-                        inv_log_power, inv_log_max_iter, cycles, offset, table, interior,
+                        inv_log_power, inv_log_max_iter, cycles, offset, knots, table,
+                        interior,
                     )
                     r += sr
                     g += sg
