@@ -15,10 +15,12 @@ BENCHMARK_TARGET_SECONDS = 2.0
 
 # Rough seconds one cold compile of a CPU kernel takes, by kind (a 2-core AMD EPYC shared
 # with other work): what a cold first render tells the user it is about to wait. The lane
-# kernels are the SIMD ones of kernels/cpu.py (two per fractal and precision).
+# kernels are the SIMD ones of kernels/cpu.py (two per fractal and precision): half of a
+# Mandelbrot pair's cold compile, benchmarks/compile_time.py at load average 6 (26.5 CPU-s
+# float64, 69.8 float32; Julia's pair costs more, see benchmarks/README.md).
 COMPILE_SECONDS = {
-    "lanes_f64": 19.0,
-    "lanes_f32": 23.0,
+    "lanes_f64": 13.0,
+    "lanes_f32": 35.0,
     "scalar": 3.0,
     "colour": 6.0,
     "raymarch": 4.0,

@@ -122,19 +122,37 @@ def iterate_points(lanes, re, im, zr_start, zi_start, n_start, params, counts, m
     raise NotImplementedError("lanes.iterate_points runs only inside a Numba kernel")
 
 
+# Each stub's implementation forwards to one separately compiled lane function per fractal,
+# precision and entry (compiled_lanes). Numba builds an overload's implementation afresh for
+# every set of compiler flags it is typed under, and a parallel kernel types its loop body
+# twice (the kernel's own pipeline, then the parfor's gufunc): returning the lane function
+# itself compiled its thousand-line body twice per kernel. The forwarding function is a
+# single call, cheap to compile twice.
 @overload(iterate_row)
 def _iterate_row_lanes(lanes, re_cols, ci, params, counts, mag2, keep_z, zr_end, zi_end):
-    if isinstance(lanes, LaneCodeType):
-        return lane_function(lanes.fractal, precision_of(re_cols.dtype), resume=False)
-    return None
+    if not isinstance(lanes, LaneCodeType):
+        return None
+    row = compiled_lanes(lanes.fractal, precision_of(re_cols.dtype), resume=False)
+
+    def forward(lanes, re_cols, ci, params, counts, mag2, keep_z, zr_end, zi_end):
+        row(lanes, re_cols, ci, params, counts, mag2, keep_z, zr_end, zi_end)
+
+    return forward
 
 
 @overload(iterate_points)
 def _iterate_points_lanes(lanes, re, im, zr_start, zi_start, n_start, params, counts, mag2,
                           keep_z, zr_end, zi_end):
-    if isinstance(lanes, LaneCodeType):
-        return lane_function(lanes.fractal, precision_of(re.dtype), resume=True)
-    return None
+    if not isinstance(lanes, LaneCodeType):
+        return None
+    points = compiled_lanes(lanes.fractal, precision_of(re.dtype), resume=True)
+
+    def forward(lanes, re, im, zr_start, zi_start, n_start, params, counts, mag2, keep_z,
+                zr_end, zi_end):
+        points(lanes, re, im, zr_start, zi_start, n_start, params, counts, mag2, keep_z,
+               zr_end, zi_end)
+
+    return forward
 
 
 @intrinsic
@@ -168,13 +186,21 @@ def precision_of(dtype) -> str:
 
 @functools.cache
 def lane_function(fractal: str, precision: str, resume: bool):
-    """The Python function of ``lane_source`` (what the stubs compile to), made once."""
+    """The Python function of ``lane_source``, made once."""
     scope = {"numba": numba, "select": select,
              "tail_iterations": numba.njit(escape.tail_iterations)}
     name = "iterate_points" if resume else "iterate_row"
     exec(compile(lane_source(fractal, precision, resume), f"<lanes {fractal} {precision}>",
                  "exec"), scope)
     return scope[name]
+
+
+@functools.cache
+def compiled_lanes(fractal: str, precision: str, *, resume: bool):
+    """``lane_function`` as one Numba function (what the stubs call), made once per process:
+    its machine code is compiled once per signature and linked into every kernel calling it.
+    Not cached on disk itself (exec'd code cannot be): the kernels calling it are."""
+    return numba.njit(nogil=True)(lane_function(fractal, precision, resume))
 
 
 _ROW_HEAD = '''def iterate_row(lanes, re_cols, ci, params, counts, mag2, keep_z, zr_end, zi_end):
