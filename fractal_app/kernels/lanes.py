@@ -4,8 +4,9 @@ compiles a kernel that calls ``iterate_row`` or ``iterate_points``.
 Why lanes: LLVM's SLP vectorizer packs independent scalar operations into vector
 instructions, and it only finds them when each sample of a group lives in its own scalar
 variable (per-lane state in small arrays did not vectorize; see shared NUMBA-FACTS.md). So
-``LANES[precision]`` samples (32 float64 or 64 float32: 4 zmm vectors) are iterated
-together, each as separate scalar variables, in source that :func:`lane_source` writes.
+``lane_count(precision)`` samples (with AVX-512, 32 float64 or 64 float32: 4 zmm vectors)
+are iterated together, each as separate scalar variables, in source that
+:func:`lane_source` writes.
 
 Why at compile time: ``iterate_row`` and ``iterate_points`` are stubs whose Numba
 implementation (``@overload``) is that source, written and ``exec``'d for the argument
@@ -28,7 +29,7 @@ import functools
 
 import numba
 import numpy as np
-from numba.core import types
+from numba.core import codegen, config, types
 from numba.extending import (
     NativeValue,
     intrinsic,
@@ -42,10 +43,19 @@ from numba.np.numpy_support import as_dtype
 
 from fractal_app.kernels import escape
 
-# Samples iterated together, by float type: 4 zmm vectors of 8 float64 or 16 float32.
-# (Other counts measured on the float32 Mandelbrot: 48 and 96 lanes no longer pack into
-# whole vectors, benchmarks/README.md.)
-LANES = {"f64": 32, "f32": 64}
+# Samples iterated together, by the width of the target's vector registers and the float
+# type. Measured per core on the Mandelbrot 960x540, max_iter 1000, each level compiled with
+# its features spelled out (benchmarks/README.md, "Lanes per CPU level"): with 32 registers
+# of 512 bits, 4 zmm vectors a variable win (32 float64, 64 float32); with 16 ymm registers
+# the same counts spill to the stack on every iteration (AVX2: float64 16 lanes 1.4-1.5x
+# faster than 32, float32 16 lanes 1.7x faster than 64), and with 16 xmm registers (plain
+# x86-64) fewer still (8 and 8: 2.0x and 1.6x over 32 lanes). Counts that are not a whole
+# number of vectors (12, 24, 48, 96) are not vectorised at all.
+LANES_BY_VECTOR_BITS = {
+    512: {"f64": 32, "f32": 64},
+    256: {"f64": 16, "f32": 16},
+    128: {"f64": 8, "f32": 8},
+}
 # Groups of lanes per parallel task of a packed list of points.
 TASK_LANE_GROUPS = 4
 
@@ -93,9 +103,29 @@ _LANE_CODES = {fractal: LaneCode(fractal) for fractal in LANE_FRACTALS}
 _FRACTAL_OF_KIND = {number: name for name, number in escape.KIND_OF_FRACTAL.items()}
 
 
+def vector_bits() -> int:
+    """The width of the widest vector registers of the CPU Numba compiles for: the host's,
+    or the level cpu_levels pinned through NUMBA_CPU_FEATURES (the docker_cpu image bakes
+    several levels on one machine, each with the lane counts of its own registers)."""
+    features = config.CPU_FEATURES
+    if features is None:
+        features = codegen.get_host_cpu_features()
+    enabled = set(features.split(","))
+    if "+avx512f" in enabled:
+        return 512
+    if "+avx" in enabled:
+        return 256
+    return 128
+
+
+def lane_count(precision: str) -> int:
+    """Samples a lane group iterates together in ``precision`` ("f64" or "f32")."""
+    return LANES_BY_VECTOR_BITS[vector_bits()][precision]
+
+
 def points_per_task(precision: str) -> int:
     """Samples per parallel task of a packed list of points in ``precision``."""
-    return LANES[precision] * TASK_LANE_GROUPS
+    return lane_count(precision) * TASK_LANE_GROUPS
 
 
 def lane_code(kind: int) -> LaneCode | None:
@@ -225,7 +255,7 @@ def lane_source(fractal: str, precision: str, resume: bool) -> str:
     if fractal not in LANE_FRACTALS:
         raise ValueError(f"no lane code for fractal {fractal!r}: the template knows "
                          f"{', '.join(LANE_FRACTALS)}")
-    lanes = LANES[precision]
+    lanes = lane_count(precision)
     head = (_POINTS_HEAD if resume else _ROW_HEAD) + _PARAMS.format(lanes=lanes)
     return head + "\n".join(_group(fractal, precision, lanes, resume)) + "\n"
 
