@@ -27,8 +27,9 @@ import math
 import numba
 import numpy as np
 
+from fractal_app.deep.bits import CPU_HELPERS
 from fractal_app.deep.core import BLA_MIN_LEVEL as MIN_LEVEL
-from fractal_app.deep.core import ZERO_EXP, fe_normalize
+from fractal_app.deep.core import ZERO_EXP, compile_core
 from fractal_app.kernels.caching import cached
 
 # The one-step radius: dz^2 stays below 2^EPS_EXP of 2 Z_m dz (float64's rounding, 2^-53).
@@ -40,7 +41,7 @@ A_EXP, B_EXP, R_EXP = range(3)
 
 
 # The core's normalisation, compiled for the table builder.
-_norm = numba.njit(inline="always")(fe_normalize)
+_norm = compile_core(numba.njit(inline="always"), helpers=CPU_HELPERS).fe_normalize
 
 
 @numba.njit(inline="always")

@@ -51,6 +51,16 @@ ZERO_EXP = -(1 << 28)
 BLA_MIN_LEVEL = 1
 
 
+def frexp_exponent(x):
+    """math.frexp(x)[1]. The CPU build compiles in deep/bits.py's branch-free equal."""
+    return math.frexp(x)[1]
+
+
+def ldexp(x, k):
+    """math.ldexp(x, k). The CPU build compiles in deep/bits.py's branch-free equal."""
+    return math.ldexp(x, k)
+
+
 def madd(a, b, c):
     """a * b + c, rounded twice. Every multiply-add a GPU would fuse goes through here, so a
     test can compile the core with a fused one (one rounding) and see what a GPU sends."""
@@ -62,8 +72,8 @@ def fe_normalize(re, im, e):
     big = max(abs(re), abs(im))
     if big == 0.0:
         return 0.0, 0.0, ZERO_EXP
-    k = math.frexp(big)[1]
-    return math.ldexp(re, -k), math.ldexp(im, -k), e + k
+    k = frexp_exponent(big)
+    return ldexp(re, -k), ldexp(im, -k), e + k
 
 
 def fe_add(ar, ai, ae, br, bi, be):
@@ -73,11 +83,11 @@ def fe_add(ar, ai, ae, br, bi, be):
         d = be - ae
         if d < -1100:
             return fe_normalize(ar, ai, ae)
-        return fe_normalize(ar + math.ldexp(br, d), ai + math.ldexp(bi, d), ae)
+        return fe_normalize(ar + ldexp(br, d), ai + ldexp(bi, d), ae)
     d = ae - be
     if d < -1100:
         return fe_normalize(br, bi, be)
-    return fe_normalize(br + math.ldexp(ar, d), bi + math.ldexp(ai, d), be)
+    return fe_normalize(br + ldexp(ar, d), bi + ldexp(ai, d), be)
 
 
 def fe_less(ar, ai, ae, br, bi, be):
@@ -95,16 +105,19 @@ def fe_less(ar, ai, ae, br, bi, be):
         return True
     if be + 1 < ae:
         return False
-    return a2 < math.ldexp(b2, 2 * (be - ae))
+    return a2 < ldexp(b2, 2 * (be - ae))
 
 
 def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
     """The row of the longest bilinear map (deep/bla.py) that may start at reference index
     m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0). Radii shrink as the maps
     grow, so the search stops at the first level whose map does not apply."""
+    if m & ((1 << BLA_MIN_LEVEL) - 1) != 0:
+        # no map starts here (half of all steps): skip the radius arithmetic
+        return -1, 0
     w2 = wr * wr + wi * wi
     # 2^(lw - 1) <= w2 < 2^lw: exponents alone decide most radius tests (no libm call).
-    lw = math.frexp(w2)[1]
+    lw = frexp_exponent(w2)
     best = -1
     best_level = 0
     level = BLA_MIN_LEVEL
@@ -122,7 +135,7 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
         d2 = 2 * (int(bla_e[row, 2]) - S)
         if lw - 1 >= d2:
             break
-        if lw > d2 - 2 and not w2 < math.ldexp(r2, d2):
+        if lw > d2 - 2 and not w2 < ldexp(r2, d2):
             break
         best = row
         best_level = level
@@ -130,23 +143,9 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
     return best, best_level
 
 
-def perturbed(
-    dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, bla_f, bla_e, bla_off, layout, max_iter
-):
-    """Escape count and |z|^2 of the pixel at offset (dcr, dci) * 2^dce from the view's centre.
-
-    zr_ref, zi_ref: reference values as float64; mr_ref, mi_ref, e_ref: the same values as
-    normalised mantissas and exponents (exact where the float64 ones underflow). Indices
-    0 .. layout[1] hold the critical orbit (Z_0 = 0, what a rebase restarts from); for a
-    Julia set, the orbit of the view's centre follows, from layout[0] to the end. Each
-    orbit's last value escaped or is its max_iter-th. layout[2]: 1 for Mandelbrot (the
-    pixel is c = C + dc, dz starts at 0 and dc is added every step), 0 for Julia (the pixel
-    is z_0 = Z_0 + dc, nothing is added). bla_f, bla_e, bla_off: the reference's bilinear
-    maps (deep/bla.py); empty tables take every step.
-    """
-    critical_last = layout[1]
-    last = zr_ref.shape[0] - 1
-    # dc, normalised
+def start(dcr, dci, dce, layout):
+    """The state of the pixel at offset (dcr, dci) * 2^dce before its first iteration, as
+    :func:`advance` takes it: (m, wr, wi, S, s, dr, di, gr, gi, ge, dce), dc normalised."""
     # int(): exponents are Python ints in the CUDA simulator too (math.ldexp insists).
     dcr, dci, dce = fe_normalize(dcr, dci, int(dce))
     if layout[2] != 0:
@@ -164,11 +163,40 @@ def perturbed(
         wi = dci
     # S at dc's scale
     S = dce
-    s = math.ldexp(1.0, S)
-    dr = math.ldexp(gr, ge - S)
-    di = math.ldexp(gi, ge - S)
-    m = int(layout[0])
-    n = 0
+    s = ldexp(1.0, S)
+    dr = ldexp(gr, ge - S)
+    di = ldexp(gi, ge - S)
+    return int(layout[0]), wr, wi, S, s, dr, di, gr, gi, ge, dce
+
+
+def perturbed(
+    dcr, dci, dce, zr_ref, zi_ref, mr_ref, mi_ref, e_ref, bla_f, bla_e, bla_off, layout, max_iter
+):
+    """Escape count and |z|^2 of the pixel at offset (dcr, dci) * 2^dce from the view's centre.
+
+    zr_ref, zi_ref: reference values as float64; mr_ref, mi_ref, e_ref: the same values as
+    normalised mantissas and exponents (exact where the float64 ones underflow). Indices
+    0 .. layout[1] hold the critical orbit (Z_0 = 0, what a rebase restarts from); for a
+    Julia set, the orbit of the view's centre follows, from layout[0] to the end. Each
+    orbit's last value escaped or is its max_iter-th. layout[2]: 1 for Mandelbrot (the
+    pixel is c = C + dc, dz starts at 0 and dc is added every step), 0 for Julia (the pixel
+    is z_0 = Z_0 + dc, nothing is added). bla_f, bla_e, bla_off: the reference's bilinear
+    maps (deep/bla.py); empty tables take every step.
+    """
+    m, wr, wi, S, s, dr, di, gr, gi, ge, dce = start(dcr, dci, dce, layout)
+    return advance(m, 0, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
+                   mi_ref, e_ref, bla_f, bla_e, bla_off, layout, max_iter)
+
+
+def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref, mi_ref,
+            e_ref, bla_f, bla_e, bla_off, layout, max_iter):
+    """Escape count and |z|^2 of a pixel iterated from the state :func:`start` gives, or
+    that n completed iterations of this loop left: reference index m, dz = (wr, wi) * 2^S,
+    s = 2^S, (dr, di) = dc * 2^-S, dc = (gr, gi) * 2^ge (normalised; zero for a Julia set;
+    dce: dc's own exponent, what S restarts from when dz is 0). The reference arrays and
+    tables as :func:`perturbed` takes them."""
+    critical_last = layout[1]
+    last = zr_ref.shape[0] - 1
     mag2 = 0.0
     while True:
         Zr = zr_ref[m]
@@ -181,7 +209,7 @@ def perturbed(
         if careful:
             # z = Z + dz is tiny: it cannot escape; test |z| < |dz| exactly.
             qr, qi, qe = fe_add(mr_ref[m], mi_ref[m], ze, wr, wi, S)
-            mag2 = math.ldexp(qr * qr + qi * qi, 2 * qe) if qe > -600 else 0.0
+            mag2 = ldexp(qr * qr + qi * qi, 2 * qe) if qe > -600 else 0.0
             if n >= max_iter:
                 return n, mag2
             rebase = m == end or fe_less(qr, qi, qe, wr, wi, S)
@@ -223,7 +251,7 @@ def perturbed(
                         wr = pr
                         wi = pi
                     elif d < 900:
-                        f = math.ldexp(1.0, d)
+                        f = ldexp(1.0, d)
                         wr = madd(ur, f, pr)
                         wi = madd(ui, f, pi)
                     else:
@@ -233,9 +261,9 @@ def perturbed(
                         wr, wi, S = fe_normalize(wr, wi, S)
                     if S == ZERO_EXP:
                         S = dce
-                    s = math.ldexp(1.0, S)
-                    dr = math.ldexp(gr, ge - S)
-                    di = math.ldexp(gi, ge - S)
+                    s = ldexp(1.0, S)
+                    dr = ldexp(gr, ge - S)
+                    di = ldexp(gi, ge - S)
                     m += 1 << level
                     n += 1 << level
                     continue
@@ -246,9 +274,9 @@ def perturbed(
             m = 0
             Zr = zr_ref[0]
             Zi = zi_ref[0]
-            s = math.ldexp(1.0, S)
-            dr = math.ldexp(gr, ge - S)
-            di = math.ldexp(gi, ge - S)
+            s = ldexp(1.0, S)
+            dr = ldexp(gr, ge - S)
+            di = ldexp(gi, ge - S)
             ze = int(e_ref[0])
             careful = S < TINY_EXP
         if careful:
@@ -265,9 +293,9 @@ def perturbed(
             wr, wi, S = fe_add(tr, ti, te, gr, gi, ge)
             if S == ZERO_EXP:
                 S = dce
-            s = math.ldexp(1.0, S)
-            dr = math.ldexp(gr, ge - S)
-            di = math.ldexp(gi, ge - S)
+            s = ldexp(1.0, S)
+            dr = ldexp(gr, ge - S)
+            di = ldexp(gi, ge - S)
         else:
             tr = madd(Zr, wr, -(Zi * wi))
             ti = madd(Zr, wi, Zi * wr)
@@ -287,24 +315,29 @@ def perturbed(
                     di *= 2.0**-32
                 else:
                     wr, wi, S = fe_normalize(wr, wi, S)
-                    s = math.ldexp(1.0, S)
-                    dr = math.ldexp(gr, ge - S)
-                    di = math.ldexp(gi, ge - S)
+                    s = ldexp(1.0, S)
+                    dr = ldexp(gr, ge - S)
+                    di = ldexp(gi, ge - S)
             elif big < 1.0 / 65536.0 and big > 0.0:
                 wr, wi, S = fe_normalize(wr, wi, S)
-                s = math.ldexp(1.0, S)
-                dr = math.ldexp(gr, ge - S)
-                di = math.ldexp(gi, ge - S)
+                s = ldexp(1.0, S)
+                dr = ldexp(gr, ge - S)
+                di = ldexp(gi, ge - S)
         m += 1
         n += 1
 
 
-def compile_core(jit, fused_madd=None):
+def compile_core(jit, fused_madd=None, helpers=None):
     """The core compiled by ``jit`` (numba.njit(inline="always") or a cuda device jit),
     calling its compiled helpers. ``fused_madd`` (a compiled a * b + c with one rounding)
-    stands in for :func:`madd` in GPU-like tests."""
+    stands in for :func:`madd` in GPU-like tests; ``helpers`` (name: compiled function)
+    for :func:`frexp_exponent` and :func:`ldexp` (deep/bits.py's CPU_HELPERS)."""
+    replace = dict(helpers or {})
+    if fused_madd is not None:
+        replace["madd"] = fused_madd
     return compiled_namespace(
-        (madd, fe_normalize, fe_add, fe_less, bla_level, perturbed),
+        (frexp_exponent, ldexp, madd, fe_normalize, fe_add, fe_less, bla_level, start,
+         advance, perturbed),
         jit,
-        replace=None if fused_madd is None else {"madd": fused_madd},
+        replace=replace,
     )

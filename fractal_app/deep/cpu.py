@@ -7,11 +7,14 @@ Pure: the reference orbit's arrays and the pixels' offsets in, counts and |z|^2 
 import numba
 from numba import prange
 
+from fractal_app.deep.bits import CPU_HELPERS
 from fractal_app.deep.core import compile_core
 from fractal_app.kernels import threads
 from fractal_app.kernels.caching import cached
 
-core = compile_core(numba.njit(inline="always"))
+# frexp/ldexp as exponent-bit arithmetic (deep/bits.py): libm calls were a large share of
+# a pixel's time.
+core = compile_core(numba.njit(inline="always"), helpers=CPU_HELPERS)
 _perturbed = core.perturbed
 
 
