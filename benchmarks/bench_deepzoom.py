@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import check_target
+from harness import check_target, cpu_model
 
 from fractal_app import render
 from fractal_app.deep import bla, cpu
@@ -44,16 +43,6 @@ PLAIN = {"fractal": "mandelbrot", "resolution": [480, 270], "center": [-0.75, 0.
 DEPTHS = {40: (53, 4_000), 300: (400, 12_000), 1000: (1330, 36_000)}
 TARGETS = {40: 0.5, 300: 1.0}
 _plain_rate: list[float] = []
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def deep_params(exponent: int, size=SIZE) -> dict:

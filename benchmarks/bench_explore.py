@@ -15,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import platform
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
-from harness import check_target
+from harness import check_target, cpu_model
 
 from fractal_app.explore import pictures, tiles
 from fractal_app.scene import parse_scene
@@ -36,15 +34,6 @@ DEFAULT_VIEW = {"fractal": "mandelbrot", "resolution": [256, 256], "max_iter": 1
 SCREEN = (1920, 1080)
 # A browser opens at most 6 connections to one server.
 BROWSER_CONNECTIONS = 6
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _tile_query(scene: dict, level: str) -> str:

@@ -26,6 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Run in the child, with the tree first on sys.path: the public render functions exist in
@@ -74,16 +77,8 @@ def cold_compile(tree: Path, scene: dict) -> dict:
 
 def machine() -> str:
     """The CPU model and the load averages, as the figures should be reported with."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model}, {os.cpu_count()} CPUs, load average {load}"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, load average {load}"
 
 
 def parse_trees(specs: list[str]) -> dict[str, Path]:
