@@ -23,8 +23,8 @@ outside a task (tests, the explorer's tiles), is resolved on first use, by the s
 
 from __future__ import annotations
 
+import functools
 import math
-import threading
 
 import numpy as np
 
@@ -79,27 +79,17 @@ def kernel_knots(scene) -> np.ndarray:
                     dtype=np.float64)
 
 
-# The knots of the last few scenes resolved here, by canonical JSON (the scene's meaning).
-_REMEMBERED: dict[str, tuple[tuple[float, float], ...]] = {}
-_REMEMBER = 8
-_LOCK = threading.Lock()
-
-
 def _remembered_knots(scene) -> tuple[tuple[float, float], ...]:
     """preview_knots of ``scene``, computed once per scene for the last few scenes (from the
     scene its JSON describes: a copy nudged for verification previews the view itself)."""
+    return _knots_of_json(scene.to_json())
+
+
+@functools.lru_cache(maxsize=8)
+def _knots_of_json(scene_json: str) -> tuple[tuple[float, float], ...]:
     from fractal_app.scene import parse_scene
 
-    key = scene.to_json()
-    with _LOCK:
-        knots = _REMEMBERED.get(key)
-    if knots is None:
-        knots = preview_knots(parse_scene(key))
-        with _LOCK:
-            _REMEMBERED[key] = knots
-            while len(_REMEMBERED) > _REMEMBER:
-                del _REMEMBERED[next(iter(_REMEMBERED))]
-    return knots
+    return preview_knots(parse_scene(scene_json))
 
 
 def preview_knots(scene) -> tuple[tuple[float, float], ...]:
