@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import cpu_model
 
 ENABLED = os.environ.get("FRACTAL_CODECS") == "1"
 SIZE = int(os.environ.get("FRACTAL_CODECS_SIZE", "4096"))
@@ -209,15 +209,8 @@ def _render_bands(folder: Path, variant: str) -> None:
         np.save(folder / f"{variant}-band-{index:03d}.npy", render.render_band(scene, start, stop))
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def test_codecs_against_libraries():
-    print(f"\n{SIZE}x{SIZE} in {BANDS} bands, {REPEATS} rounds alternated, {_cpu_model()}, "
+    print(f"\n{SIZE}x{SIZE} in {BANDS} bands, {REPEATS} rounds alternated, {cpu_model()}, "
           f"{os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="bench-codecs-") as tmp:
         folder = Path(tmp)
