@@ -141,15 +141,18 @@ def write_band(path: Path, values: np.ndarray, meta: BandMeta) -> None:
     write_band_blocks(path, [values], meta)
 
 
-def write_band_blocks(path: Path, blocks: Iterable[np.ndarray], meta: BandMeta) -> None:
+def write_band_blocks(
+    path: Path, blocks: Iterable[np.ndarray], meta: BandMeta, guard=None
+) -> None:
     """Write the band PNG at ``path`` from its values given a block of rows at a time.
 
     With a generator that renders each block on demand, a band of any size costs a provider
     only a block's memory. The file appears atomically (written beside it, then renamed), so
     a reader never sees a half-written band, and a failed write leaves nothing behind.
+    ``guard``: as :func:`fractal_app.durable.durable_file` takes it.
     """
     text = meta.to_json().encode("latin-1")
-    with durable_file(Path(path)) as out:
+    with durable_file(Path(path), guard) as out:
         for piece in png_pieces(blocks, meta, text):
             out.write(piece)
 

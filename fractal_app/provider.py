@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument
 from fractal_app.protocol.constants import DOCKER_CPU_ENV_ID
+from fractal_app.durable import partial_path
 from fractal_app.startup import Preload, resume_gc_after_startup
 from fractal_app.taskdir import SCENE_RESOURCE, ProviderTaskDir, check_name
 
@@ -34,19 +35,16 @@ logger = logging.getLogger(__name__)
 
 # Overrides the backend the scene's env implies (e.g. "cpu" on a GPU machine, for tests).
 BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
-# Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few
-# milliseconds of kernel work at the least, and a few MiB of scratch.
+# Samples rendered per render_band call (see band_blocks): 1 Mi samples is a few MiB of
+# scratch, and a 4K band's eight blocks let the PNG encoder work on one block while the next
+# renders. Blocks are sized by samples, not by their cost: a stop (SIGTERM, Shutdown) does
+# not wait for the block being rendered (see Provider._compute), so a block may take as long
+# as its pixels need. (When it did wait, blocks were cut to about 2^30 worst-case steps so
+# that a stop took under 2 s, and a band became tens to hundreds of rounds of parallel kernel
+# calls: 1.07x the CPU of one call for the 4K view at 1920x1080, and 1.19-1.29x the bare
+# renderer's time for a 7680x4320 poster at max_iter 20,000 on a loaded machine, where each
+# round waits for its slowest thread.)
 RENDER_BLOCK_SAMPLES = 1 << 20
-# ... and at most about this many inner-loop steps (bands.worst_pixel_cost per pixel): a stop
-# (SIGTERM, Shutdown) is seen between blocks, so a block must take well under the 2 s a node
-# waits. Measured (issue 14, loaded two-core machine, block kernels on both threads): an
-# all-interior block (the worst case) of 2^27 steps took 0.05 s, of 2^29 0.21 s, so 2^30 is
-# about 0.4 s. Smaller blocks cost dearly in every render: each block is a round of parallel
-# kernel calls, and the 4K view at 1920x1080 in blocks of 2^27 steps (8 rows) took 1.8x the
-# CPU of one call (2.76 against 1.51 CPU-s); at 2^30 (70 rows), 1.07x. A block is never
-# less than a few rows, so the kernel's threads still share it.
-RENDER_BLOCK_STEPS = 1 << 30
-MIN_BLOCK_ROWS = 4
 _PARAM_KEYS = {"subtask_id", "band_index", "row_start", "row_stop"}
 
 
@@ -167,12 +165,15 @@ class Provider:
         backend = render.resolve_backend(self.backend, scene.env)
         meta = BandMeta(task_id, subtask_id, params.row_start, params.row_stop, scene.output)
         out_path = self.task_dir.band_file(subtask_id, create=True)
-        halt = threading.Event()
+        halt = Halt()
 
         def render_and_write() -> None:
             blocks = band_blocks(scene, params.row_start, params.row_stop, backend, halt)
             write_band_blocks(
-                out_path, _after_first(rendered_ahead(blocks), self._startup_done), meta
+                out_path,
+                _after_first(rendered_ahead(blocks), self._startup_done),
+                meta,
+                guard=halt.unless_halted,
             )
 
         logger.info(
@@ -182,18 +183,27 @@ class Provider:
             task_id,
             backend,
         )
-        rendering = asyncio.ensure_future(asyncio.to_thread(render_and_write))
+        rendering = in_daemon_thread(render_and_write)
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait({rendering, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # SIGTERM or Shutdown (stop set), or this rpc cancelled: the render stops at the
-            # next block, and the unfinished band file is removed (durable_file).
             stopping.cancel()
             if not rendering.done():
                 halt.set()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(rendering)
+                if self.stop.is_set():
+                    # SIGTERM or Shutdown: the process ends once this answer is sent, and the
+                    # render thread (a daemon, in the middle of a kernel call) with it. No
+                    # band file can appear any more (halt guards its creation and its
+                    # rename); what was written of it goes now, whole or partial.
+                    for written in (partial_path(out_path), out_path):
+                        with contextlib.suppress(FileNotFoundError):
+                            written.unlink()
+                else:
+                    # This rpc alone was cancelled: the render stops at its next block, and
+                    # the unfinished band file is removed (durable_file).
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.shield(rendering)
         if halt.is_set():
             raise Aborted("the provider was stopped (SIGTERM or Shutdown) before the band was done")
         rendering.result()
@@ -212,6 +222,58 @@ class Provider:
             self.stop.set()
 
 
+class Halt:
+    """A Compute's stop: read by the render between blocks, and guarding the band file's
+    creation and its rename, so that once :meth:`set` returns no band file can appear."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._halted = False
+
+    def set(self) -> None:
+        with self._lock:  # waits for a rename in progress: after it, the file is there
+            self._halted = True
+
+    def is_set(self) -> bool:
+        return self._halted
+
+    @contextlib.contextmanager
+    def unless_halted(self) -> Iterator[None]:
+        with self._lock:
+            if self._halted:
+                raise Aborted("rendering stopped")
+            yield
+
+
+def in_daemon_thread(work: Callable[[], None]) -> asyncio.Future:
+    """Run ``work`` in a daemon thread of its own; a future of its outcome.
+
+    Not asyncio.to_thread: the event loop's executor is joined when ``asyncio.run`` ends, so a
+    stopped provider would wait for the kernel call in progress before it could exit.
+    """
+    loop = asyncio.get_running_loop()
+    outcome = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if outcome.done():
+            return
+        if error is None:
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(error)
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, error)
+        else:
+            loop.call_soon_threadsafe(settle, None)
+
+    threading.Thread(target=run, name="render-band", daemon=True).start()
+    return outcome
+
+
 def _after_first(blocks: Iterator[np.ndarray], then: Callable[[], None]) -> Iterator[np.ndarray]:
     """The blocks, calling ``then`` once the first one is rendered."""
     for index, block in enumerate(blocks):
@@ -225,7 +287,7 @@ def band_blocks(
     row_start: int,
     row_stop: int,
     backend: str,
-    halt: threading.Event | None = None,
+    halt: Halt | None = None,
 ) -> Iterator[np.ndarray]:
     """``render.render_band`` of rows [row_start, row_stop), rendered a block of rows at a
     time, on demand.
@@ -244,14 +306,11 @@ def band_blocks(
 
 
 def block_rows(scene, row_start: int, row_stop: int) -> Iterator[tuple[int, int]]:
-    """The blocks band_blocks renders: at most RENDER_BLOCK_SAMPLES samples and about
-    RENDER_BLOCK_STEPS of work at the worst, but at least MIN_BLOCK_ROWS rows."""
-    from fractal_app.bands import row_pieces, worst_pixel_cost
+    """The blocks band_blocks renders: at most RENDER_BLOCK_SAMPLES samples, at least one
+    row."""
+    from fractal_app.bands import row_pieces
 
-    width = scene.width_px
-    by_samples = RENDER_BLOCK_SAMPLES // (width * scene.supersample**2)
-    by_work = RENDER_BLOCK_STEPS // (width * worst_pixel_cost(scene))
-    block = max(1, min(by_samples, max(MIN_BLOCK_ROWS, by_work)))
+    block = max(1, RENDER_BLOCK_SAMPLES // (scene.width_px * scene.supersample**2))
     return row_pieces(row_start, row_stop, block)
 
 

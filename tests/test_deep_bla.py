@@ -38,7 +38,8 @@ def test_each_map_is_the_composition_of_the_steps_it_replaces(view_1e300):
             rows = int(offsets[level + 1] - offsets[level])
             for j in rng.integers(0, rows, 3):
                 a, b = gmpy2.mpc(1), gmpy2.mpc(0)
-                for m in range(int(j) << level, (int(j) + 1) << level):
+                first = bla.FIRST + (int(j) << level)
+                for m in range(first, first + (1 << level)):
                     a, b = 2 * z[m] * a, 2 * z[m] * b + 1
                 row = int(offsets[level] + j)
                 f, e = reference.bla_f[row], reference.bla_e[row]
@@ -56,7 +57,10 @@ def test_each_map_is_the_composition_of_the_steps_it_replaces(view_1e300):
         r_here = np.ldexp(np.sqrt(reference.bla_f[here, bla.R2]), reference.bla_e[here, bla.R_EXP])
         r_up = np.ldexp(np.sqrt(reference.bla_f[up, bla.R2]), reference.bla_e[up, bla.R_EXP])
         assert (r_up <= r_here[: 2 * r_up.size : 2]).all()
-    assert (reference.bla_f[offsets[bla.MIN_LEVEL], bla.R2]) == 0.0  # spans Z_0 = 0
+    # Maps start after the step from Z_0 = 0 (dz <- dz^2 + dc, never linear): the first map
+    # a rebased pixel can take starts at m = 1 and has a radius.
+    assert bla.FIRST == 1
+    assert reference.bla_f[offsets[bla.MIN_LEVEL], bla.R2] > 0.0
 
 
 def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):

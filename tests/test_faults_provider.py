@@ -1,6 +1,7 @@
 """A provider under faults, over real gRPC: it stops within 2 s of SIGTERM or Shutdown in the
-middle of a Compute, and nothing outside its work directory is written or read through a
-symlink, nor does a FIFO planted as a resource block it."""
+middle of a Compute (without waiting for the block it is rendering), and nothing outside its
+work directory is written or read through a symlink, nor does a FIFO planted as a resource
+block it."""
 
 import json
 import os
@@ -13,7 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_helpers import RPC_TIMEOUT_S, start_server
 
+from fractal_app import provider
 from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.scene import parse_scene
 
 # A band that renders for far longer than 2 s on any machine: every pixel is inside the set
 # (the middle of the main cardioid), so each costs max_iter iterations; about 3 * 10^10 here.
@@ -49,6 +52,15 @@ def _wait_until_rendering(provider) -> None:
         assert time.monotonic() < deadline, "the provider never started rendering"
         time.sleep(0.02)
     time.sleep(0.5)  # well inside the band's blocks
+
+
+def test_a_block_of_the_big_band_takes_far_longer_than_a_stop_may():
+    # Blocks are sized by samples, not cost: a stop that waited for the block in progress
+    # would take seconds here (4096 x 256 pixels x 2,000 iterations = 2.1 * 10^9 steps a
+    # block, about 1-2 s on two cores), so the test below shows that it does not wait.
+    scene = parse_scene(BIG)
+    first_start, first_stop = next(iter(provider.block_rows(scene, 0, 4096)))
+    assert (first_stop - first_start) * 4096 * BIG["max_iter"] >= 2 * 10**9
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Shutdown"])

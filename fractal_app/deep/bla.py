@@ -10,9 +10,13 @@ reference index ``m`` compose into ``dz <- A dz + B dc``, valid while ``|dz| < R
 
 (Heiland-Allen, "Deep zoom theory and practice (again)", 2022, after Zhuoran's proposal).
 ``dc_max`` bounds ``|dc|`` over the view, so one table serves every pixel of it. The
-table for steps of ``2^l`` holds the maps starting at ``m = j 2^l`` that end at or before
-the reference's last value (where the core rebases); levels below MIN_LEVEL are not kept
-(a one-step map costs what a step costs).
+table for steps of ``2^l`` holds the maps starting at ``m = 1 + j 2^l`` that end at or
+before the reference's last value (where the core rebases); levels below MIN_LEVEL are not
+kept (a one-step map costs what a step costs). Maps start from 1, not 0: the step from
+``Z_0 = 0`` is never linear (``dz <- dz^2 + dc``), and every rebased pixel restarts there,
+so tables aligned to 0 made it climb from 2-step maps to long ones through m = 2, 4, 8, ...
+after each rebase; aligned to 1, the first map after the rebase step is already the longest
+that fits (near a minibrot of period p, about log2(p) times fewer map lookups).
 
 A, B and R span thousands of binary orders at depth (|A| grows like the pixel's
 derivative, up to 2^3300 at 1e-1000), so every value is a float64 mantissa with an integer
@@ -28,6 +32,7 @@ import numba
 import numpy as np
 
 from fractal_app.deep.bits import CPU_HELPERS
+from fractal_app.deep.core import BLA_FIRST as FIRST
 from fractal_app.deep.core import BLA_MIN_LEVEL as MIN_LEVEL
 from fractal_app.deep.core import ZERO_EXP, compile_core
 from fractal_app.kernels.caching import cached
@@ -95,21 +100,23 @@ def _radius(rxm, rxe, rym, rye, bxm, bxe, axm, axe, dcm, dce):
 @numba.njit(nogil=True)
 def _build(mr, mi, e, dcm, dce, b_step, seam, min_level, f_out, e_out, offsets):
     last = mr.shape[0] - 1
-    # Level 0, single steps from m = 0 .. last - 1, in working arrays (never stored).
-    af = np.empty((last, 5))
-    ae = np.empty((last, 3), dtype=np.int64)
-    for m in range(last):
+    # Level 0, single steps from m = FIRST .. last - 1 (row m - FIRST), in working arrays
+    # (never stored).
+    count = last - FIRST
+    af = np.empty((count, 5))
+    ae = np.empty((count, 3), dtype=np.int64)
+    for m in range(FIRST, last):
         ar, ai, aexp = _norm(mr[m], mi[m], e[m] + 1)
         rm, rexp = _abs(mr[m], mi[m], e[m] + EPS_EXP)
-        af[m, A_RE] = ar
-        af[m, A_IM] = ai
-        af[m, B_RE] = 0.5 * b_step
-        af[m, B_IM] = 0.0
-        af[m, R2] = 0.0 if m == seam else rm
-        ae[m, A_EXP] = aexp
-        ae[m, B_EXP] = 1 if b_step != 0.0 else ZERO_EXP
-        ae[m, R_EXP] = ZERO_EXP if m == seam else rexp
-    count = last
+        row = m - FIRST
+        af[row, A_RE] = ar
+        af[row, A_IM] = ai
+        af[row, B_RE] = 0.5 * b_step
+        af[row, B_IM] = 0.0
+        af[row, R2] = 0.0 if m == seam else rm
+        ae[row, A_EXP] = aexp
+        ae[row, B_EXP] = 1 if b_step != 0.0 else ZERO_EXP
+        ae[row, R_EXP] = ZERO_EXP if m == seam else rexp
     level = 0
     while count >= 2:
         half = count // 2
@@ -156,9 +163,8 @@ def _build(mr, mi, e, dcm, dce, b_step, seam, min_level, f_out, e_out, offsets):
 
 def level_offsets(orbit_length: int, min_level: int = MIN_LEVEL) -> np.ndarray:
     """offsets[l] .. offsets[l + 1]: the rows of level l (steps of 2^l) in the tables."""
-    last = orbit_length - 1
     counts = [0]
-    level, count = 0, last
+    level, count = 0, max(orbit_length - 1 - FIRST, 0)
     while count >= 2:
         count //= 2
         level += 1
@@ -179,7 +185,7 @@ def build_tables(
     e_out = np.full((rows, 3), ZERO_EXP, dtype=np.int64)
     dcm, _ = math.frexp(dc_max_mantissa)
     dce = int(dc_max_exp) + math.frexp(dc_max_mantissa)[1]
-    if mr.shape[0] > 2:
+    if mr.shape[0] > FIRST + 2:
         b_step = 1.0 if adds_dc else 0.0
         _build(mr, mi, e, dcm, dce, b_step, seam, MIN_LEVEL, f_out, e_out, offsets)
     return f_out, e_out, offsets

@@ -49,6 +49,9 @@ DOUBLE_TEST_EXP = -480
 ZERO_EXP = -(1 << 28)
 # The shortest BLA map kept (deep/bla.py builds the tables): 2^BLA_MIN_LEVEL steps.
 BLA_MIN_LEVEL = 1
+# The reference index the BLA tables' maps are aligned to: level l's maps start at
+# BLA_FIRST + j 2^l (deep/bla.py says why not 0).
+BLA_FIRST = 1
 
 
 def frexp_exponent(x):
@@ -112,7 +115,8 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
     """The row of the longest bilinear map (deep/bla.py) that may start at reference index
     m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0). Radii shrink as the maps
     grow, so the search stops at the first level whose map does not apply."""
-    if m & ((1 << BLA_MIN_LEVEL) - 1) != 0:
+    k = m - BLA_FIRST
+    if k < 0 or k & ((1 << BLA_MIN_LEVEL) - 1) != 0:
         # no map starts here (half of all steps): skip the radius arithmetic
         return -1, 0
     w2 = wr * wr + wi * wi
@@ -122,8 +126,8 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
     best_level = 0
     level = BLA_MIN_LEVEL
     while level + 1 < bla_off.shape[0]:
-        j = m >> level
-        if (j << level) != m or n + (1 << level) > max_iter:
+        j = k >> level
+        if (j << level) != k or n + (1 << level) > max_iter:
             break
         row = bla_off[level] + j
         if row >= bla_off[level + 1]:
