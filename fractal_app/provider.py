@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fractal_app.durable import partial_path
 from fractal_app.errors import Aborted, FailedPrecondition, InvalidArgument
 from fractal_app.protocol.constants import DOCKER_CPU_ENV_ID
-from fractal_app.durable import partial_path
 from fractal_app.startup import Preload, resume_gc_after_startup
 from fractal_app.taskdir import SCENE_RESOURCE, ProviderTaskDir, check_name
 
@@ -41,9 +41,9 @@ BACKEND_ENV_VAR = "FRACTAL_APP_BACKEND"
 # not wait for the block being rendered (see Provider._compute), so a block may take as long
 # as its pixels need. (When it did wait, blocks were cut to about 2^30 worst-case steps so
 # that a stop took under 2 s, and a band became tens to hundreds of rounds of parallel kernel
-# calls: 1.07x the CPU of one call for the 4K view at 1920x1080, and 1.19-1.29x the bare
-# renderer's time for a 7680x4320 poster at max_iter 20,000 on a loaded machine, where each
-# round waits for its slowest thread.)
+# calls, each waiting for its slowest thread: with another process taking a core, the 4K
+# view's render was 1.299x the bare renderer's time in 64 blocks and 1.246x in 8, for the
+# same CPU; benchmarks/README.md, "Blocks sized by samples".)
 RENDER_BLOCK_SAMPLES = 1 << 20
 _PARAM_KEYS = {"subtask_id", "band_index", "row_start", "row_stop"}
 
