@@ -12,6 +12,7 @@ request waits for them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -251,27 +252,19 @@ def in_daemon_thread(work: Callable[[], None]) -> asyncio.Future:
     Not asyncio.to_thread: the event loop's executor is joined when ``asyncio.run`` ends, so a
     stopped provider would wait for the kernel call in progress before it could exit.
     """
-    loop = asyncio.get_running_loop()
-    outcome = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if outcome.done():
-            return
-        if error is None:
-            outcome.set_result(None)
-        else:
-            outcome.set_exception(error)
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     def run() -> None:
+        done.set_running_or_notify_cancel()  # as an executor does: no cancel from here on
         try:
             work()
         except BaseException as error:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, error)
+            done.set_exception(error)
         else:
-            loop.call_soon_threadsafe(settle, None)
+            done.set_result(None)
 
     threading.Thread(target=run, name="render-band", daemon=True).start()
-    return outcome
+    return asyncio.wrap_future(done)
 
 
 def _after_first(blocks: Iterator[np.ndarray], then: Callable[[], None]) -> Iterator[np.ndarray]:

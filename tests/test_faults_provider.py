@@ -14,8 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_helpers import RPC_TIMEOUT_S, start_server
 
-from fractal_app import provider
 from fractal_app.protocol import golem_task_api_pb2 as pb
+from fractal_app.provider import block_rows
 from fractal_app.scene import parse_scene
 
 # A band that renders for far longer than 2 s on any machine: every pixel is inside the set
@@ -59,7 +59,7 @@ def test_a_block_of_the_big_band_takes_far_longer_than_a_stop_may():
     # would take seconds here (4096 x 256 pixels x 2,000 iterations = 2.1 * 10^9 steps a
     # block, about 1-2 s on two cores), so the test below shows that it does not wait.
     scene = parse_scene(BIG)
-    first_start, first_stop = next(iter(provider.block_rows(scene, 0, 4096)))
+    first_start, first_stop = next(iter(block_rows(scene, 0, 4096)))
     assert (first_stop - first_start) * 4096 * BIG["max_iter"] >= 2 * 10**9
 
 
