@@ -5,9 +5,10 @@ The perturbation core (deep/core.py) rescales its doubles by powers of two every
 iterations; as libm calls, frexp and ldexp cost a function call and a branchy slow path
 each, and they were a large share of a deep pixel's time. These helpers give the very same
 values (tests/test_deep_bits.py checks them against math on zeros, subnormals, infinities
-and huge exponents) with a few integer operations and multiplies and no branch: every
-choice is a ``select``. deep/cpu.py compiles the core with them; the CUDA build keeps the
-GPU's own ldexp/frexp, and the simulator runs math's.
+and huge exponents) with a few integer operations and multiplies: ``exponent`` has no
+branch (every choice is a ``select``), ``scale2`` one, whose general way is taken almost
+never. deep/cpu.py compiles the core with them; the CUDA build keeps the GPU's own
+ldexp/frexp, and the simulator runs math's.
 
 Numba only (they bitcast through LLVM intrinsics): call them from compiled code.
 """
@@ -82,10 +83,14 @@ def scale2(typingctx, x, k):
     """math.ldexp(x, k): x * 2^k, rounded once (to a subnormal, zero or infinity when it
     leaves the normal range), for any integer k.
 
-    k is split into up to three normal powers of two. Going up, the products only grow, so
-    none rounds before the last unless the result overflows anyway. Going down, each early
-    step is 2^-969: if one rounds, what is left of k is below -53 and the result is 0 either
-    way, exactly as musl's scalbn argues. (An intrinsic, as :func:`exponent`.)
+    When 2^k is itself a normal float64 (-1022 <= k <= 1023: almost every call the core
+    makes), one multiply by 2^k is that product, rounded once. Otherwise k is split into up
+    to three normal powers of two. Going up, the products only grow, so none rounds before
+    the last unless the result overflows anyway. Going down, each early step is 2^-969: if
+    one rounds, what is left of k is below -53 and the result is 0 either way, exactly as
+    musl's scalbn argues. The two ways are a branch, not a select: a select waits for the
+    three dependent multiplies of the general way, and the core's next step waits for it
+    (the branch took a fifth off a 1e-300 pixel's time). (An intrinsic, as :func:`exponent`.)
     """
     if x != types.float64 or not isinstance(k, types.Integer):
         return None
@@ -93,23 +98,42 @@ def scale2(typingctx, x, k):
     def codegen(context, builder, signature, args):
         value, power = args
         power = context.cast(builder, power, signature.args[1], types.int64)
-        low = builder.icmp_signed("<", power, _const_int(-_CLAMP_EXP))
-        power = _select_int(builder, low, -_CLAMP_EXP, power)
-        high = builder.icmp_signed(">", power, _const_int(_CLAMP_EXP))
-        power = _select_int(builder, high, _CLAMP_EXP, power)
-        factors = []
-        for _ in range(2):
-            up = builder.icmp_signed(">", power, _const_int(1023))
-            down = builder.icmp_signed("<", power, _const_int(-1022))
-            step = _select_int(builder, up, 1023, _select_int(builder, down, _DOWN_STEP, 0))
-            power = builder.sub(power, step)
-            factors.append(step)
-        factors.append(power)
-        for factor in factors:
-            value = builder.fmul(value, _pow2(builder, factor))
-        return value
+        normal_power = builder.and_(
+            builder.icmp_signed(">=", power, _const_int(-1022)),
+            builder.icmp_signed("<=", power, _const_int(1023)),
+        )
+        with builder.if_else(normal_power, likely=True) as (one_factor, split):
+            with one_factor:
+                direct = builder.fmul(value, _pow2(builder, power))
+                direct_block = builder.basic_block
+            with split:
+                general = _scale_by_factors(builder, value, power)
+                general_block = builder.basic_block
+        result = builder.phi(ir.DoubleType())
+        result.add_incoming(direct, direct_block)
+        result.add_incoming(general, general_block)
+        return result
 
     return types.float64(types.float64, k), codegen
+
+
+def _scale_by_factors(builder, value, power):
+    """value * 2^power for any i64 power, as up to three multiplies by normal powers of two."""
+    low = builder.icmp_signed("<", power, _const_int(-_CLAMP_EXP))
+    power = _select_int(builder, low, -_CLAMP_EXP, power)
+    high = builder.icmp_signed(">", power, _const_int(_CLAMP_EXP))
+    power = _select_int(builder, high, _CLAMP_EXP, power)
+    factors = []
+    for _ in range(2):
+        up = builder.icmp_signed(">", power, _const_int(1023))
+        down = builder.icmp_signed("<", power, _const_int(-1022))
+        step = _select_int(builder, up, 1023, _select_int(builder, down, _DOWN_STEP, 0))
+        power = builder.sub(power, step)
+        factors.append(step)
+    factors.append(power)
+    for factor in factors:
+        value = builder.fmul(value, _pow2(builder, factor))
+    return value
 
 
 # The names deep/core.py calls, as the CPU build compiles them in.

@@ -202,6 +202,8 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
     critical_last = layout[1]
     last = zr_ref.shape[0] - 1
     mag2 = 0.0
+    # (dr, di) is behind S: a map moved S and left dc * 2^-S for the next single step
+    stale = False
     while True:
         Zr = zr_ref[m]
         Zi = zi_ref[m]
@@ -266,8 +268,9 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
                     if S == ZERO_EXP:
                         S = dce
                     s = ldexp(1.0, S)
-                    dr = ldexp(gr, ge - S)
-                    di = ldexp(gi, ge - S)
+                    # dc * 2^-S is for a single step: computed there if one comes, not
+                    # after every map (maps outnumber steps at depth)
+                    stale = True
                     m += 1 << level
                     n += 1 << level
                     continue
@@ -281,6 +284,7 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
             s = ldexp(1.0, S)
             dr = ldexp(gr, ge - S)
             di = ldexp(gi, ge - S)
+            stale = False
             ze = int(e_ref[0])
             careful = S < TINY_EXP
         if careful:
@@ -300,7 +304,12 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
             s = ldexp(1.0, S)
             dr = ldexp(gr, ge - S)
             di = ldexp(gi, ge - S)
+            stale = False
         else:
+            if stale:
+                dr = ldexp(gr, ge - S)
+                di = ldexp(gi, ge - S)
+                stale = False
             tr = madd(Zr, wr, -(Zi * wi))
             ti = madd(Zr, wi, Zi * wr)
             qr = madd(wr, wr, -(wi * wi))
