@@ -5,6 +5,8 @@ direct MPFR iteration)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import gmpy2
 import numpy as np
 import pytest
@@ -90,3 +92,56 @@ def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):
         assert count > 400 and sum(skips) > 0.9 * count, (count, sum(skips))
         # loop passes: a map or a step each
         assert len(skips) + (count - sum(skips)) < count / 10
+
+
+def _longest_map(reference, m, n, max_iter, wr, wi, S):
+    """The search's definition, counted up from the shortest map in exact arithmetic: the
+    longest map from m whose every shorter map from m exists and has |dz| < R."""
+    offsets = reference.bla_off
+    k = m - bla.FIRST
+    best = (-1, 0)
+    if k < 0 or k % (1 << bla.MIN_LEVEL):
+        return best
+    w2 = Fraction(wr * wr + wi * wi)  # as the core rounds it
+    for level in range(bla.MIN_LEVEL, len(offsets) - 1):
+        j = k >> level
+        row = int(offsets[level] + j)
+        if (j << level) != k or n + (1 << level) > max_iter or row >= offsets[level + 1]:
+            break
+        r2 = Fraction(float(reference.bla_f[row, bla.R2]))
+        if r2 == 0 or not w2 < r2 * Fraction(2) ** (2 * (int(reference.bla_e[row, bla.R_EXP]) - S)):
+            break
+        best = (row, level)
+    return best
+
+
+def test_the_map_search_finds_the_longest_map_from_any_hint(view_1e300):
+    """The core starts its search at the level of the pixel's last map (a hint): from any
+    start, dz and hint it must find the map that counting up from the shortest finds."""
+    scene, geo, reference = view_1e300
+    core = compile_core(lambda f: f)
+    offsets = reference.bla_off
+    levels = len(offsets) - 1
+    rng = np.random.default_rng(11)
+    found = 0
+    for _ in range(1500):
+        level = int(rng.integers(bla.MIN_LEVEL, levels))
+        rows = int(offsets[level + 1] - offsets[level])
+        if rows == 0:
+            continue
+        row = int(offsets[level] + rng.integers(0, rows))
+        if reference.bla_f[row, bla.R2] == 0.0:
+            continue  # no radius (the exponent stands for zero)
+        m = bla.FIRST + (int(row - offsets[level]) << level) + int(rng.choice([0, 0, 0, 1]))
+        # |dz| around that map's radius, so searches end at every level
+        S = int(reference.bla_e[row, bla.R_EXP]) + int(rng.integers(-3, 3))
+        wr, wi = rng.uniform(-1.0, 1.0, 2)
+        n = int(rng.integers(0, scene.max_iter))
+        want = _longest_map(reference, m, n, scene.max_iter, wr, wi, S)
+        for hint in (0, level - 1, level, level + 1, levels + 2):
+            got = core.bla_level(reference.bla_f, reference.bla_e, offsets, m, n,
+                                 scene.max_iter, wr, wi, S, hint)
+            assert (int(got[0]), int(got[1])) == want, (m, n, S, hint)
+        found += want[0] >= 0
+    # the draws reached maps of many lengths, and misses
+    assert 300 < found < 1400

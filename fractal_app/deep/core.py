@@ -111,40 +111,63 @@ def fe_less(ar, ai, ae, br, bi, be):
     return a2 < ldexp(b2, 2 * (be - ae))
 
 
-def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S):
+def bla_map_exists(bla_off, k, level, n, max_iter):
+    """Whether the tables hold a map of 2^level steps from reference index BLA_FIRST + k that
+    ends within the reference and within max_iter of a pixel n iterations in."""
+    j = k >> level
+    return (j << level) == k and n + (1 << level) <= max_iter and (
+        bla_off[level] + j < bla_off[level + 1])
+
+
+def bla_map_applies(bla_f, bla_e, row, w2, lw, S):
+    """|dz| < R for the map in ``row``: dz = w * 2^S, w2 = |w|^2, 2^(lw - 1) <= w2 < 2^lw."""
+    r2 = bla_f[row, 4]
+    if r2 == 0.0:
+        return False
+    # |dz| < R  <=>  w2 < r2 * 2^d2, with r2 (R's mantissa squared) in [0.25, 1):
+    # exponents alone decide most tests
+    d2 = 2 * (int(bla_e[row, 2]) - S)
+    if lw - 1 >= d2:
+        return False
+    return lw <= d2 - 2 or w2 < ldexp(r2, d2)
+
+
+def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S, hint):
     """The row of the longest bilinear map (deep/bla.py) that may start at reference index
-    m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0). Radii shrink as the maps
-    grow, so the search stops at the first level whose map does not apply."""
+    m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0).
+
+    From one start, a longer map exists only where the shorter ones do, and its radius is no
+    larger (deep/bla.py composes it so), so the levels that apply are MIN_LEVEL .. some L.
+    The search looks for L from ``hint`` + 1, hint being the level of the pixel's last map:
+    along the orbit a pixel takes maps of about the same length one after the other, so
+    this finds L in one or two tests where counting up from MIN_LEVEL took L (and a
+    mispredicted exit from a loop of varying length). Any hint gives the same L."""
     k = m - BLA_FIRST
     if k < 0 or k & ((1 << BLA_MIN_LEVEL) - 1) != 0:
         # no map starts here (half of all steps): skip the radius arithmetic
         return -1, 0
+    levels = bla_off.shape[0] - 1
+    if levels <= BLA_MIN_LEVEL:
+        # no tables (stepping every iteration)
+        return -1, 0
     w2 = wr * wr + wi * wi
-    # 2^(lw - 1) <= w2 < 2^lw: exponents alone decide most radius tests (no libm call).
     lw = frexp_exponent(w2)
-    best = -1
-    best_level = 0
-    level = BLA_MIN_LEVEL
-    while level + 1 < bla_off.shape[0]:
-        j = k >> level
-        if (j << level) != k or n + (1 << level) > max_iter:
+    level = max(BLA_MIN_LEVEL, min(hint + 1, levels - 1))
+    # down to a level that applies ...
+    while level >= BLA_MIN_LEVEL:
+        if bla_map_exists(bla_off, k, level, n, max_iter) and bla_map_applies(
+                bla_f, bla_e, bla_off[level] + (k >> level), w2, lw, S):
             break
-        row = bla_off[level] + j
-        if row >= bla_off[level + 1]:
+        level -= 1
+    if level < BLA_MIN_LEVEL:
+        return -1, 0
+    # ... then up while the next one applies too
+    while level + 1 < levels and bla_map_exists(bla_off, k, level + 1, n, max_iter):
+        if not bla_map_applies(bla_f, bla_e, bla_off[level + 1] + (k >> (level + 1)), w2,
+                               lw, S):
             break
-        r2 = bla_f[row, 4]
-        if r2 == 0.0:
-            break
-        # |dz| < R  <=>  w2 < r2 * 2^d2, with r2 (R's mantissa squared) in [0.25, 1)
-        d2 = 2 * (int(bla_e[row, 2]) - S)
-        if lw - 1 >= d2:
-            break
-        if lw > d2 - 2 and not w2 < ldexp(r2, d2):
-            break
-        best = row
-        best_level = level
         level += 1
-    return best, best_level
+    return bla_off[level] + (k >> level), level
 
 
 def start(dcr, dci, dce, layout):
@@ -204,6 +227,8 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
     mag2 = 0.0
     # (dr, di) is behind S: a map moved S and left dc * 2^-S for the next single step
     stale = False
+    # the level of the pixel's last map: where the next map search starts
+    last_level = 0
     while True:
         Zr = zr_ref[m]
         Zi = zi_ref[m]
@@ -237,7 +262,8 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
             elif m > 0:
                 # While |dz| << |Z| neither the escape nor the rebase test can fire: skip
                 # along a bilinear map (dz <- A dz + B dc) as far as one applies.
-                row, level = bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S)
+                row, level = bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S,
+                                        last_level)
                 if row >= 0:
                     ar = bla_f[row, 0]
                     ai = bla_f[row, 1]
@@ -271,6 +297,7 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
                     # dc * 2^-S is for a single step: computed there if one comes, not
                     # after every map (maps outnumber steps at depth)
                     stale = True
+                    last_level = level
                     m += 1 << level
                     n += 1 << level
                     continue
@@ -349,8 +376,8 @@ def compile_core(jit, fused_madd=None, helpers=None):
     if fused_madd is not None:
         replace["madd"] = fused_madd
     return compiled_namespace(
-        (frexp_exponent, ldexp, madd, fe_normalize, fe_add, fe_less, bla_level, start,
-         advance, perturbed),
+        (frexp_exponent, ldexp, madd, fe_normalize, fe_add, fe_less, bla_map_exists,
+         bla_map_applies, bla_level, start, advance, perturbed),
         jit,
         replace=replace,
     )
