@@ -49,8 +49,8 @@ DOUBLE_TEST_EXP = -480
 ZERO_EXP = -(1 << 28)
 # The shortest BLA map kept (deep/bla.py builds the tables): 2^BLA_MIN_LEVEL steps.
 BLA_MIN_LEVEL = 1
-# The reference index the BLA tables' maps are aligned to: level l's maps start at
-# BLA_FIRST + j 2^l (deep/bla.py says why not 0).
+# Where the BLA tables' first segment starts: its level l's maps start at BLA_FIRST + j 2^l
+# (deep/bla.py says why not 0, and where the other segments start).
 BLA_FIRST = 1
 
 
@@ -111,12 +111,12 @@ def fe_less(ar, ai, ae, br, bi, be):
     return a2 < ldexp(b2, 2 * (be - ae))
 
 
-def bla_map_exists(bla_off, k, level, n, max_iter):
-    """Whether the tables hold a map of 2^level steps from reference index BLA_FIRST + k that
-    ends within the reference and within max_iter of a pixel n iterations in."""
+def bla_map_exists(bla_off, seg, k, level, n, max_iter):
+    """Whether segment seg of the tables holds a map of 2^level steps from k steps past its
+    start that ends within the segment and within max_iter of a pixel n iterations in."""
     j = k >> level
     return (j << level) == k and n + (1 << level) <= max_iter and (
-        bla_off[level] + j < bla_off[level + 1])
+        bla_off[seg, 1 + level] + j < bla_off[seg, 2 + level])
 
 
 def bla_map_applies(bla_f, bla_e, row, w2, lw, S):
@@ -132,9 +132,17 @@ def bla_map_applies(bla_f, bla_e, row, w2, lw, S):
     return lw <= d2 - 2 or w2 < ldexp(r2, d2)
 
 
-def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S, hint):
+def bla_segment(bla_off, seg, m):
+    """The segment of the tables (deep/bla.py) whose maps start at reference index m, given
+    one at or before it (a pixel only moves forward between rebases)."""
+    while seg + 1 < bla_off.shape[0] and bla_off[seg + 1, 0] <= m:
+        seg += 1
+    return seg
+
+
+def bla_level(bla_f, bla_e, bla_off, seg, m, n, max_iter, wr, wi, S, hint):
     """The row of the longest bilinear map (deep/bla.py) that may start at reference index
-    m with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0).
+    m, in segment seg, with dz = (wr, wi) * 2^S, as (row, level), or (-1, 0).
 
     From one start, a longer map exists only where the shorter ones do, and its radius is no
     larger (deep/bla.py composes it so), so the levels that apply are MIN_LEVEL .. some L.
@@ -142,32 +150,34 @@ def bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S, hint):
     along the orbit a pixel takes maps of about the same length one after the other, so
     this finds L in one or two tests where counting up from MIN_LEVEL took L (and a
     mispredicted exit from a loop of varying length). Any hint gives the same L."""
-    k = m - BLA_FIRST
+    if seg >= bla_off.shape[0]:
+        # no tables (stepping every iteration)
+        return -1, 0
+    k = m - bla_off[seg, 0]
     if k < 0 or k & ((1 << BLA_MIN_LEVEL) - 1) != 0:
         # no map starts here (half of all steps): skip the radius arithmetic
         return -1, 0
-    levels = bla_off.shape[0] - 1
+    levels = bla_off.shape[1] - 2
     if levels <= BLA_MIN_LEVEL:
-        # no tables (stepping every iteration)
         return -1, 0
     w2 = wr * wr + wi * wi
     lw = frexp_exponent(w2)
     level = max(BLA_MIN_LEVEL, min(hint + 1, levels - 1))
     # down to a level that applies ...
     while level >= BLA_MIN_LEVEL:
-        if bla_map_exists(bla_off, k, level, n, max_iter) and bla_map_applies(
-                bla_f, bla_e, bla_off[level] + (k >> level), w2, lw, S):
+        if bla_map_exists(bla_off, seg, k, level, n, max_iter) and bla_map_applies(
+                bla_f, bla_e, bla_off[seg, 1 + level] + (k >> level), w2, lw, S):
             break
         level -= 1
     if level < BLA_MIN_LEVEL:
         return -1, 0
     # ... then up while the next one applies too
-    while level + 1 < levels and bla_map_exists(bla_off, k, level + 1, n, max_iter):
-        if not bla_map_applies(bla_f, bla_e, bla_off[level + 1] + (k >> (level + 1)), w2,
-                               lw, S):
+    while level + 1 < levels and bla_map_exists(bla_off, seg, k, level + 1, n, max_iter):
+        if not bla_map_applies(bla_f, bla_e, bla_off[seg, 2 + level] + (k >> (level + 1)),
+                               w2, lw, S):
             break
         level += 1
-    return bla_off[level] + (k >> level), level
+    return bla_off[seg, 1 + level] + (k >> level), level
 
 
 def start(dcr, dci, dce, layout):
@@ -229,6 +239,8 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
     stale = False
     # the level of the pixel's last map: where the next map search starts
     last_level = 0
+    # the tables' segment of the last map search (deep/bla.py)
+    seg = 0
     while True:
         Zr = zr_ref[m]
         Zi = zi_ref[m]
@@ -262,8 +274,9 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
             elif m > 0:
                 # While |dz| << |Z| neither the escape nor the rebase test can fire: skip
                 # along a bilinear map (dz <- A dz + B dc) as far as one applies.
-                row, level = bla_level(bla_f, bla_e, bla_off, m, n, max_iter, wr, wi, S,
-                                        last_level)
+                seg = bla_segment(bla_off, seg, m)
+                row, level = bla_level(bla_f, bla_e, bla_off, seg, m, n, max_iter, wr, wi,
+                                       S, last_level)
                 if row >= 0:
                     ar = bla_f[row, 0]
                     ai = bla_f[row, 1]
@@ -306,6 +319,7 @@ def advance(m, n, wr, wi, S, s, dr, di, gr, gi, ge, dce, zr_ref, zi_ref, mr_ref,
             if S == ZERO_EXP:
                 S = dce
             m = 0
+            seg = 0
             Zr = zr_ref[0]
             Zi = zi_ref[0]
             s = ldexp(1.0, S)
@@ -377,7 +391,7 @@ def compile_core(jit, fused_madd=None, helpers=None):
         replace["madd"] = fused_madd
     return compiled_namespace(
         (frexp_exponent, ldexp, madd, fe_normalize, fe_add, fe_less, bla_map_exists,
-         bla_map_applies, bla_level, start, advance, perturbed),
+         bla_map_applies, bla_segment, bla_level, start, advance, perturbed),
         jit,
         replace=replace,
     )

@@ -70,7 +70,8 @@ def _deep_kernels():
     f8, i8 = np.zeros(0), np.zeros(0, np.int64)
     # the reference orbit and its BLA table, as deep.render hands them to the kernels:
     # zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout
-    orbit = (f8, f8, f8, f8, i8, np.zeros((0, 0)), np.zeros((0, 0), np.int64), i8, i8)
+    orbit = (f8, f8, f8, f8, i8, np.zeros((0, 0)), np.zeros((0, 0), np.int64),
+             np.zeros((0, 0), np.int64), i8)
     yield Kernel("deep-grid-float64", deep_cuda.grid_kernel, _types_of(
         f8, f8, 0, *orbit, 0, np.zeros((0, 0), np.uint32), np.zeros((0, 0))))
     yield Kernel("deep-points-float64", deep_cuda.points_kernel, _types_of(
