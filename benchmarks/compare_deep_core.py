@@ -8,6 +8,11 @@ next to minibrots near c = i), image width and height, timed rounds. Each round 
 cores on the same view, one thread each, alternately (so a machine's changing load falls on
 both); the figure is the best round's effective G iterations/s and the ratio. The counts
 and |z|^2 must be equal bit for bit, and the run says so.
+
+Both cores run on this checkout's reference and BLA tables, and are compiled with this
+checkout's deep/bits.py: the other core must take the same table layout (the segmented
+tables of deep/bla.py since 3 Dec 2026: an older core cannot read them), and a change to
+bits.py is not measured here (compare bench_deepzoom.py runs of the two checkouts).
 """
 
 import importlib.util
