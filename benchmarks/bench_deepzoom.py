@@ -98,9 +98,7 @@ def test_deep_zoom(warmed_benchmark, summary, exponent):
 def _stepping_rate(scene) -> float:
     """G it/s of the deep kernel on the same view with empty BLA tables (best of 2)."""
     geo, reference = reference_for(scene)
-    arrays = reference.arrays()
-    no_maps = (*arrays[:5], arrays[5][:0], arrays[6][:0], np.zeros((0, 3), dtype=np.int64),
-               arrays[8])
+    no_maps = reference.stepping_arrays()
     cols = _offsets(scene, np.arange(scene.width_px), "re", geo.pixel_mantissa).ravel()
     rows = _offsets(scene, np.arange(scene.height_px), "im", geo.pixel_mantissa).ravel()
     counts = np.empty((rows.size, cols.size), dtype=np.uint32)

@@ -36,6 +36,12 @@ class Reference:
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (*self.orbit.arrays(), self.bla_f, self.bla_e, self.bla_off, self.layout)
 
+    def stepping_arrays(self) -> tuple[np.ndarray, ...]:
+        """The same, with no bilinear maps (no segments): the kernels step every iteration,
+        what the maps are measured and checked against."""
+        return (*self.orbit.arrays(), self.bla_f[:0], self.bla_e[:0], self.bla_off[:0],
+                self.layout)
+
 
 def dc_bound(pixel_mantissa: float, width_px: int, height_px: int) -> float:
     """A bound on |dc| / 2^pixel_exp over a view's samples: supersamples lie within half a
