@@ -13,7 +13,7 @@ import pytest
 from test_deep import deep_scene
 
 from fractal_app.deep import bla
-from fractal_app.deep.core import ZERO_EXP, compile_core
+from fractal_app.deep.core import TAIL_AFTER, ZERO_EXP, compile_core
 from fractal_app.deep.render import _offsets, reference_for
 
 
@@ -187,3 +187,45 @@ def test_the_map_search_finds_the_longest_map_from_any_hint(view_1e300):
         found += want[0] >= 0
     # the draws reached maps of many lengths, and misses
     assert 300 < found < 1400
+
+
+def test_the_core_stops_searching_for_maps_in_a_pixels_tail():
+    """Past its last map a pixel takes tens of single steps before it escapes: after
+    TAIL_AFTER searches in a row that found nothing the core stops looking (until a rebase
+    or TAIL_SPAN steps later), with the counts of stepping every iteration."""
+    scene = deep_scene(40, 53, (12, 9), 4_000)
+    geo, reference = reference_for(scene)
+    core = compile_core(lambda f: f)  # the scalar source, run as Python: calls observable
+    search = core.perturbed.__globals__["bla_level"]
+    searches = []
+
+    def observed(*args):
+        row, level = search(*args)
+        searches.append((args[4], args[5], row >= 0, 1 << level))  # (m, n, found, length)
+        return row, level
+
+    core.perturbed.__globals__["bla_level"] = observed
+    no_maps = reference.stepping_arrays()
+    cols = _offsets(scene, np.arange(0, 12, 3), "re", geo.pixel_mantissa).ravel()
+    rows = _offsets(scene, np.arange(0, 9, 2), "im", geo.pixel_mantissa).ravel()
+    tail_steps = tail_searches = 0
+    for dci in rows:
+        for dcr in cols:
+            searches.clear()
+            count, _ = core.perturbed(dcr, dci, geo.pixel_exp, *reference.arrays(),
+                                      scene.max_iter)
+            stepped, _ = core.perturbed(dcr, dci, geo.pixel_exp, *no_maps, scene.max_iter)
+            assert count == stepped
+            end_of_maps = max((n + length for _, n, found, length in searches if found),
+                              default=0)
+            tail = [(m, n) for m, n, _, _ in searches if n >= end_of_maps]
+            tail_steps += count - end_of_maps
+            tail_searches += len(tail)
+            # runs of searches one step apart (a rebase starts a new one at m = 1)
+            run = 1
+            for (m0, n0), (m1, n1) in zip(tail, tail[1:], strict=False):
+                run = run + 1 if (m1, n1) == (m0 + 1, n0 + 1) else 1
+                assert run <= TAIL_AFTER, (tail, count)
+    # searching at every step where a map may start would be half the tail's steps or more
+    assert tail_steps > 50 * len(rows) * len(cols)
+    assert tail_searches < tail_steps / 5
