@@ -300,6 +300,11 @@ def _kernels_of(scene) -> list[tuple[str, object, tuple | None]]:
     from fractal_app import render
     from fractal_app.kernels import cpu
 
+    colour = [("colour", cpu.colour_pixels, None)] if scene.output_format.coloured else []
+    if scene.deep:
+        from fractal_app.deep import cpu as deep_cpu
+
+        return [("deep", deep_cpu.kernel, None), *colour]
     params = render.escape_params(scene)
     group = "lanes_f32" if scene.precision == "float32" else "lanes_f64"
     iterate = [(group, kernel, signature)
@@ -307,5 +312,4 @@ def _kernels_of(scene) -> list[tuple[str, object, tuple | None]]:
     if not iterate:
         iterate = [("scalar", cpu.iterate_grid_scalar, None),
                    ("scalar", cpu.iterate_points_scalar, None)]
-    colour = [("colour", cpu.colour_pixels, None)] if scene.output_format.coloured else []
     return iterate + colour

@@ -136,6 +136,23 @@ def test_a_cold_render_is_announced_with_an_estimate(tmp_path):
     assert warmup.compile_estimate_seconds('{"fractal": "nope"}') == 0  # render says why
 
 
+def test_a_cold_deep_render_counts_the_deep_kernel(tmp_path):
+    """A deep view renders through deep/cpu.py's kernel, not the lane kernels: its estimate
+    is that kernel's (and the colouring's) while neither is cached."""
+    from fractal_app import config
+
+    scene = json.dumps({"fractal": "mandelbrot", "resolution": [8, 4], "max_iter": 8,
+                        "center": ["-1.7497591451303665", "0"], "width": "1e-20"})
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from fractal_app import warmup; "
+         "print(warmup.compile_estimate_seconds(sys.argv[1]))", scene],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = config.COMPILE_SECONDS["deep"] + config.COMPILE_SECONDS["colour"]
+    assert float(done.stdout) == pytest.approx(expected)
+
+
 def test_the_cli_says_a_cold_render_compiles_first(tmp_path, monkeypatch, capsys):
     from fractal_app import cli, warmup
 

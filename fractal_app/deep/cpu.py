@@ -1,5 +1,5 @@
-"""The perturbation core compiled for the CPU: a grid kernel (bands) and a points kernel
-(verification's samples), both parallel over Numba's threads and releasing the GIL.
+"""The perturbation core compiled for the CPU: one kernel for grids (bands) and lists of
+points (verification's samples), parallel over Numba's threads and releasing the GIL.
 
 Pure: the reference orbit's arrays and the pixels' offsets in, counts and |z|^2 out.
 """
@@ -18,68 +18,44 @@ core = compile_core(numba.njit(inline="always"), helpers=CPU_HELPERS)
 _perturbed = core.perturbed
 
 
+# One kernel for grids and lists of points: the core is most of a kernel's cold compile
+# (inlined into a parallel loop, it is compiled twice, for the kernel and for its gufunc),
+# and two kernels compiled it four times.
 @cached
 @numba.njit(parallel=True, nogil=True)
-def _grid(
-    dc_cols, dc_rows, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
+def kernel(
+    xs, ys, grid, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
 ):
-    for r in prange(dc_rows.shape[0]):
-        for k in range(dc_cols.shape[0]):
+    """A grid (``grid``: sample (r, k) at (xs[k], ys[r]), counts and mag2 flat, row after
+    row; a row a parallel task) or a list of points (point k at (xs[k], ys[k]); a point a
+    task)."""
+    # g: 1 for a grid, 0 for points, in integer arithmetic (a conditional expression inside
+    # the parallel loop mistyped its index variables)
+    g = 1 if grid else 0
+    width = xs.shape[0]
+    tasks = ys.shape[0] * g + width * (1 - g)
+    per_task = width * g + (1 - g)
+    for task in prange(tasks):
+        for sample in range(per_task):
+            column = sample * g + task * (1 - g)
             n, m2 = _perturbed(
-                dc_cols[k],
-                dc_rows[r],
-                dce,
-                zr,
-                zi,
-                mr,
-                mi,
-                e,
-                bla_f,
-                bla_e,
-                bla_off,
-                layout,
-                max_iter,
+                xs[column], ys[task], dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout,
+                max_iter
             )
-            counts[r, k] = n
-            mag2[r, k] = m2
-
-
-@cached
-@numba.njit(parallel=True, nogil=True)
-def _points(
-    dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
-):
-    for k in prange(dcr.shape[0]):
-        n, m2 = _perturbed(
-            dcr[k], dci[k], dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter
-        )
-        counts[k] = n
-        mag2[k] = m2
+            counts[task * per_task + sample] = n
+            mag2[task * per_task + sample] = m2
 
 
 def perturb_grid(
     dc_cols, dc_rows, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
 ):
     """Sample (r, k) is c = C + (dc_cols[k] + i dc_rows[r]) * 2^dce."""
+    if not (counts.flags.c_contiguous and mag2.flags.c_contiguous):
+        raise ValueError("counts and mag2 must be C-contiguous: the kernel fills them flat")
     # Rows differ wildly in cost at depth: threads take them one at a time.
     with threads.chunks_of(1):
-        _grid(
-            dc_cols,
-            dc_rows,
-            dce,
-            zr,
-            zi,
-            mr,
-            mi,
-            e,
-            bla_f,
-            bla_e,
-            bla_off,
-            layout,
-            max_iter,
-            counts,
-            mag2,
-        )
+        kernel(dc_cols, dc_rows, True, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout,
+               max_iter, counts.reshape(-1), mag2.reshape(-1))
 
 
 def perturb_points(
@@ -87,6 +63,5 @@ def perturb_points(
 ):
     """Sample k is c = C + (dcr[k] + i dci[k]) * 2^dce."""
     with threads.chunks_of(1):
-        _points(
-            dcr, dci, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout, max_iter, counts, mag2
-        )
+        kernel(dcr, dci, False, dce, zr, zi, mr, mi, e, bla_f, bla_e, bla_off, layout,
+               max_iter, counts, mag2)
