@@ -74,9 +74,10 @@ async def serve(
     backend: str | None = None,
 ) -> None:
     """Serve ``role`` on ``host:port`` until Shutdown, SIGTERM, or (provider) its one request."""
-    from fractal_app.server import create_server, run_until_stopped
+    from fractal_app.server import create_server, run_until_stopped, stop_on_signals
 
     stop = asyncio.Event()
+    handled = stop_on_signals(stop)
     if role == "requestor":
         from fractal_app.servicers import RequestorService
 
@@ -90,7 +91,7 @@ async def serve(
         if port_file is not None:
             write_port_file(port_file, bound_port)
         service.serving()
-        await run_until_stopped(server, stop)
+        await run_until_stopped(server, stop, handled=handled)
     finally:
         service.close()
 

@@ -240,12 +240,11 @@ async def create_server(
     return AppServer(server, public, health_servicer), bound_port
 
 
-async def run_until_stopped(server: AppServer, stop: asyncio.Event, grace: float = 1.0) -> None:
-    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then stop gracefully.
-
-    In-flight rpcs (such as the ``Shutdown`` that set ``stop``) get ``grace`` seconds to
-    finish. Returns early too if the server terminates on its own.
-    """
+def stop_on_signals(stop: asyncio.Event) -> list[signal.Signals]:
+    """Set ``stop`` on SIGTERM or SIGINT from now on (the signals handled, for
+    :func:`run_until_stopped` to release). Called before a service says it serves: a node
+    may stop it the moment its port is known, and a signal with no handler yet killed it
+    instead of stopping it gracefully."""
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
 
@@ -260,6 +259,24 @@ async def run_until_stopped(server: AppServer, stop: asyncio.Event, grace: float
         except (NotImplementedError, RuntimeError, ValueError):
             # Not the main thread (tests, embedding): the caller owns signals there.
             logger.debug("cannot handle %s in this thread; relying on the stop event", signum)
+    return handled
+
+
+async def run_until_stopped(
+    server: AppServer,
+    stop: asyncio.Event,
+    grace: float = 1.0,
+    handled: list[signal.Signals] | None = None,
+) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then stop gracefully.
+
+    In-flight rpcs (such as the ``Shutdown`` that set ``stop``) get ``grace`` seconds to
+    finish. Returns early too if the server terminates on its own. ``handled``: the signals
+    :func:`stop_on_signals` took already (else it takes them here).
+    """
+    loop = asyncio.get_running_loop()
+    if handled is None:
+        handled = stop_on_signals(stop)
 
     stop_waiter = asyncio.ensure_future(stop.wait())
     termination = asyncio.ensure_future(server.wait_for_termination())

@@ -454,3 +454,31 @@ def test_what_the_provider_imports_at_start_stays_light(module) -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, f"{module} imports {completed.stdout.strip()}"
+
+
+_TERM_AS_SOON_AS_SERVING = """
+import asyncio, os, signal, sys
+from pathlib import Path
+import fractal_app.__main__ as entrypoint
+announce = entrypoint.write_port_file
+def announce_then_terminate(path, port):
+    announce(path, port)
+    os.kill(os.getpid(), signal.SIGTERM)  # a node's SIGTERM the moment the port is known
+entrypoint.write_port_file = announce_then_terminate
+asyncio.run(entrypoint.serve("requestor", 0, Path(sys.argv[1]), Path(sys.argv[2]),
+                             host="127.0.0.1"))
+"""
+
+
+def test_a_sigterm_as_soon_as_the_port_is_written_stops_the_service_gracefully(tmp_path):
+    """The handlers are in place before the service says it serves: stopped (exit 0, its
+    log says so), not killed by the signal."""
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _TERM_AS_SOON_AS_SERVING, str(work), str(tmp_path / "port")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert (tmp_path / "port").read_text().strip().isdigit()
