@@ -55,8 +55,8 @@ BLA_FIRST = 1
 # A pixel's tail: after TAIL_AFTER single steps in a row where no map applied, with |dz|^2
 # >= TAIL_MIN_D2 (dz no longer tiny), up to TAIL_SPAN single steps with no map search, or
 # until a rebase. Past its last map a pixel takes tens of single steps to escape, and each
-# search there failed after testing every level down from the last map's (about half a
-# 1e-40 pixel's time); a pixel that took its tail too early loses at most TAIL_SPAN steps.
+# search there failed after testing every level down from the last map's; a pixel that took
+# its tail too early loses at most TAIL_SPAN steps to single steps where maps applied.
 TAIL_AFTER = 4
 TAIL_SPAN = 128
 TAIL_MIN_D2 = 2.0**-700
