@@ -103,26 +103,33 @@ def test_segments_start_one_past_each_close_pass_of_the_reference(view_1e300):
             reference.bla_off, seg, bla.MIN_LEVEL)[0]
 
 
-def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):
-    scene, geo, reference = view_1e300
+def _core_recording_searches(searches: list):
+    """The scalar core run as Python, each map search appended to ``searches`` as (m, n,
+    found, length of the map found)."""
     core = compile_core(lambda f: f)  # the scalar source, run as Python: calls observable
     search = core.perturbed.__globals__["bla_level"]
-    skipped = []
 
     def observed(*args):
         row, level = search(*args)
-        skipped.append((1 << level) if row >= 0 else 0)
+        searches.append((args[4], args[5], row >= 0, 1 << level))
         return row, level
 
     core.perturbed.__globals__["bla_level"] = observed
+    return core
+
+
+def test_the_core_skips_most_iterations_and_counts_as_stepping_does(view_1e300):
+    scene, geo, reference = view_1e300
+    searches = []
+    core = _core_recording_searches(searches)
     arrays = reference.arrays()
     no_maps = reference.stepping_arrays()
     cols = _offsets(scene, np.array([2, 5]), "re", geo.pixel_mantissa).ravel()
     rows = _offsets(scene, np.array([1, 4]), "im", geo.pixel_mantissa).ravel()
     for dcr, dci in zip(cols, rows, strict=True):
-        skipped.clear()
+        searches.clear()
         count, _ = core.perturbed(dcr, dci, geo.pixel_exp, *arrays, scene.max_iter)
-        skips = list(skipped)
+        skips = [length if found else 0 for _, _, found, length in searches]
         stepped, _ = core.perturbed(dcr, dci, geo.pixel_exp, *no_maps,
                                                scene.max_iter)
         assert count == stepped
@@ -195,16 +202,8 @@ def test_the_core_stops_searching_for_maps_in_a_pixels_tail():
     or TAIL_SPAN steps later), with the counts of stepping every iteration."""
     scene = deep_scene(40, 53, (12, 9), 4_000)
     geo, reference = reference_for(scene)
-    core = compile_core(lambda f: f)  # the scalar source, run as Python: calls observable
-    search = core.perturbed.__globals__["bla_level"]
     searches = []
-
-    def observed(*args):
-        row, level = search(*args)
-        searches.append((args[4], args[5], row >= 0, 1 << level))  # (m, n, found, length)
-        return row, level
-
-    core.perturbed.__globals__["bla_level"] = observed
+    core = _core_recording_searches(searches)
     no_maps = reference.stepping_arrays()
     cols = _offsets(scene, np.arange(0, 12, 3), "re", geo.pixel_mantissa).ravel()
     rows = _offsets(scene, np.arange(0, 9, 2), "im", geo.pixel_mantissa).ravel()

@@ -105,6 +105,20 @@ def test_every_cached_cpu_kernel_uses_the_source_key():
         assert expected in cached, (expected, sorted(cached))
 
 
+# What a fresh process estimates for the scene JSON in its argv.
+_ESTIMATE = ("import sys; from fractal_app import warmup; "
+             "print(warmup.compile_estimate_seconds(sys.argv[1]))")
+
+
+def _in_fresh_process(code: str, scene: str, cache_dir) -> str:
+    """The output of ``python -c CODE SCENE`` with Numba's cache in ``cache_dir``."""
+    done = subprocess.run([sys.executable, "-c", code, scene],
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def test_a_cold_render_is_announced_with_an_estimate(tmp_path):
     """With nothing cached the estimate is the kernels' compile time; once a render has
     cached them it is 0 (the CLI then says nothing). Each step is a fresh process on its own
@@ -114,23 +128,14 @@ def test_a_cold_render_is_announced_with_an_estimate(tmp_path):
     from fractal_app import config
 
     scene = json.dumps({"fractal": "mandelbrot", "resolution": [8, 4], "max_iter": 8})
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-
-    def fresh(code: str) -> str:
-        done = subprocess.run([sys.executable, "-c", code, scene], env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
-
-    estimate = ("import sys; from fractal_app import warmup; "
-                "print(warmup.compile_estimate_seconds(sys.argv[1]))")
     expected = 2 * config.COMPILE_SECONDS["lanes_f64"] + config.COMPILE_SECONDS["colour"]
-    assert float(fresh(estimate)) == pytest.approx(expected)
+    assert float(_in_fresh_process(_ESTIMATE, scene, tmp_path)) == pytest.approx(expected)
 
-    fresh("import sys; from fractal_app import render; from fractal_app.scene import "
-          "parse_scene; scene = parse_scene(sys.argv[1]); render.render_band(scene, 0, 4); "
-          "render.render_pixels(scene, [0], [0])")
-    assert float(fresh(estimate)) == 0
+    _in_fresh_process(
+        "import sys; from fractal_app import render; from fractal_app.scene import "
+        "parse_scene; scene = parse_scene(sys.argv[1]); render.render_band(scene, 0, 4); "
+        "render.render_pixels(scene, [0], [0])", scene, tmp_path)
+    assert float(_in_fresh_process(_ESTIMATE, scene, tmp_path)) == 0
     from fractal_app import warmup
 
     assert warmup.compile_estimate_seconds('{"fractal": "nope"}') == 0  # render says why
@@ -143,14 +148,8 @@ def test_a_cold_deep_render_counts_the_deep_kernel(tmp_path):
 
     scene = json.dumps({"fractal": "mandelbrot", "resolution": [8, 4], "max_iter": 8,
                         "center": ["-1.7497591451303665", "0"], "width": "1e-20"})
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys; from fractal_app import warmup; "
-         "print(warmup.compile_estimate_seconds(sys.argv[1]))", scene],
-        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True,
-        timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
     expected = config.COMPILE_SECONDS["deep"] + config.COMPILE_SECONDS["colour"]
-    assert float(done.stdout) == pytest.approx(expected)
+    assert float(_in_fresh_process(_ESTIMATE, scene, tmp_path)) == pytest.approx(expected)
 
 
 def test_the_cli_says_a_cold_render_compiles_first(tmp_path, monkeypatch, capsys):
